@@ -1,0 +1,26 @@
+//! kechi: keeps web-app workers lean on small servers.
+//!
+//! `kechid` runs one app's workers as transient systemd scopes with memory limits, jemalloc
+//! and a tmpfs TMPDIR, and recycles them without dropping a connection. `kechictl` inspects
+//! and steers it. Both binaries are thin; everything lives in this library:
+//!
+//! - [`config`]: `/etc/kechi/APP.toml` + `KECHI_*` overrides -> a validated [`config::Config`].
+//! - [`systemd`]: the seam to systemd's manager (D-Bus), behind [`systemd::Systemd`].
+//! - [`spawn`]: race-free fork/exec of a worker into its scope.
+//! - [`lifecycle`] and [`policy`]: the worker state machine and the pure decision core.
+//! - [`driver`]: gathers events, calls the policy, carries out its actions.
+//! - [`memory`]: pure parsers and rooted readers for /proc and cgroup accounting.
+
+pub mod app;
+pub mod config;
+pub mod driver;
+pub mod jemalloc;
+pub mod lifecycle;
+pub mod logging;
+pub mod memory;
+pub mod notify;
+pub mod policy;
+pub mod quantity;
+pub mod spawn;
+pub mod systemd;
+pub mod tmpdir;
