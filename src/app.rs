@@ -8,7 +8,9 @@ use std::path::PathBuf;
 pub struct AppName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid app name {0:?}: expected 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit")]
+#[error(
+    "invalid app name {0:?}: expected 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+)]
 pub struct BadAppName(pub String);
 
 impl AppName {
@@ -48,9 +50,15 @@ impl AppName {
 
     /// The serial N of `kechi-APP-N.scope`, if `unit` is one of this app's worker scopes.
     pub fn parse_scope_serial(&self, unit: &str) -> Option<u64> {
-        let rest = unit.strip_prefix("kechi-")?.strip_prefix(self.0.as_str())?.strip_prefix('-')?;
+        let rest = unit
+            .strip_prefix("kechi-")?
+            .strip_prefix(self.0.as_str())?
+            .strip_prefix('-')?;
         let n = rest.strip_suffix(".scope")?;
-        if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0')) {
+        if n.is_empty()
+            || !n.bytes().all(|c| c.is_ascii_digit())
+            || (n.len() > 1 && n.starts_with('0'))
+        {
             return None;
         }
         n.parse().ok()

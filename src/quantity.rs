@@ -26,8 +26,14 @@ impl Percent {
 }
 
 /// A signal by name, as the `stop.signal` and `memory.child-signal` keys take it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal(pub nix::sys::signal::Signal);
+
+impl serde::Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -41,9 +47,13 @@ fn err(s: impl Into<String>) -> QuantityError {
 pub fn parse_bytes(s: &str) -> Result<Bytes, QuantityError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err(err("a size like \"512M\" (K, M, G, T; 1024-based), got an empty string"));
+        return Err(err(
+            "a size like \"512M\" (K, M, G, T; 1024-based), got an empty string",
+        ));
     }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -57,19 +67,25 @@ pub fn parse_bytes(s: &str) -> Result<Bytes, QuantityError> {
             )));
         }
     };
-    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.') {
+    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.')
+    {
         return Err(err(format!("a size like \"512M\", got {s:?}")));
     }
     let value = if num.contains('.') {
-        let f: f64 = num.parse().map_err(|_| err(format!("a size like \"512M\", got {s:?}")))?;
+        let f: f64 = num
+            .parse()
+            .map_err(|_| err(format!("a size like \"512M\", got {s:?}")))?;
         let v = f * mult as f64;
         if !v.is_finite() || v >= u64::MAX as f64 {
             return Err(err(format!("a size that fits in 64 bits, got {s:?}")));
         }
         v as u64
     } else {
-        let n: u64 = num.parse().map_err(|_| err(format!("a size that fits in 64 bits, got {s:?}")))?;
-        n.checked_mul(mult).ok_or_else(|| err(format!("a size that fits in 64 bits, got {s:?}")))?
+        let n: u64 = num
+            .parse()
+            .map_err(|_| err(format!("a size that fits in 64 bits, got {s:?}")))?;
+        n.checked_mul(mult)
+            .ok_or_else(|| err(format!("a size that fits in 64 bits, got {s:?}")))?
     };
     Ok(Bytes(value))
 }
@@ -77,7 +93,11 @@ pub fn parse_bytes(s: &str) -> Result<Bytes, QuantityError> {
 /// Parses `"30s"`, `"1h30m"`, `"250ms"`, `"2 min"`, `"90"` (seconds), `"0"`.
 pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
     let t = s.trim();
-    let bad = || err(format!("a duration like \"30s\", \"5m\", \"1h30m\" or \"250ms\", got {s:?}"));
+    let bad = || {
+        err(format!(
+            "a duration like \"30s\", \"5m\", \"1h30m\" or \"250ms\", got {s:?}"
+        ))
+    };
     if t.is_empty() {
         return Err(bad());
     }
@@ -89,13 +109,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
     let mut rest = t;
     while !rest.is_empty() {
         rest = rest.trim_start();
-        let n_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if n_end == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
         rest = rest[n_end..].trim_start();
-        let u_end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let u_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = &rest[..u_end];
         rest = &rest[u_end..];
         let nanos_per: u128 = match unit {
@@ -110,7 +134,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
         };
         let add = u128::from(n).checked_mul(nanos_per).ok_or_else(bad)?;
         let add = u64::try_from(add).map_err(|_| bad())?;
-        total = total.checked_add(Duration::from_nanos(add)).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_nanos(add))
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }
@@ -131,13 +157,25 @@ pub fn parse_percent(s: &str) -> Result<Percent, QuantityError> {
 pub fn parse_signal(s: &str) -> Result<Signal, QuantityError> {
     use std::str::FromStr;
     let t = s.trim();
-    let bad = || err(format!("a signal name like \"TERM\", \"INT\", \"QUIT\" or \"HUP\", got {s:?}"));
+    let bad = || {
+        err(format!(
+            "a signal name like \"TERM\", \"INT\", \"QUIT\" or \"HUP\", got {s:?}"
+        ))
+    };
     if let Ok(n) = t.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).map(Signal).map_err(|_| bad());
+        return nix::sys::signal::Signal::try_from(n)
+            .map(Signal)
+            .map_err(|_| bad());
     }
     let up = t.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    nix::sys::signal::Signal::from_str(&name).map(Signal).map_err(|_| bad())
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(Signal)
+        .map_err(|_| bad())
 }
 
 impl fmt::Display for Bytes {
@@ -194,7 +232,12 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{}us", d.as_micros());
     }
     let mut out = String::new();
-    for (unit, per) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, per) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms >= per {
             out.push_str(&format!("{}{unit}", ms / per));
             ms %= per;
@@ -217,7 +260,15 @@ mod tests {
         assert_eq!(parse_bytes("1.5G").unwrap(), Bytes(3 << 29));
         assert_eq!(parse_bytes("0").unwrap(), Bytes(0));
         assert_eq!(parse_bytes("4096").unwrap(), Bytes(4096));
-        for bad in ["", "M", "12X", "1.2.3M", "-5M", "99999999999999999999", "20000000T"] {
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "1.2.3M",
+            "-5M",
+            "99999999999999999999",
+            "20000000T",
+        ] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }

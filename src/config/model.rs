@@ -138,11 +138,18 @@ pub struct Control {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Source {
     Default,
-    File { path: PathBuf, line: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     /// A `KECHI_*` variable.
-    Env { var: String },
+    Env {
+        var: String,
+    },
     /// A Server::Starter variable (`AUTO_RESTART_INTERVAL`, `KILL_OLD_DELAY`, ...).
-    Alias { var: String },
+    Alias {
+        var: String,
+    },
 }
 
 /// Source of every key, by dotted key path (`"workers"`, `"memory.max"`, `"recycle.max-age"`).
