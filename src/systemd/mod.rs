@@ -1,1 +1,132 @@
-//! (to be written)
+//! The seam between kechi and systemd's manager.
+//!
+//! Everything above this module speaks kechi's types ([`ScopeSpec`], [`JobResult`],
+//! [`UnitInfo`]) through the [`Systemd`] trait; zbus and D-Bus names appear only below it
+//! (`proxy` holds one proxy trait per interface, `dbus` the implementation, `props` the pure
+//! translation of a scope spec into unit properties).
+
+mod dbus;
+pub mod props;
+mod proxy;
+
+use std::time::Duration;
+
+pub use dbus::{Bus, DbusSystemd};
+
+/// What a worker's transient scope is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeSpec {
+    /// `kechi-APP-N.scope`.
+    pub unit: String,
+    /// `kechi-APP.slice`.
+    pub slice: String,
+    pub description: String,
+    /// The processes to move into the scope when it is created.
+    pub pids: Vec<u32>,
+    /// `None` = no limit ("infinity").
+    pub memory_max: Option<u64>,
+    pub memory_high: Option<u64>,
+    /// `None` = leave systemd's default; `Some(None)` = infinity.
+    pub memory_swap_max: Option<Option<u64>>,
+    /// Signal systemd sends when it stops the scope itself (e.g. on `systemctl stop` of it).
+    pub kill_signal: i32,
+    /// How long systemd waits after `kill_signal` before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// How a systemd job ended (`JobRemoved`'s result string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    Done,
+    Canceled,
+    Timeout,
+    Failed,
+    Dependency,
+    Skipped,
+    /// A result string this version of kechi does not know.
+    Other(String),
+}
+
+impl JobResult {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "done" => JobResult::Done,
+            "canceled" => JobResult::Canceled,
+            "timeout" => JobResult::Timeout,
+            "failed" => JobResult::Failed,
+            "dependency" => JobResult::Dependency,
+            "skipped" => JobResult::Skipped,
+            other => JobResult::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            JobResult::Done => "done",
+            JobResult::Canceled => "canceled",
+            JobResult::Timeout => "timeout",
+            JobResult::Failed => "failed",
+            JobResult::Dependency => "dependency",
+            JobResult::Skipped => "skipped",
+            JobResult::Other(s) => s,
+        }
+    }
+}
+
+/// One loaded unit, as `ListUnitsByPatterns` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub name: String,
+    pub active_state: String,
+    pub sub_state: String,
+}
+
+/// Which processes of a unit a signal goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillWho {
+    Main,
+    All,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot connect to systemd's manager on the {bus} bus: {source}")]
+    Connect {
+        bus: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("D-Bus call {method}({unit}) failed: {source}")]
+    Call {
+        method: &'static str,
+        unit: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("job for {unit} ended with result '{}'", result.as_str())]
+    Job { unit: String, result: JobResult },
+    #[error("no answer from systemd about the job for {unit} within {waited:?}")]
+    JobTimeout { unit: String, waited: Duration },
+    #[error("unit {0} is not loaded")]
+    NoSuchUnit(String),
+}
+
+/// The operations kechi needs from systemd's manager.
+#[allow(async_fn_in_trait)]
+pub trait Systemd {
+    /// Creates the scope, moves `spec.pids` into it and waits until its start job is done,
+    /// as `systemd-run --scope` does. Fails unless the job result is `done`.
+    async fn start_scope(&self, spec: &ScopeSpec, deadline: Duration) -> Result<(), SystemdError>;
+    /// Stops a unit and waits for the stop job (bounded by `deadline`).
+    async fn stop_unit(&self, unit: &str, deadline: Duration) -> Result<JobResult, SystemdError>;
+    /// Sends `signal` to the unit's processes.
+    async fn kill_unit(&self, unit: &str, who: KillWho, signal: i32) -> Result<(), SystemdError>;
+    /// Loaded units whose names match the glob patterns.
+    async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitInfo>, SystemdError>;
+    /// The pids in a unit's cgroup.
+    async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError>;
+    /// A service's `Environment=` (as `KEY=VALUE` strings), as systemd has it loaded now.
+    async fn service_environment(&self, unit: &str) -> Result<Vec<String>, SystemdError>;
+    /// Forgets a failed unit so its name can be reused and `--failed` stays clean.
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError>;
+}

@@ -1,0 +1,98 @@
+//! Pure translation of a [`ScopeSpec`] into the properties of `StartTransientUnit`.
+//!
+//! Kept free of IO so the exact property list (names, D-Bus types, infinity encoding) is
+//! unit-tested; systemd rejects a property of the wrong type with an opaque error.
+
+use zbus::zvariant::Value;
+
+use super::ScopeSpec;
+
+/// systemd's encoding of "no limit" for `t` memory properties.
+pub const INFINITY: u64 = u64::MAX;
+
+/// The properties of a worker scope, in the order they are sent.
+pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value<'static>)> {
+    let mut p: Vec<(&'static str, Value<'static>)> = vec![
+        ("Description", Value::from(spec.description.clone())),
+        ("Slice", Value::from(spec.slice.clone())),
+        ("PIDs", Value::from(spec.pids.clone())),
+        // Without accounting, MemoryCurrent reads nothing and cgroup v1 gets no memory cgroup.
+        ("MemoryAccounting", Value::from(true)),
+        (
+            "MemoryMax",
+            Value::from(spec.memory_max.unwrap_or(INFINITY)),
+        ),
+        (
+            "MemoryHigh",
+            Value::from(spec.memory_high.unwrap_or(INFINITY)),
+        ),
+        ("KillSignal", Value::from(spec.kill_signal)),
+        ("TimeoutStopUSec", Value::from(micros(spec.stop_timeout))),
+        ("SendSIGKILL", Value::from(true)),
+        // A prefork master respawns an OOM-killed child; whether the worker as a whole must
+        // go is kechid's decision, so systemd must not tear the scope down on its own.
+        ("OOMPolicy", Value::from("continue")),
+        // A failed scope must not linger as a failed unit: kechid reports it itself.
+        ("CollectMode", Value::from("inactive-or-failed")),
+    ];
+    if let Some(swap) = spec.memory_swap_max {
+        p.push(("MemorySwapMax", Value::from(swap.unwrap_or(INFINITY))));
+    }
+    p
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec() -> ScopeSpec {
+        ScopeSpec {
+            unit: "kechi-demo-1.scope".into(),
+            slice: "kechi-demo.slice".into(),
+            description: "kechi demo worker 1".into(),
+            pids: vec![42],
+            memory_max: Some(64 << 20),
+            memory_high: None,
+            memory_swap_max: None,
+            kill_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn get<'a>(p: &'a [(&str, Value<'static>)], k: &str) -> &'a Value<'static> {
+        &p.iter()
+            .find(|(n, _)| *n == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+            .1
+    }
+
+    #[test]
+    fn types_match_systemd() {
+        let p = scope_properties(&spec());
+        assert_eq!(get(&p, "PIDs").value_signature(), "au");
+        assert_eq!(get(&p, "MemoryMax"), &Value::U64(64 << 20));
+        assert_eq!(get(&p, "MemoryHigh"), &Value::U64(u64::MAX));
+        assert_eq!(get(&p, "MemoryAccounting"), &Value::Bool(true));
+        assert_eq!(get(&p, "KillSignal"), &Value::I32(libc::SIGTERM));
+        assert_eq!(get(&p, "TimeoutStopUSec"), &Value::U64(30_000_000));
+        assert_eq!(get(&p, "Slice").value_signature(), "s");
+        assert!(!p.iter().any(|(n, _)| *n == "MemorySwapMax"));
+    }
+
+    #[test]
+    fn swap_max_only_when_configured() {
+        let mut s = spec();
+        s.memory_swap_max = Some(Some(0));
+        assert_eq!(get(&scope_properties(&s), "MemorySwapMax"), &Value::U64(0));
+        s.memory_swap_max = Some(None);
+        assert_eq!(
+            get(&scope_properties(&s), "MemorySwapMax"),
+            &Value::U64(u64::MAX)
+        );
+    }
+}
