@@ -2,5 +2,11 @@
 //! Server::Starter aliases, validated in two stages (shape, then meaning; every problem at once,
 //! each with file, line and key), with the provenance of every effective value.
 
+mod error;
+mod keys;
+mod lines;
 pub mod model;
+mod raw;
+mod shape;
+
 pub use model::*;
