@@ -1,1 +1,41 @@
-//! (to be written)
+//! Memory accounting: what a worker, its processes and its cgroup use, and the dentry cache.
+//!
+//! Contract (DESIGN "Accounting reads are split from parsing"):
+//! - [`smaps`], [`cgroup`] and [`slab`] are pure parsers: text in, typed figures in bytes out,
+//!   a [`MemError::Parse`] naming the line for anything else, never a panic.
+//! - The readers in this module take their roots as parameters ([`ProcRoot`] for `/proc`,
+//!   [`CgroupRoot`] for `/sys/fs/cgroup`), so tests run them over the real captures in
+//!   `tests/fixtures/{proc,cgroup-v1,cgroup-v2}`.
+//! - Both cgroup versions are read into one [`CgroupMem`]; where the memory controller lives
+//!   (v1 legacy/hybrid or v2) is probed once into a [`CgroupLayout`].
+//! - Processes and cgroups that vanish mid-read are expected and come back as
+//!   [`MemError::ProcessGone`] / [`MemError::CgroupGone`].
+//!
+//! Typical use:
+//! ```no_run
+//! use kechi::memory::{CgroupRoot, ProcRoot, probe_layout, read_cgroup_mem, scope_dir, worker_mem};
+//! let layout = probe_layout(&CgroupRoot::default())?;
+//! let dirs = scope_dir(&layout, "kechi-demo.slice", "kechi-demo-1.scope")?;
+//! let cg = read_cgroup_mem(&dirs.memory, dirs.version)?;
+//! let procs = worker_mem(&ProcRoot::default(), &dirs.procs)?;
+//! println!("{} bytes charged, USS {}", cg.current, procs.total.uss);
+//! # Ok::<(), kechi::memory::MemError>(())
+//! ```
+
+pub mod cgroup;
+mod error;
+mod read;
+pub mod slab;
+pub mod smaps;
+
+pub use cgroup::{
+    CgroupDirs, CgroupLayout, CgroupMem, CgroupVersion, MemoryEvents, MemoryStat, OomControl,
+    ProcCgroups, V1Membership, slice_path, unit_cgroup_path,
+};
+pub use error::{MemError, Op};
+pub use read::{
+    CgroupRoot, ProcRoot, WorkerMem, locate_pid, probe_layout, read_cgroup_mem, read_cgroup_procs,
+    read_proc_cgroups, read_proc_mem, read_slabinfo, scope_dir, worker_mem,
+};
+pub use slab::{SlabCache, SlabInfo};
+pub use smaps::ProcMem;
