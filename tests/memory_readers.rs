@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use kechi::memory::{
-    CgroupLayout, CgroupRoot, CgroupVersion, MemError, ProcMem, ProcRoot, locate_pid,
-    probe_layout, read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_mem,
-    read_slabinfo, scope_dir, worker_mem,
+    CgroupLayout, CgroupRoot, CgroupVersion, MemError, ProcMem, ProcRoot, locate_pid, probe_layout,
+    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_mem, read_slabinfo, scope_dir,
+    worker_mem,
 };
 
 const MIB: u64 = 1 << 20;
@@ -167,7 +167,11 @@ fn v2_scope_throttled_at_memory_high() {
     assert_eq!(m.limit, Some(64 * MIB));
     assert_eq!(m.events.unwrap().high, 1916);
     assert_eq!(m.oom_kills, Some(0));
-    assert!(m.current > 16 * MIB && m.current < 17 * MIB, "{}", m.current);
+    assert!(
+        m.current > 16 * MIB && m.current < 17 * MIB,
+        "{}",
+        m.current
+    );
     let w = worker_mem(&proc, &d.procs).unwrap();
     assert_eq!(
         w.procs.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
@@ -189,14 +193,20 @@ fn gone_scopes_and_processes() {
     let layout = probe_layout(&cg).unwrap();
     let gone = scope_dir(&layout, "kechi-demo.slice", "kechi-demo-9.scope").unwrap();
     let e = read_cgroup_mem(&gone.memory, gone.version).unwrap_err();
-    assert!(matches!(e, MemError::CgroupGone { ref path } if *path == gone.memory), "{e}");
+    assert!(
+        matches!(e, MemError::CgroupGone { ref path } if *path == gone.memory),
+        "{e}"
+    );
     assert!(e.is_gone());
     assert!(matches!(
         worker_mem(&proc, &gone.procs),
         Err(MemError::CgroupGone { .. })
     ));
     let e = read_proc_mem(&proc, 4_000_000).unwrap_err();
-    assert!(matches!(e, MemError::ProcessGone { pid: 4_000_000, .. }), "{e}");
+    assert!(
+        matches!(e, MemError::ProcessGone { pid: 4_000_000, .. }),
+        "{e}"
+    );
     assert!(matches!(
         read_proc_cgroups(&proc, 4_000_000),
         Err(MemError::ProcessGone { .. })
@@ -238,7 +248,10 @@ fn errors_carry_the_path() {
     // Optional files may be missing: the root cgroup has no limits, no events.
     std::fs::write(d.join("memory.current"), "4096\n").unwrap();
     let m = read_cgroup_mem(d, CgroupVersion::V2).unwrap();
-    assert_eq!((m.current, m.anon, m.limit, m.events), (4096, 1, None, None));
+    assert_eq!(
+        (m.current, m.anon, m.limit, m.events),
+        (4096, 1, None, None)
+    );
     assert_eq!(m.oom_kills, None);
 }
 
@@ -281,10 +294,19 @@ fn a_zombie_is_gone() {
     let stat = format!("/proc/{pid}/stat");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !std::fs::read_to_string(&stat)
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
     {
-        assert!(std::time::Instant::now() < deadline, "child never became a zombie");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child never became a zombie"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let e = read_proc_mem(&ProcRoot::default(), pid).unwrap_err();
