@@ -120,6 +120,10 @@ pub struct Jemalloc {
     pub path: JemallocPath,
     /// MALLOC_CONF; empty = kechi's default (`crate::jemalloc::DEFAULT_CONF`).
     pub conf: String,
+    /// The checked library file to put in `LD_PRELOAD` (symlinks resolved, root-owned, not
+    /// writable by others): filled by the host checks of `config::load` when `enabled`,
+    /// `None` when disabled. Spawn uses this, never `path`, so "auto" is searched only once.
+    pub library: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
