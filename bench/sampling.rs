@@ -1,0 +1,215 @@
+//! What memory sampling costs: CPU time spent reading `/proc/PID/smaps_rollup` of N processes
+//! once per second, as a percentage of one core.
+//!
+//! The target (DESIGN): under 1% of one core for 200 processes at 1 Hz. The cost is kernel time
+//! almost entirely (smaps_rollup walks every mapping's page tables), so it is measured as the
+//! sampling thread's user + system CPU time from `getrusage(RUSAGE_THREAD)`, never wall clock:
+//! wall time would include waiting for the CPU, not only using it.
+//!
+//! Run (see docs/MEMORY-SAMPLING.md for results):
+//!   cargo test --release --test memory_sampling_cost -- --ignored --nocapture
+//! Environment: `KECHI_BENCH_N` (default `50,200,800`), `KECHI_BENCH_SAMPLES` (default 10),
+//! `KECHI_BENCH_WORKLOADS` (default `sleep,python`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kechi::memory::{ProcMem, ProcRoot, read_proc_mem};
+
+/// The processes sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `sleep`: about 1 MiB resident, a couple of dozen mappings.
+    Sleep,
+    /// A Python interpreter that touched 8 MiB: closer to a real worker's mapping count.
+    Python,
+}
+
+impl Workload {
+    pub fn parse(s: &str) -> Option<Workload> {
+        match s {
+            "sleep" => Some(Workload::Sleep),
+            "python" => Some(Workload::Python),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Sleep => "sleep 3600",
+            Workload::Python => "python3, 8 MiB touched",
+        }
+    }
+
+    fn command(self) -> Command {
+        match self {
+            Workload::Sleep => {
+                let mut c = Command::new("sleep");
+                c.arg("3600");
+                c
+            }
+            Workload::Python => {
+                let mut c = Command::new("python3");
+                c.args([
+                    "-c",
+                    "import time\nb = bytearray(b'x') * (8 << 20)\ntime.sleep(3600)",
+                ]);
+                c
+            }
+        }
+    }
+}
+
+/// The processes, killed and reaped when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// This thread's user and system CPU time.
+fn thread_cpu() -> (Duration, Duration) {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// One row of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub workload: Workload,
+    pub n: usize,
+    pub samples: usize,
+    pub user_per_sample: Duration,
+    pub sys_per_sample: Duration,
+    pub wall_per_sample: Duration,
+    pub mean_rss: u64,
+}
+
+impl Row {
+    /// CPU per sample at one sample a second, in percent of one core.
+    pub fn percent_of_core(&self) -> f64 {
+        (self.user_per_sample + self.sys_per_sample).as_secs_f64() * 100.0
+    }
+}
+
+/// Starts `n` processes of `workload`, samples them `samples` times at 1 Hz and measures.
+pub fn measure(workload: Workload, n: usize, samples: usize) -> Row {
+    let mut kids = Children(Vec::with_capacity(n));
+    for _ in 0..n {
+        let child = workload
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", workload.name()));
+        kids.0.push(child);
+    }
+    let pids: Vec<u32> = kids.0.iter().map(Child::id).collect();
+    // Let every child exec and settle (Python needs its imports and its 8 MiB).
+    std::thread::sleep(Duration::from_secs(match workload {
+        Workload::Sleep => 1,
+        Workload::Python => 3 + n as u64 / 100,
+    }));
+
+    let proc = ProcRoot::default();
+    let sample = || -> ProcMem {
+        pids.iter()
+            .map(|&pid| read_proc_mem(&proc, pid).expect("a benchmark child vanished"))
+            .sum()
+    };
+    let _warm = sample();
+
+    let (mut user, mut sys, mut wall) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut rss = 0u64;
+    let start = Instant::now();
+    for i in 0..samples {
+        // 1 Hz, as kechid's check-interval would have it at its most eager.
+        let tick = start + Duration::from_secs(i as u64 + 1);
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        let (u0, s0) = thread_cpu();
+        let w0 = Instant::now();
+        let total = std::hint::black_box(sample());
+        wall += w0.elapsed();
+        let (u1, s1) = thread_cpu();
+        user += u1 - u0;
+        sys += s1 - s0;
+        rss += total.rss / n as u64;
+    }
+    let k = samples as u32;
+    Row {
+        workload,
+        n,
+        samples,
+        user_per_sample: user / k,
+        sys_per_sample: sys / k,
+        wall_per_sample: wall / k,
+        mean_rss: rss / samples as u64,
+    }
+}
+
+/// Prints the table in Markdown.
+pub fn print_table(rows: &[Row]) {
+    println!(
+        "| processes | N | samples | user ms/sample | sys ms/sample | CPU % of one core at 1 Hz | wall ms/sample | mean RSS each |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} MiB |",
+            r.workload.name(),
+            r.n,
+            r.samples,
+            r.user_per_sample.as_secs_f64() * 1e3,
+            r.sys_per_sample.as_secs_f64() * 1e3,
+            r.percent_of_core(),
+            r.wall_per_sample.as_secs_f64() * 1e3,
+            r.mean_rss as f64 / (1 << 20) as f64,
+        );
+    }
+}
+
+/// Runs the configured matrix and prints it.
+pub fn run() -> Vec<Row> {
+    let ns: Vec<usize> = std::env::var("KECHI_BENCH_N")
+        .unwrap_or_else(|_| "50,200,800".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("KECHI_BENCH_N: numbers"))
+        .collect();
+    let samples: usize = std::env::var("KECHI_BENCH_SAMPLES")
+        .map(|s| s.parse().expect("KECHI_BENCH_SAMPLES: a number"))
+        .unwrap_or(10)
+        .max(1);
+    let workloads: Vec<Workload> = std::env::var("KECHI_BENCH_WORKLOADS")
+        .unwrap_or_else(|_| "sleep,python".into())
+        .split(',')
+        .map(|s| Workload::parse(s.trim()).expect("KECHI_BENCH_WORKLOADS: sleep, python"))
+        .collect();
+    let mut rows = Vec::new();
+    for &w in &workloads {
+        for &n in &ns {
+            let row = measure(w, n, samples);
+            eprintln!(
+                "{} x{n}: {:.3}% of one core",
+                w.name(),
+                row.percent_of_core()
+            );
+            rows.push(row);
+        }
+    }
+    print_table(&rows);
+    rows
+}
