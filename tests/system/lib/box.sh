@@ -306,8 +306,12 @@ box_diag() {  # what the box looks like: failed units, kechi units, the end of t
     KT_RUN_TIMEOUT=20 box_run "$name" systemctl --failed --no-pager 2>&1 || true
     echo "======== box $name: kechi units"
     KT_RUN_TIMEOUT=20 box_run "$name" systemctl list-units --all --no-pager 'kechi*' 2>&1 || true
-    echo "======== box $name: journalctl -b | tail -n 80"
-    KT_RUN_TIMEOUT=20 box_run "$name" journalctl -b --no-pager 2>&1 | tail -n 80 || true
+    # the box's journald also imports the host's whole kernel log: keep the box's own lines, and
+    # the kernel's lines about the box's cgroups (OOM kills)
+    echo "======== box $name: kernel lines about its cgroups (journalctl -k | grep /$(_box_cgname "$name")/)"
+    KT_RUN_TIMEOUT=20 box_run "$name" journalctl -k -b --no-pager 2>&1 | grep -F "/$(_box_cgname "$name")/" | tail -n 20 || true
+    echo "======== box $name: journalctl -b | grep -v ' kernel: ' | tail -n 80"
+    KT_RUN_TIMEOUT=20 box_run "$name" journalctl -b --no-pager 2>&1 | grep -v ' kernel: ' | tail -n 80 || true
     echo "======== end of box $name"
   } >&2
 }
@@ -371,6 +375,7 @@ _box_exit_handler() {
     for n in "${_BOX_MINE[@]}"; do box_diag "$n"; done
   fi
   for n in "${_BOX_MINE[@]}"; do box_down "$n"; done
+  if declare -F _vm_on_exit > /dev/null; then _vm_on_exit "$rc"; fi
   exit "$rc"
 }
 

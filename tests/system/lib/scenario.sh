@@ -1,0 +1,152 @@
+#!/bin/bash
+# scenario.sh — what every tests/system/t_*.sh shares: checks and their report, the test machine
+# (a box on this machine's cgroups, or with KT_TIER=v2 a pure cgroup v2 VM), installing kechi in it.
+#
+# Exit status of a scenario: 0 passed, 1 failed, 77 skipped (with a line "SKIPPED (why)").
+# Binaries come from $KECHI_BIN_DIR, else target/debug of this repository.
+
+set -uo pipefail
+KT_ROOT=$(readlink -f "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../..")
+# shellcheck source=tests/system/lib/vm.sh
+. "$KT_ROOT/tests/system/lib/vm.sh"
+
+KT_TIER=${KT_TIER:-v1}        # v1: a box on this machine's kernel; v2: the cgroup v2 VM
+KT_APP=demo
+KT_INSIDE=/usr/lib/kechi-test # apps and the inside helper, in the test machine
+KT_USER=kechitest
+T=""                          # the test machine's name
+_KT_FAILS=0
+_KT_CHECKS=0
+_KT_T0=$SECONDS
+
+# ---- reporting ---------------------------------------------------------------------------------
+say() { printf '[%3ds] %s\n' $((SECONDS - _KT_T0)) "$*"; }
+ok() { _KT_CHECKS=$((_KT_CHECKS + 1)); echo "    ok    $*"; }
+bad() { _KT_CHECKS=$((_KT_CHECKS + 1)); _KT_FAILS=$((_KT_FAILS + 1)); echo "    FAIL  $*"; }
+info() { echo "          $*"; }
+# check DESC CMD...: CMD (on this host) must succeed
+check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
+# expect_eq DESC GOT WANT
+expect_eq() { if [ "$2" = "$3" ]; then ok "$1: $2"; else bad "$1: got '$2', want '$3'"; fi; }
+# abort DESC: a failure after which the remaining checks mean nothing
+abort() { bad "$*"; say "stopping here: the remaining checks depend on this one"; exit 1; }
+skip() { echo "SKIPPED ($*)"; exit 77; }
+
+scenario() {  # scenario NAME WHAT
+  echo "=== $1 ($KT_TIER): $2"
+  _KT_T0=$SECONDS
+}
+
+finish() {
+  if [ "$_KT_FAILS" = 0 ]; then
+    say "PASS: $_KT_CHECKS checks"
+    exit 0
+  fi
+  say "FAIL: $_KT_FAILS of $_KT_CHECKS checks failed"
+  exit 1
+}
+
+# ---- the test machine --------------------------------------------------------------------------
+tgt_up() {  # tgt_up SUFFIX
+  local rc
+  T=$(box_name "$1")
+  case "$KT_TIER" in
+    v1)
+      [ "$(id -u)" = 0 ] || skip "needs root"
+      [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ] || skip "this machine's PID 1 is systemd; the box needs a machine without it"
+      box_up "$T" > /dev/null || abort "the test box did not boot"
+      ;;
+    v2)
+      vm_up "$T"; rc=$?
+      [ "$rc" = 0 ] || exit "$rc"
+      ;;
+    *) abort "KT_TIER must be v1 or v2" ;;
+  esac
+  # shellcheck disable=SC2016
+  say "test machine $T is up ($(tgt_run sh -c 'echo "systemd $(systemctl --version | head -1 | cut -d" " -f2),"
+    if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then echo "pure cgroup v2"; else echo "cgroup v1 memory controller"; fi' | tr '\n' ' ' | sed 's/ $//'); tier $KT_TIER)"
+}
+
+tgt_run() { if [ "$KT_TIER" = v2 ]; then vm_run "$T" "$@"; else box_run "$T" "$@" < /dev/null; fi; }
+tgt_in() { if [ "$KT_TIER" = v2 ]; then vm_run_in "$T" "$@"; else box_run "$T" "$@"; fi; }
+tgt_copy_in() { if [ "$KT_TIER" = v2 ]; then vm_copy_in "$T" "$1" "$2"; else box_copy_in "$T" "$1" "$2"; fi; }
+tgt_write() {  # tgt_write PATH < CONTENT
+  # shellcheck disable=SC2016
+  tgt_in sh -c 'mkdir -p "$(dirname "$1")" && cat > "$1"' write "$1"
+}
+tgt_sh() { tgt_run sh -c "$1"; }
+# the kernel names cgroups from the host's root: a box's are below /kechi-test-NAME
+tgt_cgprefix() { if [ "$KT_TIER" = v2 ]; then echo ""; else echo "/$(_box_cgname "$T")"; fi; }
+kt() { tgt_run "$KT_INSIDE/kt" "$@"; }
+
+# ---- kechi in the test machine -----------------------------------------------------------------
+kechi_bin_dir() { echo "${KECHI_BIN_DIR:-$KT_ROOT/target/debug}"; }
+
+kechi_install() {
+  local bin f
+  bin=$(kechi_bin_dir)
+  [ -x "$bin/kechid" ] || abort "no kechid in $bin (run cargo build, or set KECHI_BIN_DIR)"
+  tgt_copy_in "$bin/kechid" /usr/bin/kechid || abort "copying kechid in"
+  if [ -x "$bin/kechictl" ]; then tgt_copy_in "$bin/kechictl" /usr/bin/kechictl || abort "copying kechictl in"; fi
+  for f in "kechi@.service" kechi.slice; do
+    tgt_copy_in "$KT_ROOT/units/$f" "/etc/systemd/system/$f" || abort "copying unit $f in"
+  done
+  for f in "$KT_ROOT"/tests/system/apps/*; do
+    tgt_copy_in "$f" "$KT_INSIDE/$(basename "$f")" || abort "copying $f in"
+  done
+  tgt_copy_in "$KT_ROOT/tests/system/lib/inside.sh" "$KT_INSIDE/kt" || abort "copying the inside helper in"
+  tgt_sh "id $KT_USER >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin $KT_USER" \
+    || abort "creating user $KT_USER"
+  tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
+  say "installed kechid ($bin), units and test apps; user $KT_USER"
+}
+
+kechi_config() {  # kechi_config < TOML: /etc/kechi/demo.toml, also shown in the log
+  local text
+  text=$(cat)
+  printf '%s\n' "$text" | tgt_write "/etc/kechi/$KT_APP.toml" || abort "writing /etc/kechi/$KT_APP.toml"
+  say "/etc/kechi/$KT_APP.toml:"
+  printf '%s\n' "$text" | awk '{ printf "          %3d  %s\n", NR, $0 }'
+}
+
+# the standard demo app: three hello.py workers as kechitest, 64M each, ready after 1 s
+demo_config() {  # demo_config [EXTRA_TOML]: extra keys go at the top level, sections after
+  kechi_config <<EOF
+command = ["/usr/bin/python3", "$KT_INSIDE/hello.py"]
+user = "$KT_USER"
+workers = 3
+environment = { PORT = "8080" }
+${1:-}
+[memory]
+max = "64M"
+
+[ready]
+mode = "delay"
+delay = "1s"
+EOF
+}
+
+kechi_start() {  # systemctl start kechi@demo, with a deadline
+  local t0=$SECONDS
+  if tgt_run timeout 120 systemctl start "kechi@$KT_APP"; then
+    ok "systemctl start kechi@$KT_APP ($((SECONDS - t0)) s)"
+    return 0
+  fi
+  bad "systemctl start kechi@$KT_APP failed ($((SECONDS - t0)) s)"
+  tgt_run systemctl status --no-pager "kechi@$KT_APP" 2>&1 | sed 's/^/          /' | head -n 20
+  return 1
+}
+
+unit_prop() { tgt_run systemctl show -p "$2" --value "$1"; }
+
+journal_cursor() { tgt_run journalctl -n 0 --show-cursor -q --no-pager | sed -n 's/^-- cursor: //p'; }
+journal_after() {  # journal_after CURSOR [journalctl args...]
+  local c=$1; shift
+  if [ -n "$c" ]; then tgt_run journalctl --no-pager --after-cursor="$c" "$@"; else tgt_run journalctl --no-pager -b "$@"; fi
+}
+
+# workers: "SERIAL UNIT PID" lines of the active worker scopes
+workers() { kt workers "$KT_APP"; }
+show_workers() { printf '%s\n' "$1" | sed 's/^/          worker /'; }
+count_lines() { printf '%s\n' "$1" | grep -c . ; }
+max_serial() { printf '%s\n' "$1" | awk 'BEGIN { m = 0 } $1 + 0 > m { m = $1 + 0 } END { print m }'; }

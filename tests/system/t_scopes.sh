@@ -1,0 +1,53 @@
+#!/bin/bash
+# t_scopes: `systemctl start kechi@demo` runs three workers, each alone in its own transient scope
+# kechi-demo-N.scope inside kechi-demo.slice, with the memory limit of the config on the scope and
+# in the kernel, as the app's user; the unit is active and reports a status line.
+. "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+
+scenario t_scopes "three workers, one scope each, with MemoryMax, as the app's user"
+tgt_up scopes
+kechi_install
+demo_config
+kechi_start || abort "kechi@demo did not start"
+
+expect_eq "kechi@demo is" "$(tgt_run systemctl is-active kechi@demo)" active
+status=$(unit_prop kechi@demo StatusText)
+if [ -n "$status" ]; then ok "StatusText: $status"; else bad "StatusText is empty"; fi
+expect_eq "kechi@demo's slice" "$(unit_prop kechi@demo Slice)" kechi-demo.slice
+expect_eq "kechi-demo.slice's slice" "$(unit_prop kechi-demo.slice Slice)" kechi.slice
+mainpid=$(unit_prop kechi@demo MainPID)
+info "kechid: pid $mainpid"
+
+say "worker scopes: systemctl list-units 'kechi-demo-*'"
+tgt_run systemctl list-units --no-pager --no-legend 'kechi-demo-*' | sed 's/^/          /'
+w=$(workers)
+show_workers "$w"
+expect_eq "active kechi-demo-N.scope units" "$(count_lines "$w")" 3
+
+cgver=$(kt cgver)
+info "cgroup memory controller: $cgver"
+pids=""
+while read -r serial unit pid; do
+  [ -n "$serial" ] || continue
+  say "scope $unit (worker $serial, pid $pid)"
+  expect_eq "$unit slice" "$(unit_prop "$unit" Slice)" kechi-demo.slice
+  expect_eq "$unit MemoryMax" "$(unit_prop "$unit" MemoryMax)" 67108864
+  expect_eq "$unit kernel limit ($cgver $( [ "$cgver" = v2 ] && echo memory.max || echo memory.limit_in_bytes))" \
+    "$(kt memlimit "$unit")" 67108864
+  procs=$(kt procs "$unit" | tr '\n' ' ')
+  info "$(kt memdir "$unit")/cgroup.procs: $procs"
+  if [ "$pid" = - ]; then bad "$unit has no worker process"; continue; fi
+  case " $procs " in *" $pid "*) ok "cgroup.procs of $unit holds the worker $pid" ;; *) bad "worker $pid not in $unit" ;; esac
+  expect_eq "worker $pid's parent" "$(tgt_run ps -o ppid= -p "$pid" | tr -d ' ')" "$mainpid"
+  expect_eq "worker $pid runs as" "$(tgt_run ps -o user= -p "$pid" | tr -d ' ')" kechitest
+  expect_eq "worker $pid command" "$(tgt_run ps -o args= -p "$pid")" "/usr/bin/python3 $KT_INSIDE/hello.py"
+  pids="$pids $pid"
+done <<< "$w"
+distinct=$(printf '%s\n' $pids | sort -u | grep -c .)
+expect_eq "distinct worker pids" "$distinct" 3
+
+# the app's environment reaches the workers: they all listen on PORT (SO_REUSEPORT)
+code=$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:8080/)
+expect_eq "GET http://127.0.0.1:8080/ (app environment PORT=8080)" "$code" 200
+
+finish
