@@ -9,6 +9,7 @@ use kechi::memory::cgroup::{
 };
 use kechi::memory::slab::parse_slabinfo;
 use kechi::memory::smaps::parse_smaps_rollup;
+use kechi::memory::status::parse_status;
 use proptest::prelude::*;
 
 /// Text that looks like the files: known keys, numbers, separators, in any order.
@@ -19,6 +20,8 @@ fn filelike() -> impl Strategy<Value = String> {
         Just("Shared_Clean:".to_owned()),
         Just("Private_Dirty:".to_owned()),
         Just("Swap:".to_owned()),
+        Just("VmRSS:".to_owned()),
+        Just("RssAnon:\t".to_owned()),
         Just("kB".to_owned()),
         Just("max".to_owned()),
         Just("anon".to_owned()),
@@ -42,6 +45,7 @@ fn filelike() -> impl Strategy<Value = String> {
 
 fn all_parsers(s: &str) {
     let _ = parse_smaps_rollup(s);
+    let _ = parse_status(s);
     let _ = parse_slabinfo(s);
     let _ = parse_proc_cgroup(s);
     let _ = parse_cgroup_procs(s);
@@ -70,13 +74,14 @@ proptest! {
 
     #[test]
     fn never_panic_on_mangled_captures(
-        which in 0usize..6,
+        which in 0usize..7,
         cut in any::<prop::sample::Index>(),
         flip in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
         let file = [
             "proc/sd252-hybrid/127/smaps_rollup",
+            "proc/sd252-v2/731/status",
             "proc/sd252-v2/slabinfo",
             "proc/sd252-hybrid/127/cgroup",
             "cgroup-v2/sd252-v2/kechi.slice/kechi-demo.slice/kechi-demo-2.scope/memory.stat",

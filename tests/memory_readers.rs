@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use kechi::memory::{
     CgroupLayout, CgroupRoot, CgroupVersion, MemError, ProcMem, ProcRoot, locate_pid, probe_layout,
-    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_mem, read_slabinfo, scope_dir,
-    worker_mem,
+    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,
+    read_slabinfo, scope_dir, worker_mem,
 };
 
 const MIB: u64 = 1 << 20;
@@ -182,6 +182,21 @@ fn v2_scope_throttled_at_memory_high() {
 }
 
 #[test]
+fn cheap_counters_bound_the_smaps_figures() {
+    let proc = ProcRoot::new(fixtures("proc/sd252-v2-throttled"));
+    for pid in [1096, 1097, 1098] {
+        let c = read_proc_counters(&proc, pid).unwrap();
+        let m = read_proc_mem(&proc, pid).unwrap();
+        assert_eq!(c.rss, m.rss, "{pid}");
+        assert!(m.uss <= c.rss && m.pss <= c.rss);
+    }
+    assert!(matches!(
+        read_proc_counters(&proc, 4_000_000),
+        Err(MemError::ProcessGone { .. })
+    ));
+}
+
+#[test]
 fn slabinfo_through_the_proc_root() {
     let s = read_slabinfo(&ProcRoot::new(fixtures("proc/sd252-hybrid"))).unwrap();
     assert_eq!(s.dentry_bytes(), Some(75012 * 192));
@@ -273,6 +288,8 @@ fn own_process_on_this_machine() {
     let me = std::process::id();
     let m = read_proc_mem(&proc, me).unwrap();
     assert!(m.rss > 0 && m.uss > 0 && m.pss >= m.uss, "{m:?}");
+    let c = read_proc_counters(&proc, me).unwrap();
+    assert!(c.rss > 0 && c.rss_peak >= c.rss, "{c:?}");
     // The memory cgroup, where the machine has one we can see.
     let Ok(layout) = probe_layout(&CgroupRoot::default()) else {
         return;
@@ -310,6 +327,9 @@ fn a_zombie_is_gone() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let e = read_proc_mem(&ProcRoot::default(), pid).unwrap_err();
+    assert!(matches!(e, MemError::ProcessGone { .. }), "{e}");
+    // Its status is still readable, but has no memory lines.
+    let e = read_proc_counters(&ProcRoot::default(), pid).unwrap_err();
     assert!(matches!(e, MemError::ProcessGone { .. }), "{e}");
     child.wait().unwrap();
 }

@@ -1,7 +1,7 @@
 //! Memory accounting: what a worker, its processes and its cgroup use, and the dentry cache.
 //!
 //! Contract (DESIGN "Accounting reads are split from parsing"):
-//! - [`smaps`], [`cgroup`] and [`slab`] are pure parsers: text in, typed figures in bytes out,
+//! - [`smaps`], [`status`], [`cgroup`] and [`slab`] are pure parsers: text in, typed figures in bytes out,
 //!   a [`MemError::Parse`] naming the line for anything else, never a panic.
 //! - The readers in this module take their roots as parameters ([`ProcRoot`] for `/proc`,
 //!   [`CgroupRoot`] for `/sys/fs/cgroup`), so tests run them over the real captures in
@@ -27,6 +27,7 @@ mod error;
 mod read;
 pub mod slab;
 pub mod smaps;
+pub mod status;
 
 pub use cgroup::{
     CgroupDirs, CgroupLayout, CgroupMem, CgroupVersion, MemoryEvents, MemoryStat, OomControl,
@@ -35,7 +36,8 @@ pub use cgroup::{
 pub use error::{MemError, Op};
 pub use read::{
     CgroupRoot, ProcRoot, WorkerMem, locate_pid, probe_layout, read_cgroup_mem, read_cgroup_procs,
-    read_proc_cgroups, read_proc_mem, read_slabinfo, scope_dir, worker_mem,
+    read_proc_cgroups, read_proc_counters, read_proc_mem, read_slabinfo, scope_dir, worker_mem,
 };
 pub use slab::{SlabCache, SlabInfo};
 pub use smaps::ProcMem;
+pub use status::ProcCounters;

@@ -19,6 +19,7 @@ use super::cgroup::{
 use super::error::Op;
 use super::slab::{SlabInfo, parse_slabinfo};
 use super::smaps::{ProcMem, parse_smaps_rollup};
+use super::status::{ProcCounters, parse_status};
 
 /// Where procfs is mounted (`/proc` by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +156,17 @@ pub fn read_proc_mem(proc: &ProcRoot, pid: u32) -> Result<ProcMem, MemError> {
     let path = proc.pid_file(pid, "smaps_rollup");
     let text = read_proc_file(&path, pid)?;
     parse_smaps_rollup(&text).map_err(|e| e.at(&path))
+}
+
+/// One process's cheap counters from `/proc/PID/status` (constant cost, unlike
+/// [`read_proc_mem`], whose cost grows with the process's resident pages). A task without an
+/// address space (a zombie) is [`MemError::ProcessGone`].
+pub fn read_proc_counters(proc: &ProcRoot, pid: u32) -> Result<ProcCounters, MemError> {
+    let path = proc.pid_file(pid, "status");
+    let text = read_proc_file(&path, pid)?;
+    parse_status(&text)
+        .map_err(|e| e.at(&path))?
+        .ok_or(MemError::ProcessGone { pid, path })
 }
 
 /// A process's cgroup memberships from `/proc/PID/cgroup`.
