@@ -1,5 +1,5 @@
-//! What memory sampling costs: CPU time spent reading `/proc/PID/smaps_rollup` of N processes
-//! once per second, as a percentage of one core.
+//! What memory sampling costs: CPU time spent reading `/proc/PID/smaps_rollup` (and, for
+//! comparison, `/proc/PID/status`) of N processes once per second, as a percentage of one core.
 //!
 //! The target (DESIGN): under 1% of one core for 200 processes at 1 Hz. The cost is kernel time
 //! almost entirely (smaps_rollup walks every mapping's page tables), so it is measured as the
@@ -14,7 +14,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kechi::memory::{ProcMem, ProcRoot, read_proc_mem};
+use kechi::memory::{ProcRoot, read_proc_counters, read_proc_mem};
 
 /// The processes sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,33 @@ impl Workload {
     }
 }
 
+/// What is read per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `smaps_rollup`: RSS, PSS, USS, shared; walks the page tables.
+    SmapsRollup,
+    /// `status`: RSS and its anon/file/shmem split from the kernel's counters.
+    Status,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::SmapsRollup => "smaps_rollup",
+            Method::Status => "status",
+        }
+    }
+
+    /// Reads one process and returns its RSS.
+    fn read(self, proc: &ProcRoot, pid: u32) -> u64 {
+        match self {
+            Method::SmapsRollup => read_proc_mem(proc, pid).map(|m| m.rss),
+            Method::Status => read_proc_counters(proc, pid).map(|c| c.rss),
+        }
+        .expect("a benchmark child vanished")
+    }
+}
+
 /// The processes, killed and reaped when dropped.
 struct Children(Vec<Child>);
 
@@ -90,6 +117,7 @@ fn thread_cpu() -> (Duration, Duration) {
 #[derive(Debug, Clone)]
 pub struct Row {
     pub workload: Workload,
+    pub method: Method,
     pub n: usize,
     pub samples: usize,
     pub user_per_sample: Duration,
@@ -105,8 +133,9 @@ impl Row {
     }
 }
 
-/// Starts `n` processes of `workload`, samples them `samples` times at 1 Hz and measures.
-pub fn measure(workload: Workload, n: usize, samples: usize) -> Row {
+/// Starts `n` processes of `workload`, samples them `samples` times at 1 Hz with each method and
+/// measures.
+pub fn measure(workload: Workload, n: usize, samples: usize, methods: &[Method]) -> Vec<Row> {
     let mut kids = Children(Vec::with_capacity(n));
     for _ in 0..n {
         let child = workload
@@ -126,11 +155,21 @@ pub fn measure(workload: Workload, n: usize, samples: usize) -> Row {
     }));
 
     let proc = ProcRoot::default();
-    let sample = || -> ProcMem {
-        pids.iter()
-            .map(|&pid| read_proc_mem(&proc, pid).expect("a benchmark child vanished"))
-            .sum()
-    };
+    methods
+        .iter()
+        .map(|&method| sample_with(&proc, &pids, workload, method, samples))
+        .collect()
+}
+
+fn sample_with(
+    proc: &ProcRoot,
+    pids: &[u32],
+    workload: Workload,
+    method: Method,
+    samples: usize,
+) -> Row {
+    let n = pids.len();
+    let sample = || -> u64 { pids.iter().map(|&pid| method.read(proc, pid)).sum() };
     let _warm = sample();
 
     let (mut user, mut sys, mut wall) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -147,11 +186,12 @@ pub fn measure(workload: Workload, n: usize, samples: usize) -> Row {
         let (u1, s1) = thread_cpu();
         user += u1 - u0;
         sys += s1 - s0;
-        rss += total.rss / n as u64;
+        rss += total / n.max(1) as u64;
     }
     let k = samples as u32;
     Row {
         workload,
+        method,
         n,
         samples,
         user_per_sample: user / k,
@@ -164,13 +204,14 @@ pub fn measure(workload: Workload, n: usize, samples: usize) -> Row {
 /// Prints the table in Markdown.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| processes | N | samples | user ms/sample | sys ms/sample | CPU % of one core at 1 Hz | wall ms/sample | mean RSS each |"
+        "| processes | file read | N | samples | user ms/sample | sys ms/sample | CPU % of one core at 1 Hz | wall ms/sample | mean RSS each |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         println!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} MiB |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} MiB |",
             r.workload.name(),
+            r.method.name(),
             r.n,
             r.samples,
             r.user_per_sample.as_secs_f64() * 1e3,
@@ -201,13 +242,15 @@ pub fn run() -> Vec<Row> {
     let mut rows = Vec::new();
     for &w in &workloads {
         for &n in &ns {
-            let row = measure(w, n, samples);
-            eprintln!(
-                "{} x{n}: {:.3}% of one core",
-                w.name(),
-                row.percent_of_core()
-            );
-            rows.push(row);
+            for row in measure(w, n, samples, &[Method::SmapsRollup, Method::Status]) {
+                eprintln!(
+                    "{} x{n}, {}: {:.3}% of one core",
+                    w.name(),
+                    row.method.name(),
+                    row.percent_of_core()
+                );
+                rows.push(row);
+            }
         }
     }
     print_table(&rows);
