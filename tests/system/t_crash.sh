@@ -63,7 +63,7 @@ expect_eq "systemctl is-failed kechi@demo within 30 s" "$state" failed
 info "after $((SECONDS - t0)) s: $(tgt_run systemctl show -p Result -p ExecMainCode -p ExecMainStatus -p NRestarts kechi@demo | tr '\n' ' ')"
 expect_eq "kechid's exit status (69, final: no restart by systemd)" "$(unit_prop kechi@demo ExecMainStatus)" 69
 expect_eq "restarts of kechid by systemd" "$(unit_prop kechi@demo NRestarts)" 0
-log=$(journal_after "$cursor" -u kechi@demo -o cat)
+log=$(journal_unit_after "$cursor" kechi@demo.service)
 printf '%s\n' "$log" | tail -n 15 | sed 's/^/          | /'
 n=$(printf '%s\n' "$log" | grep -ciE 'back-?off|backing off')
 if [ "$n" -gt 0 ]; then ok "the journal shows backoff ($n lines)"; else bad "no backoff message in the journal of kechi@demo"; fi

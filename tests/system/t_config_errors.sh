@@ -1,0 +1,66 @@
+#!/bin/bash
+# t_config_errors: kechid refuses a bad /etc/kechi/demo.toml before starting anything:
+# `systemctl start kechi@demo` fails, the unit ends "failed" without restart loops (exit status 78,
+# EX_CONFIG, which the unit does not restart), and the journal names file:line and the key.
+. "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+
+scenario t_config_errors "a bad config is refused with file:line: key"
+tgt_up conferr
+kechi_install
+
+# try_bad LINE KEY: the config just written has its problem at LINE, about KEY
+try_bad() {
+  local line=$1 key=$2 cursor state log t0
+  tgt_run systemctl reset-failed kechi@demo 2> /dev/null
+  cursor=$(journal_cursor)
+  t0=$SECONDS
+  if tgt_run timeout 60 systemctl start kechi@demo 2> /dev/null; then
+    bad "systemctl start kechi@demo succeeded"
+  else
+    ok "systemctl start kechi@demo fails ($((SECONDS - t0)) s)"
+  fi
+  state=""
+  for _ in $(seq 1 30); do
+    state=$(tgt_run systemctl is-failed kechi@demo)
+    [ "$state" = failed ] && break
+    sleep 0.5
+  done
+  expect_eq "systemctl is-failed kechi@demo" "$state" failed
+  info "$(tgt_run systemctl show -p Result -p ExecMainStatus -p NRestarts kechi@demo | tr '\n' ' ')"
+  expect_eq "kechid's exit status (78, EX_CONFIG)" "$(unit_prop kechi@demo ExecMainStatus)" 78
+  expect_eq "restarts of kechid by systemd" "$(unit_prop kechi@demo NRestarts)" 0
+  log=$(journal_unit_after "$cursor" kechi@demo.service)
+  printf '%s\n' "$log" | head -n 8 | sed 's/^/          | /'
+  if printf '%s\n' "$log" | grep -F "/etc/kechi/demo.toml:$line:" | grep -qF "$key"; then
+    ok "the journal says /etc/kechi/demo.toml:$line: ... $key"
+  else
+    bad "no journal line with /etc/kechi/demo.toml:$line: and '$key'"
+  fi
+  expect_eq "worker scopes started" "$(count_lines "$(workers)")" 0
+  expect_eq "processes of $KT_USER" "$(tgt_run pgrep -u "$KT_USER" | tr '\n' ' ')" ""
+}
+
+say "an unknown key"
+kechi_config <<EOF
+command = ["/usr/bin/python3", "$KT_INSIDE/hello.py"]
+user = "$KT_USER"
+wokers = 3
+EOF
+try_bad 3 wokers
+
+say "a value of the wrong type"
+kechi_config <<EOF
+command = ["/usr/bin/python3", "$KT_INSIDE/hello.py"]
+user = "$KT_USER"
+
+workers = "many"
+EOF
+try_bad 4 workers
+
+say "and a good config starts (the unit was not left unusable)"
+tgt_run systemctl reset-failed kechi@demo 2> /dev/null
+demo_config
+kechi_start
+expect_eq "worker scopes" "$(count_lines "$(workers)")" 3
+
+finish
