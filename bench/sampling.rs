@@ -148,17 +148,35 @@ pub fn measure(workload: Workload, n: usize, samples: usize, methods: &[Method])
         kids.0.push(child);
     }
     let pids: Vec<u32> = kids.0.iter().map(Child::id).collect();
-    // Let every child exec and settle (Python needs its imports and its 8 MiB).
-    std::thread::sleep(Duration::from_secs(match workload {
-        Workload::Sleep => 1,
-        Workload::Python => 3 + n as u64 / 100,
-    }));
-
     let proc = ProcRoot::default();
+    wait_settled(&proc, &pids, workload);
     methods
         .iter()
         .map(|&method| sample_with(&proc, &pids, workload, method, samples))
         .collect()
+}
+
+/// Waits until every child has exec'd and touched its memory, so that no start-up work (800
+/// Python interpreters take tens of seconds of CPU to start on two cores) overlaps sampling.
+fn wait_settled(proc: &ProcRoot, pids: &[u32], workload: Workload) {
+    let (comm, min_rss) = match workload {
+        Workload::Sleep => ("sleep", 0),
+        Workload::Python => ("python3", 8 << 20),
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let settled = |&pid: &u32| {
+        let c = std::fs::read_to_string(proc.pid_file(pid, "comm")).unwrap_or_default();
+        c.trim() == comm && read_proc_counters(proc, pid).is_ok_and(|c| c.rss >= min_rss)
+    };
+    while !pids.iter().all(settled) {
+        assert!(
+            Instant::now() < deadline,
+            "children did not settle in 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the run queue drain of whatever the last ones still do on their way to sleep.
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 fn sample_with(
