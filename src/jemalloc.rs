@@ -54,18 +54,12 @@ pub enum JemallocError {
     NotAFile { path: PathBuf },
     #[error("{}: not an ELF shared library for this machine", path.display())]
     NotForThisMachine { path: PathBuf },
-    #[error(
-        "{}: owned by uid {uid}, not root; a library preloaded into every worker must be owned by root",
-        path.display()
-    )]
+    #[error("{}: owned by uid {uid}, not root", path.display())]
     NotRootOwned { path: PathBuf, uid: u32 },
-    #[error(
-        "{}: writable by group or others (mode {mode:04o}); a library preloaded into every worker must be writable by root only",
-        path.display()
-    )]
+    #[error("{}: writable by group or others (mode {mode:04o})", path.display())]
     Writable { path: PathBuf, mode: u32 },
     #[error(
-        "{}: its directory {} is {why}, so the library could be replaced; it must be root-owned and writable by root only",
+        "{}: its directory {} is {why}, so the library could be replaced",
         path.display(),
         dir.display()
     )]

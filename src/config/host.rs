@@ -166,12 +166,23 @@ impl Checks<'_> {
         };
         match host.check_jemalloc(&found) {
             Ok(real) => Some(real),
+            Err(e @ JemallocError::Io { .. }) => {
+                self.fail(
+                    key,
+                    format!("refusing to preload {e}"),
+                    "an existing libjemalloc file, jemalloc.path = \"auto\", or \
+                     jemalloc.enabled = false",
+                );
+                None
+            }
             Err(e) => {
                 self.fail(
                     key,
-                    format!("refusing to preload {}: {e}", found.display()),
-                    "a root-owned library writable by root only (fix its owner and mode, point \
-                     jemalloc.path at a safe copy, or set jemalloc.enabled = false)",
+                    format!("refusing to preload {e}"),
+                    "a library only root can change, since it is preloaded into every worker: \
+                     root-owned and not writable by group or others, in directories likewise \
+                     (fix its owner and mode, point jemalloc.path at a safe copy, or set \
+                     jemalloc.enabled = false)",
                 );
                 None
             }

@@ -1,0 +1,355 @@
+//! Every malformed fixture under `tests/fixtures/config/bad/` is refused with a message naming
+//! the file, the line and the key; every fixture under `good/` loads.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use kechi::config::{self, ConfigErrors, Host, KEYS, Loaded, Source};
+use kechi::jemalloc::JemallocError;
+
+/// The library "auto" finds on the test host; judged safe without looking at the disk.
+const AUTO_LIB: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/// A host with known users and groups and a jemalloc found by "auto". Explicit library paths
+/// go through the real safety check, so the unsafe-library fixture tests the real thing.
+struct TestHost;
+
+impl Host for TestHost {
+    fn is_root(&self) -> bool {
+        true
+    }
+    fn user_exists(&self, name: &str) -> Result<bool, String> {
+        Ok(["root", "nobody", "diary"].contains(&name))
+    }
+    fn group_exists(&self, name: &str) -> Result<bool, String> {
+        Ok(["root", "nogroup", "diary"].contains(&name))
+    }
+    fn find_jemalloc(&self) -> Option<PathBuf> {
+        Some(PathBuf::from(AUTO_LIB))
+    }
+    fn check_jemalloc(&self, path: &Path) -> Result<PathBuf, JemallocError> {
+        if path == Path::new(AUTO_LIB) {
+            Ok(path.to_owned())
+        } else {
+            kechi::jemalloc::check_library(path)
+        }
+    }
+}
+
+fn fixture(dir: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(dir)
+        .join(name)
+}
+
+fn load_with(path: &Path, env: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    config::load(path, &env, &TestHost)
+}
+
+fn errors_of(name: &str) -> Vec<String> {
+    if name == "unsafe-jemalloc.toml" {
+        make_unsafe_library();
+    }
+    match load_with(&fixture("bad", name), &[]) {
+        Ok(_) => panic!("{name} was accepted"),
+        Err(e) => e.errors().iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The file `unsafe-jemalloc.toml` points at, writable by all: refused before its contents matter.
+fn make_unsafe_library() {
+    let p = Path::new("/tmp/kechi-test-unsafe-libjemalloc.so.2");
+    if !p.exists() {
+        fs::write(p, b"\x7fELF placeholder").unwrap();
+    }
+    fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// (fixture, line or None for file-level problems, key, a fragment of the explanation)
+const BAD: &[(&str, Option<usize>, &str, &str)] = &[
+    (
+        "unknown-key.toml",
+        Some(5),
+        "memory.maxx",
+        "unknown key; did you mean memory.max?",
+    ),
+    (
+        "unknown-top-level-key.toml",
+        Some(3),
+        "max-age",
+        "did you mean recycle.max-age?",
+    ),
+    (
+        "wrong-type.toml",
+        Some(3),
+        "workers",
+        "got \"two\"; expected an integer from 1 to 256",
+    ),
+    (
+        "bad-size.toml",
+        Some(5),
+        "memory.max",
+        "got \"512X\"; expected a size",
+    ),
+    (
+        "bad-duration.toml",
+        Some(6),
+        "ready.timeout",
+        "got \"5 parsecs\"; expected a duration",
+    ),
+    (
+        "empty-command.toml",
+        Some(2),
+        "command",
+        "got []; expected a non-empty array",
+    ),
+    ("missing-command.toml", None, "command", "missing"),
+    (
+        "shell-command.toml",
+        Some(2),
+        "command",
+        "(no shell is involved)",
+    ),
+    (
+        "Bad.App.toml",
+        None,
+        "app name",
+        "got \"Bad.App\" (from the file name)",
+    ),
+    (
+        "relative-directory.toml",
+        Some(3),
+        "directory",
+        "expected an absolute directory path",
+    ),
+    (
+        "unknown-user.toml",
+        Some(3),
+        "user",
+        "no user \"no-such-user-kechi\" on this host",
+    ),
+    (
+        "unknown-group.toml",
+        Some(5),
+        "control.group",
+        "no group \"no-such-group-kechi\"",
+    ),
+    (
+        "unsafe-jemalloc.toml",
+        Some(6),
+        "jemalloc.path",
+        "refusing to preload",
+    ),
+    (
+        "missing-jemalloc.toml",
+        Some(5),
+        "jemalloc.path",
+        "cannot resolve",
+    ),
+    (
+        "bad-signal.toml",
+        Some(5),
+        "stop.signal",
+        "got \"TERMINATE\"; expected a signal name",
+    ),
+    (
+        "zero-workers.toml",
+        Some(3),
+        "workers",
+        "got 0; expected an integer from 1 to 256",
+    ),
+    ("syntax-error.toml", Some(5), "memory.max", "invalid TOML"),
+    (
+        "high-above-max.toml",
+        Some(6),
+        "memory.high",
+        "600M is above memory.max (512M)",
+    ),
+    (
+        "forbidden-env.toml",
+        Some(6),
+        "environment.LISTEN_FDS",
+        "set by kechi for every worker",
+    ),
+    (
+        "ld-preload-with-jemalloc.toml",
+        Some(3),
+        "environment.LD_PRELOAD",
+        "expected jemalloc.enabled = false",
+    ),
+    (
+        "backoff-above-max.toml",
+        Some(5),
+        "restart.backoff",
+        "is above restart.backoff-max",
+    ),
+    (
+        "bad-mode.toml",
+        Some(5),
+        "ready.mode",
+        "expected one of \"notify\", \"accept\", \"delay\"",
+    ),
+    ("bad-metric.toml", Some(5), "memory.metric", "got \"vss\""),
+    (
+        "check-interval-too-short.toml",
+        Some(5),
+        "recycle.check-interval",
+        "at least 100ms",
+    ),
+    (
+        "section-not-table.toml",
+        Some(3),
+        "ready",
+        "expected a table",
+    ),
+    (
+        "zero-max-concurrent.toml",
+        Some(5),
+        "recycle.max-concurrent",
+        "at least 1",
+    ),
+];
+
+#[test]
+fn every_bad_fixture_is_refused_with_file_line_and_key() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/bad");
+    let mut on_disk: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".toml") && n != "many-problems.toml")
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = BAD.iter().map(|b| b.0.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "every bad fixture has an expectation");
+
+    for (name, line, key, fragment) in BAD {
+        let errs = errors_of(name);
+        let at = match line {
+            Some(l) => format!("{name}:{l}: {key}: "),
+            None => format!("{name}: {key}: "),
+        };
+        assert!(
+            errs.iter().any(|e| e.contains(&at) && e.contains(fragment)),
+            "{name}: expected a message with {at:?} and {fragment:?}, got {errs:#?}"
+        );
+        // The message starts with the full path of the file.
+        let path = fixture("bad", name);
+        assert!(
+            errs.iter().all(|e| e.starts_with(&*path.to_string_lossy())),
+            "{errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_line_order() {
+    let errs = errors_of("many-problems.toml");
+    let heads: Vec<String> = errs
+        .iter()
+        .map(|e| {
+            let rest = e.rsplit_once("many-problems.toml:").unwrap().1;
+            rest.split(": got").next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "3: directory",
+            "4: workers",
+            "7: memory.max",
+            "8: memory.metric",
+            "11: restart.burst"
+        ]
+    );
+}
+
+#[test]
+fn environment_overrides_are_checked_and_named() {
+    let errs = load_with(
+        &fixture("good", "minimal.toml"),
+        &[
+            ("KECHI_MEMORY_MAX", "lots"),
+            ("KECHI_RECYCLE_MAXAGE", "1h"),
+            ("KILL_OLD_DELAY", "soon"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    let lines: Vec<&str> = errs.lines().collect();
+    assert_eq!(lines.len(), 3, "{errs}");
+    assert!(lines.contains(&"environment: KILL_OLD_DELAY: got \"soon\"; expected a duration like \"30s\", \"5m\", \"1h30m\" or \"250ms\", or an integer number of seconds"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("environment: KECHI_MEMORY_MAX: got \"lots\""))
+    );
+    assert!(lines.contains(
+        &"environment: KECHI_RECYCLE_MAXAGE: unknown variable; did you mean KECHI_RECYCLE_MAX_AGE?"
+    ));
+}
+
+#[test]
+fn good_fixtures_load() {
+    for name in [
+        "full.toml",
+        "minimal.toml",
+        "integers.toml",
+        "own-allocator.toml",
+        "no-jemalloc.toml",
+    ] {
+        if let Err(e) = load_with(&fixture("good", name), &[]) {
+            panic!("{name}:\n{e}");
+        }
+    }
+}
+
+#[test]
+fn full_example_sets_every_key() {
+    let path = fixture("good", "full.toml");
+    let loaded = load_with(&path, &[]).unwrap();
+    for key in KEYS {
+        match &loaded.provenance[*key] {
+            Source::File { path: p, .. } => assert_eq!(p, &path),
+            other => panic!("{key} came from {other:?}"),
+        }
+    }
+    let c = &loaded.config;
+    assert_eq!(c.app.as_str(), "full");
+    assert_eq!(c.user.as_deref(), Some("diary"));
+    assert_eq!(c.memory.min_shared.unwrap().to_string(), "50%");
+    assert_eq!(c.recycle.max_age.as_secs(), 3600);
+    assert_eq!(c.control.group, None);
+    assert_eq!(c.jemalloc.library.as_deref(), Some(Path::new(AUTO_LIB)));
+    // The rendered forms cover every key too.
+    assert_eq!(config::render_text(&loaded).lines().count(), KEYS.len() + 1);
+    assert_eq!(
+        config::render_json(&loaded)["keys"]
+            .as_object()
+            .unwrap()
+            .len(),
+        KEYS.len()
+    );
+}
+
+#[test]
+fn overrides_win_over_the_file_and_say_so() {
+    let loaded = load_with(
+        &fixture("good", "full.toml"),
+        &[("KECHI_WORKERS", "6"), ("KECHI_JEMALLOC_ENABLED", "no")],
+    )
+    .unwrap();
+    assert_eq!(loaded.config.workers, 6);
+    assert!(!loaded.config.jemalloc.enabled);
+    assert_eq!(loaded.config.jemalloc.library, None);
+    let text = config::render_text(&loaded);
+    let row = text.lines().find(|l| l.starts_with("workers ")).unwrap();
+    assert!(row.ends_with("env KECHI_WORKERS"), "{row}");
+}
