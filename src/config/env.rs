@@ -15,6 +15,9 @@
 //! `ENABLE_AUTO_RESTART` is true, and defaults to 360 seconds then. Values are seconds (a
 //! duration like `"5m"` works too).
 //!
+//! A variable replaces the key's whole value: `KECHI_ENVIRONMENT='{ A = "1" }'` replaces the
+//! file's `environment` table rather than merging into it, as `KECHI_COMMAND` replaces argv.
+//!
 //! Every other `KECHI_*` variable is an error naming it, except `KECHI_APP` and `KECHI_WORKER`
 //! when both are present: that is kechi's own worker environment (a command run from inside a
 //! worker), not configuration.

@@ -1,8 +1,8 @@
 //! Stage 1, first half: is the text TOML, and does it only use kechi's keys?
 //!
-//! This runs before serde so that every syntax error and every unknown key is reported at
-//! once (serde stops at the first), each with its line, the key, and a "did you mean" when a
-//! valid key is close. It also records the line of every key, which validation uses for
+//! This runs before serde so that every unknown key is reported at once (serde stops at the
+//! first), each with its line, the key, and a "did you mean" when a valid key is close. Of
+//! syntax errors only the earliest is reported: what follows one is the parser's guesswork. It also records the line of every key, which validation uses for
 //! problems inside `environment` (serde only gives the span of the whole table).
 
 use std::collections::BTreeMap;
@@ -20,15 +20,15 @@ pub type KeyLines = BTreeMap<String, usize>;
 
 /// Parses `text` and checks that it only uses known keys and tables where tables belong.
 pub fn check(text: &str, path: &Path, lines: &LineIndex) -> Result<KeyLines, Vec<ConfigError>> {
+    // Only the first syntax error is reported: after one, recovery guesses, and the guesses
+    // (an unclosed array swallowing the next lines...) would only mislead.
+    // Errors are not reported in text order, so take the earliest.
     let (doc, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        let mut errors: Vec<ConfigError> = syntax
-            .iter()
-            .map(|e| from_toml_error(e, text, path, lines))
-            .collect();
-        // Recovery can report one typo several times; one per line is enough.
-        errors.dedup_by(|a, b| a.location == b.location);
-        return Err(errors);
+    if let Some(first) = syntax
+        .iter()
+        .min_by_key(|e| e.span().map_or(usize::MAX, |s| s.start))
+    {
+        return Err(vec![from_toml_error(first, text, path, lines)]);
     }
     let mut walk = Walk {
         path,
