@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod driver;
+pub mod exitcode;
 pub mod jemalloc;
 pub mod lifecycle;
 pub mod logging;
