@@ -25,3 +25,4 @@ pub mod quantity;
 pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;
+pub mod worker_env;
