@@ -43,7 +43,7 @@ while read -r serial unit pid; do
   expect_eq "worker $pid command" "$(tgt_run ps -o args= -p "$pid")" "/usr/bin/python3 $KT_INSIDE/hello.py"
   pids="$pids $pid"
 done <<< "$w"
-distinct=$(printf '%s\n' $pids | sort -u | grep -c .)
+distinct=$(printf '%s\n' "$pids" | tr ' ' '\n' | sort -u | grep -c .)
 expect_eq "distinct worker pids" "$distinct" 3
 
 # the app's environment reaches the workers: they all listen on PORT (SO_REUSEPORT)

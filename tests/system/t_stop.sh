@@ -27,7 +27,7 @@ if tgt_run timeout 120 systemctl stop kechi@demo; then
 else
   bad "systemctl stop failed after $((SECONDS - t0)) s"
 fi
-[ $((SECONDS - t0)) -le 30 ] && ok "stopped within stop.timeout (30 s)" || bad "stopping took longer than stop.timeout (30 s)"
+if [ $((SECONDS - t0)) -le 30 ]; then ok "stopped within stop.timeout (30 s)"; else bad "stopping took longer than stop.timeout (30 s)"; fi
 expect_eq "kechi@demo is" "$(tgt_run systemctl is-active kechi@demo)" inactive
 expect_eq "kechi@demo result" "$(unit_prop kechi@demo Result)" success
 expect_eq "kechid's exit status" "$(unit_prop kechi@demo ExecMainStatus)" 0
@@ -40,9 +40,9 @@ for _ in $(seq 1 50); do
   [ -z "$units" ] && break
   sleep 0.1
 done
-if [ -z "$units" ]; then ok "no kechi-demo-* unit left (list-units --all)"; else bad "units left: $(echo $units)"; fi
+if [ -z "$units" ]; then ok "no kechi-demo-* unit left (list-units --all)"; else bad "units left: $(printf '%s' "$units" | tr '\n' ' ')"; fi
 procs=$(tgt_run ps -u "$KT_USER" -o pid=,args= 2>/dev/null)
-if [ -z "$procs" ]; then ok "no process of user $KT_USER left"; else bad "processes of $KT_USER left: $(echo $procs)"; fi
+if [ -z "$procs" ]; then ok "no process of user $KT_USER left"; else bad "processes of $KT_USER left: $(printf '%s' "$procs" | tr '\n' ';')"; fi
 for d in $dirs; do
   holders=$(kt mounted-anywhere "$d" | tr '\n' ' ')
   if [ -z "$holders" ]; then ok "$d: no longer mounted anywhere"; else bad "$d still mounted, seen by pids $holders"; fi

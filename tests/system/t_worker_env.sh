@@ -56,7 +56,7 @@ while read -r serial unit pid; do
   dirs="$dirs $dir"
   if [ -z "$victim" ]; then victim=$pid; victim_dir=$dir; victim_serial=$serial; fi
 done <<< "$w"
-expect_eq "distinct TMPDIRs" "$(printf '%s\n' $dirs | sort -u | grep -c .)" 3
+expect_eq "distinct TMPDIRs" "$(printf '%s' "$dirs" | tr ' ' '\n' | sort -u | grep -c .)" 3
 
 say "a file written by worker $victim_serial's user in its TMPDIR, then the worker ends"
 # shellcheck disable=SC2016

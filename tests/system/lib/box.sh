@@ -154,10 +154,10 @@ _box_boot_inner() {
         done
       fi
     done < <(_box_host_cgroups)
-    [ -d "$R/sys/fs/cgroup/systemd" ] && mountpoint -q "$R/sys/fs/cgroup/systemd" || {
+    if ! mountpoint -q "$R/sys/fs/cgroup/systemd" 2> /dev/null; then  # systemd's own v1 hierarchy
       mkdir -p "$R/sys/fs/cgroup/systemd"
       mount -t cgroup -o none,name=systemd,nosuid,nodev,noexec cgroup "$R/sys/fs/cgroup/systemd"
-    }
+    fi
   else                                   # pure v2 host
     umount "$R/sys/fs/cgroup"
     mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
@@ -169,7 +169,7 @@ _box_boot_inner() {
   echo "kechi-test-$name" > "$R/etc/hostname"
   : > "$R/etc/fstab"
   rm -f "$R/.dockerenv" "$R/run/.containerenv"
-  cat /proc/sys/kernel/random/uuid | tr -d '-' > "$R/etc/machine-id"
+  tr -d '-' < /proc/sys/kernel/random/uuid > "$R/etc/machine-id"
   mkdir -p "$R/etc/systemd/system"
   for c in $_BOX_MASK; do ln -sfn /dev/null "$R/etc/systemd/system/$c"; done
   cat > "$R/etc/systemd/system/$_BOX_TARGET" <<'EOF'
@@ -317,21 +317,21 @@ box_diag() {  # what the box looks like: failed units, kechi units, the end of t
 }
 
 box_down() {
-  local name=$1 pid i d
+  local name=$1 pid d
   pid=$(_box_init_pid "$name" || true)
   if [ -n "$pid" ]; then
     kill -s SIGRTMIN+4 "$pid" 2>/dev/null || true   # systemd: poweroff
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
       _box_say "box $name did not power off in 10s: killing its init"
       kill -9 "$pid" 2>/dev/null || true             # ends every process of its pid namespace
-      for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
   fi
   # the cgroups: wait until the namespace's last processes are gone, then remove them
   for d in $(_box_cg_dirs "$name"); do
     [ -d "$d" ] || continue
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
       [ -z "$(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] && break
       sleep 0.1
     done

@@ -25,7 +25,7 @@ ok() { _KT_CHECKS=$((_KT_CHECKS + 1)); echo "    ok    $*"; }
 bad() { _KT_CHECKS=$((_KT_CHECKS + 1)); _KT_FAILS=$((_KT_FAILS + 1)); echo "    FAIL  $*"; }
 info() { echo "          $*"; }
 # check DESC CMD...: CMD (on this host) must succeed
-check() { local d=$1; shift; if "$@"; then ok "$d"; else bad "$d"; fi; }
+check() { local d=$1; shift; if "$@" > /dev/null; then ok "$d"; else bad "$d"; fi; }
 # expect_eq DESC GOT WANT
 expect_eq() { if [ "$2" = "$3" ]; then ok "$1: $2"; else bad "$1: got '$2', want '$3'"; fi; }
 # abort DESC: a failure after which the remaining checks mean nothing

@@ -1,0 +1,210 @@
+#!/bin/bash
+# tests/run.sh — every test of kechi, in one command:  sudo tests/run.sh
+#
+#   1. installs what the tests need when it is missing (Debian/Ubuntu packages; cargo is assumed)
+#   2. cargo fmt --check, cargo clippy --all-targets -- -D warnings, cargo build, cargo test
+#      (cargo nextest when installed, plus the doc tests)
+#   3. the system scenarios, tests/system/t_*.sh, against a real systemd (two at a time)
+#   4. a summary table: PASS / FAIL / SKIP per step, with durations; exit status 1 on any FAIL
+#
+# Options:
+#   --quick          steps 1-2 only (no system scenarios)
+#   --system-only    step 3 only (expects binaries already built, or KECHI_BIN_DIR)
+#   --only NAME      only this scenario (t_NAME.sh, NAME may omit t_ and .sh); repeatable
+#   --jobs N         scenarios at once (default 2, KT_JOBS)
+#   --no-install     never call apt-get
+# Environment: KT_TEST_TIMEOUT (s per scenario, default 900), KT_LOGDIR (default
+# target/system-tests), KECHI_BIN_DIR (binaries to test, default target/debug).
+# System scenarios need root; as another user they are reported as SKIP.
+set -uo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.." || exit 2
+ROOT=$PWD
+
+quick=0 system_only=0 install=1 jobs=${KT_JOBS:-2}
+only=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --system-only) system_only=1 ;;
+    --only) [ $# -ge 2 ] || { echo "--only needs a name" >&2; exit 2; }; only+=("$2"); shift ;;
+    --only=*) only+=("${1#--only=}") ;;
+    --jobs) [ $# -ge 2 ] || { echo "--jobs needs a number" >&2; exit 2; }; jobs=$2; shift ;;
+    --no-install) install=0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$quick" = 1 ] && [ "$system_only" = 1 ] && { echo "--quick and --system-only exclude each other" >&2; exit 2; }
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "--jobs wants a positive number" >&2; exit 2; }
+
+LOGDIR=${KT_LOGDIR:-$ROOT/target/system-tests}
+declare -a R_NAME=() R_RESULT=() R_TIME=() R_NOTE=()
+record() { R_NAME+=("$1"); R_RESULT+=("$2"); R_TIME+=("$3"); R_NOTE+=("${4:-}"); }
+banner() { printf '\n##### %s\n' "$*"; }
+
+# ---- 1. what the tests need ---------------------------------------------------------------------
+PACKAGES="libjemalloc2 python3 curl wrk starlet gunicorn procps util-linux dbus systemd"
+install_deps() {
+  local p missing="" t0=$SECONDS
+  command -v dpkg-query > /dev/null || { record "install packages" SKIP 0 "no dpkg here"; return 0; }
+  for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q 'ok installed' || missing="$missing $p"
+  done
+  if [ -z "$missing" ]; then record "install packages" PASS 0 "all present"; return 0; fi
+  if [ "$install" = 0 ] || [ "$(id -u)" != 0 ]; then
+    record "install packages" SKIP 0 "missing:$missing (not root or --no-install)"; return 0
+  fi
+  banner "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  if apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; then
+    record "install packages" PASS $((SECONDS - t0)) "installed:$missing"
+  else
+    record "install packages" FAIL $((SECONDS - t0)) "apt-get failed for:$missing"
+  fi
+}
+
+# ---- 2. cargo ------------------------------------------------------------------------------------
+find_cargo() {
+  local c h
+  c=$(command -v cargo 2> /dev/null) && { echo "$c"; return 0; }
+  for h in "${CARGO_HOME:-}" "$HOME/.cargo" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo"}; do
+    [ -n "$h" ] && [ -x "$h/bin/cargo" ] && { echo "$h/bin/cargo"; return 0; }
+  done
+  return 1
+}
+
+step() {  # step NAME CMD...: run, time, record
+  local name=$1 t0=$SECONDS rc
+  shift
+  banner "$name: $*"
+  "$@"; rc=$?
+  if [ "$rc" = 0 ]; then record "$name" PASS $((SECONDS - t0)); else record "$name" FAIL $((SECONDS - t0)) "exit status $rc"; fi
+  return "$rc"
+}
+
+cargo_steps() {
+  local cargo
+  if ! cargo=$(find_cargo); then record "cargo" FAIL 0 "cargo not found (install rustup)"; return 1; fi
+  PATH="$(dirname "$cargo"):$PATH"
+  export PATH
+  step "cargo fmt --check" cargo fmt --all -- --check
+  step "cargo clippy" cargo clippy --all-targets -- -D warnings
+  step "cargo build" cargo build || return 1
+  if cargo nextest --version > /dev/null 2>&1; then
+    step "cargo nextest" cargo nextest run
+    step "cargo test --doc" cargo test --doc
+  else
+    step "cargo test" cargo test
+  fi
+  return 0
+}
+
+# ---- 3. system scenarios -------------------------------------------------------------------------
+scenarios() {
+  local f n o
+  for f in tests/system/t_*.sh; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .sh)
+    if [ ${#only[@]} -gt 0 ]; then
+      for o in "${only[@]}"; do
+        o=${o%.sh}; o=${o#t_}
+        [ "$n" = "t_$o" ] && { echo "$f"; break; }
+      done
+    else
+      echo "$f"
+    fi
+  done
+}
+
+declare -A RUN_PID_NAME=() RUN_START=()
+running=0
+
+
+start_scenario() {
+  local f=$1 n
+  n=$(basename "$f" .sh)
+  timeout --kill-after=30 "${KT_TEST_TIMEOUT:-900}" bash "$f" > "$LOGDIR/$n.log" 2>&1 < /dev/null &
+  RUN_PID_NAME[$!]=$n
+  RUN_START[$!]=$SECONDS
+
+  running=$((running + 1))
+  echo "... $n started (log: ${LOGDIR#"$ROOT"/}/$n.log)"
+}
+
+finish_one() {  # wait for any scenario; print its log; record it
+  local pid rc n dur note
+  wait -n -p pid; rc=$?
+  [ -n "${pid:-}" ] || return 1
+  n=${RUN_PID_NAME[$pid]}
+  dur=$((SECONDS - RUN_START[$pid]))
+  unset "RUN_PID_NAME[$pid]"
+  running=$((running - 1))
+  banner "$n (exit status $rc, $dur s)"
+  cat "$LOGDIR/$n.log"
+  case "$rc" in
+    0) record "$n" PASS "$dur" ;;
+    77) note=$(grep -m1 -o 'SKIPPED (.*)' "$LOGDIR/$n.log" || echo "skipped"); record "$n" SKIP "$dur" "$note" ;;
+    124|137) record "$n" FAIL "$dur" "timed out after ${KT_TEST_TIMEOUT:-900}s" ;;
+    *) record "$n" FAIL "$dur" "$(grep -m1 -E '^ +FAIL ' "$LOGDIR/$n.log" | sed 's/^ *FAIL *//' | cut -c 1-70)" ;;
+  esac
+}
+
+# shellcheck disable=SC2317  # called by the trap
+on_interrupt() {
+  local p
+  echo "interrupted: stopping the scenarios (they take their test machines down)" >&2
+  for p in "${!RUN_PID_NAME[@]}"; do kill -TERM "$p" 2> /dev/null; done
+  wait
+  exit 130
+}
+
+system_steps() {
+  local list f
+  list=$(scenarios)
+  if [ -z "$list" ]; then record "system scenarios" FAIL 0 "none matched: ${only[*]:-}"; return; fi
+  if [ "$(id -u)" != 0 ]; then
+    for f in $list; do record "$(basename "$f" .sh)" SKIP 0 "needs root (sudo tests/run.sh)"; done
+    return
+  fi
+  mkdir -p "$LOGDIR"
+  trap on_interrupt INT TERM
+  banner "system scenarios: $(echo "$list" | wc -l), $jobs at a time"
+  for f in $list; do
+    while [ "$running" -ge "$jobs" ]; do finish_one; done
+    start_scenario "$f"
+  done
+  while [ "$running" -gt 0 ]; do finish_one; done
+  trap - INT TERM
+}
+
+# ---- run -----------------------------------------------------------------------------------------
+T0=$SECONDS
+install_deps
+build_ok=1
+if [ "$system_only" = 0 ]; then
+  cargo_steps || build_ok=0
+fi
+if [ "$quick" = 0 ]; then
+  if [ "$build_ok" = 1 ]; then
+    system_steps
+  else
+    for f in $(scenarios); do record "$(basename "$f" .sh)" SKIP 0 "not run: the build failed"; done
+  fi
+fi
+
+# ---- 4. summary ----------------------------------------------------------------------------------
+fails=0
+banner "summary ($((SECONDS - T0)) s)"
+printf '%-28s %-6s %6s  %s\n' STEP RESULT TIME NOTE
+for i in "${!R_NAME[@]}"; do
+  printf '%-28s %-6s %5ss  %s\n' "${R_NAME[$i]}" "${R_RESULT[$i]}" "${R_TIME[$i]}" "${R_NOTE[$i]}"
+  [ "${R_RESULT[$i]}" = FAIL ] && fails=$((fails + 1))
+done
+if [ "$fails" -gt 0 ]; then
+  echo "$fails step(s) FAILED"
+  exit 1
+fi
+echo "no failures"
+exit 0
