@@ -1,1 +1,781 @@
-//! (to be written)
+//! The driver: one select loop that gathers events (signals, worker exits, timers), applies
+//! them to the [`AppState`], asks the pure [`policy::decide`] what to do and carries it out
+//! (fork, scopes over D-Bus, signals, temp dirs, sd_notify, logs).
+//!
+//! Decisions never happen here; IO never happens in the policy. The loop re-decides after every
+//! action batch (each action changes the state, so this terminates) and sleeps until the next
+//! event or the policy's wake-up time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal as NixSignal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Pid, Uid, User};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::app::AppName;
+use crate::config::{self, Config, Limit, Loaded, RealHost};
+use crate::exitcode;
+use crate::lifecycle::{Event, Exit, StopReason, WorkerState};
+use crate::memory::{self, CgroupLayout, CgroupRoot};
+use crate::notify::Notifier;
+use crate::policy::{self, Action, AppState, Policy};
+use crate::spawn::{self, Prepared, WorkerCommand};
+use crate::systemd::{KillWho, ScopeSpec, Systemd};
+use crate::tmpdir::TmpDirs;
+use crate::{monitor, worker_env};
+
+/// How long systemd may take to create a scope before the worker is given up.
+const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How kechid was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub app: AppName,
+    pub config_path: PathBuf,
+    /// kechid's own environment (KECHI_* overrides, aliases, LANG...).
+    pub env: BTreeMap<String, String>,
+    /// The unit whose `Environment=` a reload re-reads (`kechi@APP.service`), if any.
+    pub unit: Option<String>,
+    /// Where kechid keeps its runtime files (`/run/kechi` as root).
+    pub runtime_dir: PathBuf,
+}
+
+/// What kechid knows about one running worker beyond the policy's view.
+#[derive(Debug)]
+struct Proc {
+    pid: Pid,
+    scope: Option<String>,
+    jemalloc: Option<bool>,
+    /// Set when kechid's monitor killed it for memory (foreground mode).
+    monitor_oom: bool,
+}
+
+/// The identity workers run as.
+#[derive(Debug, Clone)]
+struct Identity {
+    name: String,
+    home: PathBuf,
+    uid: Uid,
+    gid: Gid,
+    /// Whether kechid must switch to it (it is not kechid's own).
+    switch: bool,
+}
+
+fn resolve_identity(c: &Config) -> Result<Identity, String> {
+    let me = Uid::effective();
+    let name = match (&c.user, me.is_root()) {
+        (Some(u), _) => u.clone(),
+        (None, true) => config::DEFAULT_USER.to_owned(),
+        (None, false) => User::from_uid(me)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| me.to_string()),
+    };
+    let user = User::from_name(&name)
+        .map_err(|e| format!("looking up user {name}: {e}"))?
+        .ok_or_else(|| format!("user {name} does not exist"))?;
+    let gid = match &c.group {
+        Some(g) => {
+            nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("looking up group {g}: {e}"))?
+                .ok_or_else(|| format!("group {g} does not exist"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    if !me.is_root() && (user.uid != me || gid != Gid::effective()) {
+        return Err(format!(
+            "kechid runs as uid {me} and cannot start workers as {name}; run it as root or drop `user`"
+        ));
+    }
+    Ok(Identity {
+        name,
+        home: user.dir,
+        uid: user.uid,
+        gid,
+        switch: me.is_root(),
+    })
+}
+
+/// The config as loaded from the file, kechid's environment and (on reload) the unit's.
+fn load_config(
+    opts: &Options,
+    unit_env: Option<&BTreeMap<String, String>>,
+) -> Result<Loaded, config::ConfigErrors> {
+    let mut env = opts.env.clone();
+    if let Some(u) = unit_env {
+        // The unit's current Environment= wins over what kechid was started with: that is how
+        // `systemctl edit` + daemon-reload + reload changes policy without a restart.
+        env.retain(|k, _| !k.starts_with("KECHI_") && !config::ALIASES.contains(&k.as_str()));
+        env.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    config::load(&opts.config_path, &env, &RealHost)
+}
+
+/// Runs the app until stopped; returns kechid's exit code.
+pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) -> i32 {
+    let identity = match resolve_identity(&loaded.config) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(APP = %opts.app, "{e}");
+            return exitcode::CONFIG;
+        }
+    };
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+    let c = &loaded.config;
+    let tmpdirs = TmpDirs::new(
+        &opts.app,
+        c.tmpdir.size.0,
+        Uid::effective().is_root(),
+        &opts.runtime_dir,
+    );
+    let layout = if systemd.is_some() {
+        memory::probe_layout(&CgroupRoot::new("/sys/fs/cgroup")).ok()
+    } else {
+        None
+    };
+    let mut d = Driver {
+        policy: Policy::from_config(c),
+        loaded,
+        identity,
+        systemd,
+        state: AppState::default(),
+        procs: HashMap::new(),
+        tmpdirs,
+        layout,
+        notifier: Notifier,
+        exit_tx,
+        last_serial: 0,
+        last_status: String::new(),
+        last_event: None,
+        mem_total: None,
+        opts,
+    };
+    d.start().await;
+    d.main_loop(exit_rx).await
+}
+
+struct Driver<S: Systemd> {
+    opts: Options,
+    loaded: Loaded,
+    policy: Policy,
+    identity: Identity,
+    systemd: Option<S>,
+    state: AppState,
+    procs: HashMap<u64, Proc>,
+    tmpdirs: TmpDirs,
+    layout: Option<CgroupLayout>,
+    notifier: Notifier,
+    exit_tx: mpsc::UnboundedSender<u64>,
+    last_serial: u64,
+    last_status: String,
+    /// The last restart or recycle, for STATUS=.
+    last_event: Option<(Instant, String)>,
+    mem_total: Option<u64>,
+}
+
+impl<S: Systemd> Driver<S> {
+    fn app(&self) -> &AppName {
+        &self.opts.app
+    }
+
+    fn config(&self) -> &Config {
+        &self.loaded.config
+    }
+
+    fn serial_file(&self) -> PathBuf {
+        self.opts
+            .runtime_dir
+            .join(self.app().as_str())
+            .join("last-serial")
+    }
+
+    /// Continues the serial numbers of an earlier kechid, cleans what it left behind.
+    async fn start(&mut self) {
+        self.last_serial = std::fs::read_to_string(self.serial_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if let Some(sd) = &self.systemd {
+            let pattern = format!("kechi-{}-*.scope", self.opts.app);
+            match sd.list_units(&[pattern.as_str()]).await {
+                Ok(units) => {
+                    for u in units {
+                        let Some(serial) = self.opts.app.parse_scope_serial(&u.name) else {
+                            continue;
+                        };
+                        self.last_serial = self.last_serial.max(serial);
+                        tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {} left by an earlier kechid", u.name);
+                        if let Err(e) = sd
+                            .stop_unit(&u.name, self.policy.stop_timeout + Duration::from_secs(5))
+                            .await
+                        {
+                            tracing::warn!(APP = %self.opts.app, "stopping {}: {e}", u.name);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(APP = %self.opts.app, "listing earlier worker scopes: {e}")
+                }
+            }
+        }
+        for serial in self.tmpdirs.existing() {
+            self.last_serial = self.last_serial.max(serial);
+            if let Err(e) = self.tmpdirs.wipe(serial) {
+                tracing::warn!(APP = %self.opts.app, "{e}");
+            }
+        }
+        if self.systemd.is_none() {
+            tracing::warn!(
+                APP = %self.opts.app,
+                "no systemd manager: workers run as plain children; memory.max is enforced by kechid's own monitor (sampled every {}), memory.high and memory.swap-max are not enforced",
+                crate::quantity::format_duration(self.config().recycle.check_interval)
+            );
+        }
+        if self.config().tmpdir.enabled && !self.tmpdirs.capped() {
+            tracing::warn!(APP = %self.opts.app, "not root: temp dirs are not separate tmpfs mounts and tmpdir.size is not enforced");
+        }
+    }
+
+    async fn main_loop(&mut self, mut exits: mpsc::UnboundedReceiver<u64>) -> i32 {
+        let (mut term, mut int, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return exitcode::FAILURE;
+            }
+        };
+        let watchdog = self.notifier.watchdog_interval();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut sample_tick = tokio::time::interval(self.config().recycle.check_interval);
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Decide and act until there is nothing left to do right now.
+            let wake_at = loop {
+                let decision = policy::decide(&self.state, &self.policy, Instant::now());
+                if decision.actions.is_empty() {
+                    break decision.wake_at;
+                }
+                for action in decision.actions {
+                    if let Some(code) = self.act(action).await {
+                        return code;
+                    }
+                }
+            };
+            self.update_status();
+            let sleep = match wake_at {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = term.recv() => self.begin_shutdown("SIGTERM"),
+                _ = int.recv() => self.begin_shutdown("SIGINT"),
+                _ = hup.recv() => self.reload().await,
+                Some(serial) = exits.recv() => self.on_exit(serial).await,
+                _ = sleep => {}
+                _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
+                _ = sample_tick.tick() => self.sample().await,
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        if !self.state.shutting_down {
+            tracing::info!(APP = %self.opts.app, "{why}: stopping {} workers", self.state.live().count());
+            self.state.shutting_down = true;
+            self.notifier.stopping();
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> Option<i32> {
+        match action {
+            Action::Spawn => self.spawn().await,
+            Action::MarkReady(serial) => {
+                self.apply(serial, Event::BecameReady);
+                self.check_jemalloc(serial);
+                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready");
+            }
+            Action::Stop(serial, reason) => self.stop(serial, reason),
+            Action::Kill(serial) => self.kill(serial).await,
+            Action::NotifyReady => {
+                self.state.ready_notified = true;
+                let s = self.status_text();
+                tracing::info!(APP = %self.opts.app, "all {} workers ready", self.policy.workers);
+                self.notifier.ready(&s);
+                self.last_status = s;
+            }
+            Action::Exit { code, why } => {
+                if code == exitcode::OK {
+                    tracing::info!(APP = %self.opts.app, "{why}");
+                } else {
+                    tracing::error!(APP = %self.opts.app, REASON = "crash-loop", "{why}; giving up");
+                    self.stop_everything().await;
+                }
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    fn apply(&mut self, serial: u64, event: Event) {
+        if let Err(e) = self
+            .state
+            .apply(serial, &event, Instant::now(), &self.policy)
+        {
+            // A bug, not an operational condition: log loudly, keep running.
+            tracing::error!(APP = %self.opts.app, WORKER = serial, "{e}");
+        }
+    }
+
+    fn pid_of(&self, serial: u64) -> i32 {
+        self.procs.get(&serial).map_or(0, |p| p.pid.as_raw())
+    }
+
+    async fn spawn(&mut self) {
+        self.last_serial += 1;
+        let serial = self.last_serial;
+        if let Some(parent) = self.serial_file().parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Err(e) = std::fs::write(self.serial_file(), serial.to_string()) {
+            tracing::debug!("recording the serial: {e}");
+        }
+        self.state.add_spawning(serial, Instant::now());
+        match self.start_worker(serial).await {
+            Ok(proc) => {
+                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = proc.pid.as_raw(), "worker started{}", proc.scope.as_ref().map(|s| format!(" in {s}")).unwrap_or_default());
+                self.procs.insert(serial, proc);
+                self.apply(serial, Event::Spawned);
+            }
+            Err(e) => {
+                tracing::error!(APP = %self.opts.app, WORKER = serial, REASON = "spawn-failed", "worker failed to start: {e}");
+                self.apply(serial, Event::SpawnFailed(e));
+                self.last_event =
+                    Some((Instant::now(), format!("worker {serial} failed to start")));
+                self.cleanup(serial, None).await;
+            }
+        }
+    }
+
+    async fn start_worker(&mut self, serial: u64) -> Result<Proc, String> {
+        let c = self.loaded.config.clone();
+        let id = self.identity.clone();
+        let tmpdir = if c.tmpdir.enabled {
+            Some(
+                self.tmpdirs
+                    .create(serial, id.uid, id.gid)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let facts = worker_env::WorkerFacts {
+            serial,
+            user: Some((&id.name, &id.home)),
+            tmpdir: tmpdir.as_deref(),
+            notify_socket: None,
+            listen_names: &[],
+            server_starter_port: None,
+        };
+        let env = worker_env::build(&c, &facts, &self.opts.env);
+        let cmd = WorkerCommand {
+            argv: c.command.clone(),
+            env,
+            directory: c.directory.clone(),
+            ids: id.switch.then_some((id.uid, id.gid)),
+            listen_fds: vec![],
+        };
+        let mut prep = Prepared::new(&cmd).map_err(|e| e.to_string())?;
+        let held = spawn::spawn_held(&mut prep).map_err(|e| e.to_string())?;
+        let pid = held.pid;
+        // Open the pidfd while the child is held: its exit can never be missed.
+        let pidfd = spawn::pidfd_open(pid).map_err(|e| e.to_string());
+        let scope = self.app().scope_unit(serial);
+        let in_scope = if let Some(sd) = &self.systemd {
+            let spec = ScopeSpec {
+                unit: scope.clone(),
+                slice: self.app().slice_unit(),
+                description: format!("kechi {} worker {serial}", self.app()),
+                pids: vec![pid.as_raw() as u32],
+                memory_max: limit(c.memory.max),
+                memory_high: limit(c.memory.high),
+                memory_swap_max: c.memory.swap_max.map(limit),
+                kill_signal: c.stop.signal.0 as i32,
+                stop_timeout: c.stop.timeout,
+            };
+            Some(sd.start_scope(&spec, SCOPE_JOB_DEADLINE).await)
+        } else {
+            None
+        };
+        let fail = |e: String| {
+            // Dropping the hold makes the child exit without running anything; reap it.
+            let _ = waitpid(pid, None);
+            e
+        };
+        match in_scope {
+            Some(Err(e)) => {
+                drop(held);
+                return Err(fail(format!("creating {scope}: {e}")));
+            }
+            _ if pidfd.is_err() => {
+                drop(held);
+                return Err(fail(pidfd.err().unwrap_or_default()));
+            }
+            _ => {}
+        }
+        if let Err(e) = held.release().await {
+            let _ = waitpid(pid, None);
+            return Err(e.to_string());
+        }
+        if let Ok(fd) = pidfd {
+            self.watch_exit(serial, fd);
+        }
+        Ok(Proc {
+            pid,
+            scope: self.systemd.as_ref().map(|_| scope),
+            jemalloc: None,
+            monitor_oom: false,
+        })
+    }
+
+    fn watch_exit(&self, serial: u64, pidfd: OwnedFd) {
+        let tx = self.exit_tx.clone();
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the pidfd; nothing else closes or replaces it.
+            if let Ok(afd) =
+                unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            {
+                let _ = afd.readable().await;
+            }
+            let _ = tx.send(serial);
+        });
+    }
+
+    fn stop(&mut self, serial: u64, reason: StopReason) {
+        let was_live = self
+            .state
+            .workers
+            .get(&serial)
+            .is_some_and(|w| w.state.is_live());
+        self.apply(serial, Event::StopRequested(reason.clone()));
+        if !was_live {
+            return;
+        }
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        let sig = self.loaded.config.stop.signal;
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = reason.as_str(), "stopping worker with SIG{sig}");
+        if reason != StopReason::Shutdown {
+            self.last_event = Some((
+                Instant::now(),
+                format!("worker {serial} stopped ({})", reason.as_str()),
+            ));
+        }
+        if let Err(e) = kill(p.pid, sig.0) {
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
+        }
+    }
+
+    async fn kill(&mut self, serial: u64) {
+        self.apply(serial, Event::Killed);
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = "stop-timeout", "worker did not stop within {}: SIGKILL", crate::quantity::format_duration(self.policy.stop_timeout));
+        self.kill_all(serial).await;
+    }
+
+    /// SIGKILL to everything of a worker: its scope, or its session in foreground mode.
+    async fn kill_all(&self, serial: u64) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        match (&self.systemd, &p.scope) {
+            (Some(sd), Some(scope)) => {
+                if let Err(e) = sd.kill_unit(scope, KillWho::All, libc::SIGKILL).await {
+                    tracing::warn!(APP = %self.opts.app, WORKER = serial, "killing {scope}: {e}");
+                    let _ = kill(p.pid, NixSignal::SIGKILL);
+                }
+            }
+            _ => {
+                let _ = killpg(p.pid, NixSignal::SIGKILL);
+            }
+        }
+    }
+
+    async fn on_exit(&mut self, serial: u64) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        let pid = p.pid;
+        let mut exit = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Exit::Code { code },
+            Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal { signal: sig as i32 },
+            _ => Exit::Unknown,
+        };
+        if matches!(
+            exit,
+            Exit::Signal {
+                signal: libc::SIGKILL
+            }
+        ) && (p.monitor_oom || self.oom_killed(serial))
+        {
+            exit = Exit::OomKill;
+        }
+        let crashed = self
+            .state
+            .workers
+            .get(&serial)
+            .is_some_and(|w| w.state.is_live());
+        self.apply(serial, Event::Exited(exit.clone()));
+        if crashed {
+            let reason = if exit == Exit::OomKill {
+                "oom-kill"
+            } else {
+                "crash"
+            };
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}");
+            self.last_event = Some((Instant::now(), format!("worker {serial} {reason}: {exit}")));
+        } else {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "worker stopped: {exit}");
+        }
+        self.cleanup(serial, Some(exit)).await;
+    }
+
+    /// Whether the kernel OOM-killed something in the worker's scope.
+    fn oom_killed(&self, serial: u64) -> bool {
+        let (
+            Some(layout),
+            Some(Proc {
+                scope: Some(scope), ..
+            }),
+        ) = (&self.layout, self.procs.get(&serial))
+        else {
+            return false;
+        };
+        let Ok(dirs) = memory::scope_dir(layout, &self.app().slice_unit(), scope) else {
+            return false;
+        };
+        memory::read_cgroup_mem(&dirs.memory, dirs.version)
+            .ok()
+            .and_then(|m| m.oom_kills)
+            .is_some_and(|n| n > 0)
+    }
+
+    /// After a worker's main process ended: take down what is left of its scope, wipe its temp
+    /// dir, forget it.
+    async fn cleanup(&mut self, serial: u64, _exit: Option<Exit>) {
+        if let Some(p) = self.procs.remove(&serial) {
+            if let (Some(sd), Some(scope)) = (&self.systemd, &p.scope) {
+                // Children a prefork master left behind must not keep serving on their own.
+                match sd
+                    .stop_unit(scope, self.policy.stop_timeout + Duration::from_secs(5))
+                    .await
+                {
+                    Ok(_) | Err(crate::systemd::SystemdError::NoSuchUnit(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {scope}: {e}")
+                    }
+                }
+            } else if self.systemd.is_none() {
+                let _ = killpg(p.pid, NixSignal::SIGKILL);
+            }
+        }
+        if self.loaded.config.tmpdir.enabled
+            && let Err(e) = self.tmpdirs.wipe(serial)
+        {
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "wiping temp dir: {e}");
+        }
+        self.state.reap_gone();
+    }
+
+    /// Stops every worker at once without waiting for grace (used when giving up).
+    async fn stop_everything(&mut self) {
+        let serials: Vec<u64> = self.procs.keys().copied().collect();
+        for serial in serials {
+            self.kill_all(serial).await;
+            if let Some(p) = self.procs.get(&serial) {
+                let _ = waitpid(p.pid, None);
+            }
+            self.cleanup(serial, None).await;
+        }
+    }
+
+    fn check_jemalloc(&mut self, serial: u64) {
+        if !self.loaded.config.jemalloc.enabled {
+            return;
+        }
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)) else {
+            return;
+        };
+        let loaded = crate::jemalloc::maps_has_jemalloc(&maps);
+        if p.jemalloc.is_none() && !loaded {
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), "jemalloc is not loaded in the worker (a static or setuid binary ignores LD_PRELOAD); it runs with its own allocator");
+        }
+        p.jemalloc = Some(loaded);
+    }
+
+    /// Periodic sampling: memory for STATUS=, kechid's own memory.max enforcement without
+    /// systemd, and the jemalloc check of workers not yet checked.
+    async fn sample(&mut self) {
+        let serials: Vec<u64> = self.procs.keys().copied().collect();
+        let mut total = 0u64;
+        let mut any = false;
+        for serial in serials {
+            if self
+                .procs
+                .get(&serial)
+                .is_some_and(|p| p.jemalloc.is_none())
+                && self
+                    .state
+                    .workers
+                    .get(&serial)
+                    .is_some_and(|w| matches!(w.state, WorkerState::Ready { .. }))
+            {
+                self.check_jemalloc(serial);
+            }
+            let Some(used) = self.worker_memory(serial) else {
+                continue;
+            };
+            total += used;
+            any = true;
+            if self.systemd.is_none()
+                && let Limit::Bytes(max) = self.loaded.config.memory.max
+                && used > max.0
+                && let Some(p) = self.procs.get_mut(&serial)
+                && !p.monitor_oom
+            {
+                p.monitor_oom = true;
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = "oom-kill", "worker uses {} (PSS) over memory.max {}: killed by kechid's monitor", crate::quantity::Bytes(used).human(), max);
+                let _ = killpg(p.pid, NixSignal::SIGKILL);
+            }
+        }
+        self.mem_total = any.then_some(total);
+    }
+
+    /// A worker's memory: its scope's cgroup charge, or the PSS of its session without systemd.
+    fn worker_memory(&self, serial: u64) -> Option<u64> {
+        let p = self.procs.get(&serial)?;
+        match (&self.layout, &p.scope) {
+            (Some(layout), Some(scope)) => {
+                let dirs = memory::scope_dir(layout, &self.app().slice_unit(), scope).ok()?;
+                memory::read_cgroup_mem(&dirs.memory, dirs.version)
+                    .ok()
+                    .map(|m| m.current)
+            }
+            _ => Some(monitor::session_pss(Path::new("/proc"), p.pid.as_raw())),
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let ready = self.state.ready_count();
+        let mut s = format!("{ready}/{} workers ready", self.policy.workers);
+        if let Some(m) = self.mem_total {
+            s.push_str(&format!(", {} total", crate::quantity::Bytes(m).human()));
+        }
+        if self.loaded.config.jemalloc.enabled {
+            let with = self
+                .procs
+                .values()
+                .filter(|p| p.jemalloc == Some(true))
+                .count();
+            s.push_str(&format!(", jemalloc in {with}"));
+        }
+        match &self.last_event {
+            Some((at, what)) => s.push_str(&format!(
+                ", last: {what} {} ago",
+                crate::quantity::format_duration(Duration::from_secs(at.elapsed().as_secs()))
+            )),
+            None => s.push_str(", no restarts"),
+        }
+        s
+    }
+
+    fn update_status(&mut self) {
+        if self.state.shutting_down {
+            return;
+        }
+        let s = self.status_text();
+        if s != self.last_status {
+            self.notifier.status(&s);
+            self.last_status = s;
+        }
+    }
+
+    /// SIGHUP: re-read the file and the unit's environment; a bad config keeps the running one.
+    async fn reload(&mut self) {
+        self.notifier.reloading();
+        let unit_env = match (&self.systemd, &self.opts.unit) {
+            (Some(sd), Some(unit)) => match sd.service_environment(unit).await {
+                Ok(vars) => Some(
+                    vars.iter()
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(APP = %self.opts.app, "reading {unit}'s environment: {e}; using kechid's own");
+                    None
+                }
+            },
+            _ => None,
+        };
+        match load_config(&self.opts, unit_env.as_ref()) {
+            Ok(loaded) => match resolve_identity(&loaded.config) {
+                Ok(identity) => {
+                    tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
+                    self.policy = Policy::from_config(&loaded.config);
+                    self.identity = identity;
+                    self.tmpdirs = TmpDirs::new(
+                        &self.opts.app,
+                        loaded.config.tmpdir.size.0,
+                        Uid::effective().is_root(),
+                        &self.opts.runtime_dir,
+                    );
+                    self.loaded = loaded;
+                    self.state.generation += 1;
+                }
+                Err(e) => {
+                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}")
+                }
+            },
+            Err(errors) => {
+                for e in errors.errors() {
+                    tracing::error!(APP = %self.opts.app, REASON = "reload", "{e}");
+                }
+                tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration");
+            }
+        }
+        // READY=1 after RELOADING=1 ends the reload for systemd.
+        let s = self.status_text();
+        self.notifier.ready(&s);
+    }
+}
+
+fn limit(l: Limit) -> Option<u64> {
+    match l {
+        Limit::Bytes(b) => Some(b.0),
+        Limit::Infinity => None,
+    }
+}
+
+/// Loads the config for kechid's start, with kechid's own environment.
+pub fn load_initial(opts: &Options) -> Result<Loaded, config::ConfigErrors> {
+    load_config(opts, None)
+}

@@ -19,6 +19,7 @@ pub mod jemalloc;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod monitor;
 pub mod notify;
 pub mod policy;
 pub mod quantity;

@@ -48,14 +48,20 @@ impl StopReason {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Exit {
-    Code { code: i32 },
-    Signal { signal: i32 },
+    Code {
+        code: i32,
+    },
+    Signal {
+        signal: i32,
+    },
     /// Killed by the kernel for exceeding its scope's memory.max.
     OomKill,
     /// Not our child (adopted): the status is not ours to read.
     Unknown,
     /// It never ran: the scope or the exec failed.
-    SpawnFailed { error: String },
+    SpawnFailed {
+        error: String,
+    },
 }
 
 impl std::fmt::Display for Exit {
@@ -76,14 +82,29 @@ impl std::fmt::Display for Exit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
     /// Forked and held; its scope is being created.
-    Spawning { since: Instant },
+    Spawning {
+        since: Instant,
+    },
     /// Running the app, not yet ready.
-    Starting { since: Instant },
-    Ready { since: Instant },
+    Starting {
+        since: Instant,
+    },
+    Ready {
+        since: Instant,
+    },
     /// Asked to stop; `killed` once stop.timeout passed and SIGKILL was sent.
-    Draining { since: Instant, reason: StopReason, killed: bool },
+    Draining {
+        since: Instant,
+        reason: StopReason,
+        killed: bool,
+    },
     /// Ended. `crashed` if it ended without being asked to; `was_ready` if it ever got ready.
-    Gone { at: Instant, exit: Exit, crashed: bool, was_ready: bool },
+    Gone {
+        at: Instant,
+        exit: Exit,
+        crashed: bool,
+        was_ready: bool,
+    },
 }
 
 impl WorkerState {
@@ -99,7 +120,10 @@ impl WorkerState {
 
     /// Counts toward the wanted number of workers.
     pub fn is_live(&self) -> bool {
-        matches!(self, WorkerState::Spawning { .. } | WorkerState::Starting { .. } | WorkerState::Ready { .. })
+        matches!(
+            self,
+            WorkerState::Spawning { .. } | WorkerState::Starting { .. } | WorkerState::Ready { .. }
+        )
     }
 }
 
@@ -124,21 +148,46 @@ pub struct IllegalTransition {
 }
 
 /// The transition table.
-pub fn next(state: &WorkerState, event: &Event, now: Instant, was_ready: bool) -> Result<WorkerState, IllegalTransition> {
+pub fn next(
+    state: &WorkerState,
+    event: &Event,
+    now: Instant,
+    was_ready: bool,
+) -> Result<WorkerState, IllegalTransition> {
     use Event as E;
     use WorkerState as S;
-    let gone = |exit: Exit, crashed: bool| S::Gone { at: now, exit, crashed, was_ready };
+    let gone = |exit: Exit, crashed: bool| S::Gone {
+        at: now,
+        exit,
+        crashed,
+        was_ready,
+    };
     Ok(match (state, event) {
         (S::Spawning { .. }, E::Spawned) => S::Starting { since: now },
-        (S::Spawning { .. }, E::SpawnFailed(e)) => gone(Exit::SpawnFailed { error: e.clone() }, true),
+        (S::Spawning { .. }, E::SpawnFailed(e)) => {
+            gone(Exit::SpawnFailed { error: e.clone() }, true)
+        }
         (S::Starting { .. }, E::BecameReady) => S::Ready { since: now },
-        (S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => S::Draining { since: now, reason: r.clone(), killed: false },
+        (S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => S::Draining {
+            since: now,
+            reason: r.clone(),
+            killed: false,
+        },
         (S::Starting { .. } | S::Ready { .. }, E::Exited(x)) => gone(x.clone(), true),
-        (S::Draining { since, reason, .. }, E::Killed) => S::Draining { since: *since, reason: reason.clone(), killed: true },
+        (S::Draining { since, reason, .. }, E::Killed) => S::Draining {
+            since: *since,
+            reason: reason.clone(),
+            killed: true,
+        },
         (S::Draining { .. }, E::Exited(x)) => gone(x.clone(), false),
         // A second stop request for a draining worker changes nothing (e.g. shutdown during a recycle).
         (S::Draining { .. }, E::StopRequested(_)) => state.clone(),
-        _ => return Err(IllegalTransition { from: state.name(), event: event.clone() }),
+        _ => {
+            return Err(IllegalTransition {
+                from: state.name(),
+                event: event.clone(),
+            });
+        }
     })
 }
 
@@ -151,8 +200,17 @@ mod tests {
             WorkerState::Spawning { since: t },
             WorkerState::Starting { since: t },
             WorkerState::Ready { since: t },
-            WorkerState::Draining { since: t, reason: StopReason::Manual, killed: false },
-            WorkerState::Gone { at: t, exit: Exit::Unknown, crashed: false, was_ready: false },
+            WorkerState::Draining {
+                since: t,
+                reason: StopReason::Manual,
+                killed: false,
+            },
+            WorkerState::Gone {
+                at: t,
+                exit: Exit::Unknown,
+                crashed: false,
+                was_ready: false,
+            },
         ]
     }
 
@@ -185,7 +243,10 @@ mod tests {
         ];
         for s in all_states(t) {
             for (i, e) in all_events().iter().enumerate() {
-                let want = legal.iter().find(|(from, ev, _)| *from == s.name() && *ev == i).map(|l| l.2);
+                let want = legal
+                    .iter()
+                    .find(|(from, ev, _)| *from == s.name() && *ev == i)
+                    .map(|l| l.2);
                 match (next(&s, e, t, false), want) {
                     (Ok(n), Some(to)) => assert_eq!(n.name(), to, "{} on {e:?}", s.name()),
                     (Err(_), None) => {}
@@ -200,10 +261,31 @@ mod tests {
         let t = Instant::now();
         let exit = Event::Exited(Exit::Signal { signal: 9 });
         let crashed = next(&WorkerState::Ready { since: t }, &exit, t, true).unwrap();
-        assert!(matches!(crashed, WorkerState::Gone { crashed: true, was_ready: true, .. }));
-        let d = WorkerState::Draining { since: t, reason: StopReason::Shutdown, killed: false };
-        assert!(matches!(next(&d, &exit, t, true).unwrap(), WorkerState::Gone { crashed: false, .. }));
+        assert!(matches!(
+            crashed,
+            WorkerState::Gone {
+                crashed: true,
+                was_ready: true,
+                ..
+            }
+        ));
+        let d = WorkerState::Draining {
+            since: t,
+            reason: StopReason::Shutdown,
+            killed: false,
+        };
+        assert!(matches!(
+            next(&d, &exit, t, true).unwrap(),
+            WorkerState::Gone { crashed: false, .. }
+        ));
         let k = next(&d, &Event::Killed, t, true).unwrap();
-        assert!(matches!(k, WorkerState::Draining { killed: true, reason: StopReason::Shutdown, .. }));
+        assert!(matches!(
+            k,
+            WorkerState::Draining {
+                killed: true,
+                reason: StopReason::Shutdown,
+                ..
+            }
+        ));
     }
 }

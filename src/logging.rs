@@ -18,19 +18,36 @@ pub fn init() -> Sink {
     if stderr_is_journal()
         && let Ok(layer) = tracing_journald::layer()
     {
-        let layer = layer.with_field_prefix(None).with_syslog_identifier("kechid".into());
-        tracing_subscriber::registry().with(filter).with(layer).init();
+        let layer = layer
+            .with_field_prefix(None)
+            .with_syslog_identifier("kechid".into());
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init();
         return Sink::Journal;
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
     Sink::Stderr
 }
 
 /// systemd sets JOURNAL_STREAM=DEV:INODE when stderr is a journal stream; compare it with
 /// stderr itself so an inherited variable does not fool us.
 fn stderr_is_journal() -> bool {
-    let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.split_once(':') else { return false };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else { return false };
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }

@@ -29,7 +29,10 @@ impl Notifier {
     }
 
     pub fn stopping(&self) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping workers")]);
+        self.send(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping workers"),
+        ]);
     }
 
     pub fn watchdog(&self) {

@@ -48,8 +48,13 @@ impl Policy {
         if consecutive == 0 {
             return Duration::ZERO;
         }
-        let factor = 1u32.checked_shl(consecutive.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-        self.backoff.checked_mul(factor).unwrap_or(self.backoff_max).min(self.backoff_max)
+        let factor = 1u32
+            .checked_shl(consecutive.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
+        self.backoff
+            .checked_mul(factor)
+            .unwrap_or(self.backoff_max)
+            .min(self.backoff_max)
     }
 }
 
@@ -110,15 +115,26 @@ impl AppState {
     }
 
     /// Applies one event to one worker through the lifecycle table, keeping the crash records.
-    pub fn apply(&mut self, serial: u64, event: &Event, now: Instant, policy: &Policy) -> Result<&Worker, ApplyError> {
-        let w = self.workers.get_mut(&serial).ok_or(ApplyError::NoSuchWorker(serial))?;
+    pub fn apply(
+        &mut self,
+        serial: u64,
+        event: &Event,
+        now: Instant,
+        policy: &Policy,
+    ) -> Result<&Worker, ApplyError> {
+        let w = self
+            .workers
+            .get_mut(&serial)
+            .ok_or(ApplyError::NoSuchWorker(serial))?;
         let next = lifecycle::next(&w.state, event, now, w.ever_ready)?;
         if matches!(next, WorkerState::Ready { .. }) {
             w.ever_ready = true;
             self.consecutive_crashes = 0;
         }
         let is_ready_timeout = matches!(event, Event::StopRequested(StopReason::ReadyTimeout));
-        if let WorkerState::Gone { crashed, was_ready, .. } = &next
+        if let WorkerState::Gone {
+            crashed, was_ready, ..
+        } = &next
             && *crashed
         {
             self.consecutive_crashes = self.consecutive_crashes.saturating_add(1);
@@ -133,15 +149,23 @@ impl AppState {
             self.last_crash = Some(now);
             self.loop_crashes.push(now);
         }
-        self.loop_crashes.retain(|t| now.saturating_duration_since(*t) <= policy.window);
+        self.loop_crashes
+            .retain(|t| now.saturating_duration_since(*t) <= policy.window);
         w.state = next;
         Ok(w)
     }
 
     /// Removes workers that are gone, returning them (for cleanup and history).
     pub fn reap_gone(&mut self) -> Vec<Worker> {
-        let gone: Vec<u64> = self.workers.values().filter(|w| matches!(w.state, WorkerState::Gone { .. })).map(|w| w.serial).collect();
-        gone.into_iter().filter_map(|s| self.workers.remove(&s)).collect()
+        let gone: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Gone { .. }))
+            .map(|w| w.serial)
+            .collect();
+        gone.into_iter()
+            .filter_map(|s| self.workers.remove(&s))
+            .collect()
     }
 
     pub fn live(&self) -> impl Iterator<Item = &Worker> {
@@ -149,7 +173,10 @@ impl AppState {
     }
 
     pub fn ready_count(&self) -> usize {
-        self.workers.values().filter(|w| matches!(w.state, WorkerState::Ready { .. })).count()
+        self.workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+            .count()
     }
 }
 
@@ -197,7 +224,12 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
 
     // Escalation of stops applies in every mode, shutdown included.
     for w in state.workers.values() {
-        if let WorkerState::Draining { since, killed: false, .. } = w.state {
+        if let WorkerState::Draining {
+            since,
+            killed: false,
+            ..
+        } = w.state
+        {
             let due = since + policy.stop_timeout;
             if now >= due {
                 d.actions.push(Action::Kill(w.serial));
@@ -211,13 +243,24 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         for w in state.live() {
             d.actions.push(Action::Stop(w.serial, StopReason::Shutdown));
         }
-        if state.workers.values().all(|w| matches!(w.state, WorkerState::Gone { .. })) {
-            d.actions.push(Action::Exit { code: exitcode::OK, why: "stopped".into() });
+        if state
+            .workers
+            .values()
+            .all(|w| matches!(w.state, WorkerState::Gone { .. }))
+        {
+            d.actions.push(Action::Exit {
+                code: exitcode::OK,
+                why: "stopped".into(),
+            });
         }
         return d;
     }
 
-    let recent_loop_crashes = state.loop_crashes.iter().filter(|t| now.saturating_duration_since(**t) <= policy.window).count();
+    let recent_loop_crashes = state
+        .loop_crashes
+        .iter()
+        .filter(|t| now.saturating_duration_since(**t) <= policy.window)
+        .count();
     if recent_loop_crashes > policy.burst as usize {
         d.actions.push(Action::Exit {
             code: exitcode::CRASH_LOOP,
@@ -243,7 +286,8 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
                 d.wake(ready_at);
             }
             if now >= timeout_at {
-                d.actions.push(Action::Stop(w.serial, StopReason::ReadyTimeout));
+                d.actions
+                    .push(Action::Stop(w.serial, StopReason::ReadyTimeout));
             } else {
                 d.wake(timeout_at);
             }
@@ -254,10 +298,14 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
     let live = state.live().count();
     let wanted = policy.workers as usize;
     if live < wanted {
-        let resume = state.last_crash.map(|t| t + policy.backoff_after(state.consecutive_crashes));
+        let resume = state
+            .last_crash
+            .map(|t| t + policy.backoff_after(state.consecutive_crashes));
         match resume {
             Some(at) if now < at => d.wake(at),
-            _ => d.actions.extend(std::iter::repeat_n(Action::Spawn, wanted - live)),
+            _ => d
+                .actions
+                .extend(std::iter::repeat_n(Action::Spawn, wanted - live)),
         }
     } else if live > wanted {
         // Stop the surplus, newest first: the oldest have proven themselves.
@@ -267,7 +315,11 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         }
     }
 
-    let ready_after = state.ready_count() + d.actions.iter().filter(|a| matches!(a, Action::MarkReady(_))).count();
+    let ready_after = state.ready_count()
+        + d.actions
+            .iter()
+            .filter(|a| matches!(a, Action::MarkReady(_)))
+            .count();
     if !state.ready_notified && ready_after >= wanted {
         d.actions.push(Action::NotifyReady);
     }
@@ -318,7 +370,14 @@ mod tests {
         assert_eq!(d.wake_at, Some(t + p.ready_delay));
         let t1 = t + p.ready_delay;
         let d = decide(&s, &p, t1);
-        assert_eq!(d.actions, vec![Action::MarkReady(1), Action::MarkReady(2), Action::NotifyReady]);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::MarkReady(1),
+                Action::MarkReady(2),
+                Action::NotifyReady
+            ]
+        );
         s.apply(1, &Event::BecameReady, t1, &p).unwrap();
         s.apply(2, &Event::BecameReady, t1, &p).unwrap();
         s.ready_notified = true;
@@ -334,7 +393,10 @@ mod tests {
         started(&mut s, 1, t, &p);
         started(&mut s, 2, t, &p);
         let d = decide(&s, &p, t + p.ready_timeout);
-        assert!(d.actions.contains(&Action::Stop(1, StopReason::ReadyTimeout)));
+        assert!(
+            d.actions
+                .contains(&Action::Stop(1, StopReason::ReadyTimeout))
+        );
     }
 
     #[test]
@@ -356,7 +418,8 @@ mod tests {
         started(&mut s, 1, t, &p);
         started(&mut s, 2, t, &p);
         s.apply(1, &Event::BecameReady, t, &p).unwrap();
-        s.apply(1, &Event::Exited(Exit::Signal { signal: 9 }), t, &p).unwrap();
+        s.apply(1, &Event::Exited(Exit::Signal { signal: 9 }), t, &p)
+            .unwrap();
         s.reap_gone();
         let d = decide(&s, &p, t);
         assert!(!d.actions.contains(&Action::Spawn));
@@ -372,12 +435,22 @@ mod tests {
         let mut s = AppState::default();
         for serial in 1..=4 {
             started(&mut s, serial, t, &p);
-            s.apply(serial, &Event::Exited(Exit::Code { code: 1 }), t, &p).unwrap();
+            s.apply(serial, &Event::Exited(Exit::Code { code: 1 }), t, &p)
+                .unwrap();
             s.reap_gone();
             t += Duration::from_secs(2);
         }
         let d = decide(&s, &p, t);
-        assert!(matches!(d.actions.last(), Some(Action::Exit { code: exitcode::CRASH_LOOP, .. })), "{d:?}");
+        assert!(
+            matches!(
+                d.actions.last(),
+                Some(Action::Exit {
+                    code: exitcode::CRASH_LOOP,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
         // ... but not when the crashes are spread beyond the window
         let d = decide(&s, &p, t + p.window + Duration::from_secs(60));
         assert!(!d.actions.iter().any(|a| matches!(a, Action::Exit { .. })));
@@ -391,10 +464,16 @@ mod tests {
         for serial in 1..=10 {
             started(&mut s, serial, t, &p);
             s.apply(serial, &Event::BecameReady, t, &p).unwrap();
-            s.apply(serial, &Event::Exited(Exit::Signal { signal: 9 }), t, &p).unwrap();
+            s.apply(serial, &Event::Exited(Exit::Signal { signal: 9 }), t, &p)
+                .unwrap();
         }
         s.reap_gone();
-        assert!(!decide(&s, &p, t).actions.iter().any(|a| matches!(a, Action::Exit { .. })));
+        assert!(
+            !decide(&s, &p, t)
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Exit { .. }))
+        );
     }
 
     #[test]
@@ -403,12 +482,21 @@ mod tests {
         let t = Instant::now();
         let mut s = AppState::default();
         started(&mut s, 1, t, &p);
-        s.apply(1, &Event::StopRequested(StopReason::Manual), t, &p).unwrap();
+        s.apply(1, &Event::StopRequested(StopReason::Manual), t, &p)
+            .unwrap();
         let d = decide(&s, &p, t + Duration::from_secs(1));
         assert!(!d.actions.contains(&Action::Kill(1)));
-        assert!(decide(&s, &p, t + p.stop_timeout).actions.contains(&Action::Kill(1)));
+        assert!(
+            decide(&s, &p, t + p.stop_timeout)
+                .actions
+                .contains(&Action::Kill(1))
+        );
         s.apply(1, &Event::Killed, t + p.stop_timeout, &p).unwrap();
-        assert!(!decide(&s, &p, t + p.stop_timeout * 2).actions.contains(&Action::Kill(1)));
+        assert!(
+            !decide(&s, &p, t + p.stop_timeout * 2)
+                .actions
+                .contains(&Action::Kill(1))
+        );
     }
 
     #[test]
@@ -420,13 +508,24 @@ mod tests {
         started(&mut s, 2, t, &p);
         s.shutting_down = true;
         let d = decide(&s, &p, t);
-        assert_eq!(d.actions, vec![Action::Stop(1, StopReason::Shutdown), Action::Stop(2, StopReason::Shutdown)]);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::Stop(1, StopReason::Shutdown),
+                Action::Stop(2, StopReason::Shutdown)
+            ]
+        );
         for serial in [1, 2] {
-            s.apply(serial, &Event::StopRequested(StopReason::Shutdown), t, &p).unwrap();
-            s.apply(serial, &Event::Exited(Exit::Code { code: 0 }), t, &p).unwrap();
+            s.apply(serial, &Event::StopRequested(StopReason::Shutdown), t, &p)
+                .unwrap();
+            s.apply(serial, &Event::Exited(Exit::Code { code: 0 }), t, &p)
+                .unwrap();
         }
         let d = decide(&s, &p, t);
-        assert!(matches!(d.actions.as_slice(), [Action::Exit { code: 0, .. }]));
+        assert!(matches!(
+            d.actions.as_slice(),
+            [Action::Exit { code: 0, .. }]
+        ));
         // no crash was recorded for stopped workers
         assert_eq!(s.consecutive_crashes, 0);
     }

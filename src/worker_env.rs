@@ -24,12 +24,23 @@ pub struct WorkerFacts<'a> {
 }
 
 /// Variables taken over from kechid's own environment when set there and not set by the app.
-const PASSED_THROUGH: &[&str] = &["LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "JOURNAL_STREAM"];
+const PASSED_THROUGH: &[&str] = &[
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "JOURNAL_STREAM",
+];
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The worker's environment as `KEY=VALUE` pairs, sorted by key.
-pub fn build(config: &Config, facts: &WorkerFacts<'_>, kechid_env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+pub fn build(
+    config: &Config,
+    facts: &WorkerFacts<'_>,
+    kechid_env: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     for k in PASSED_THROUGH {
@@ -55,7 +66,11 @@ pub fn build(config: &Config, facts: &WorkerFacts<'_>, kechid_env: &BTreeMap<Str
             _ => lib,
         };
         env.insert("LD_PRELOAD".into(), value);
-        let conf = if config.jemalloc.conf.is_empty() { crate::jemalloc::DEFAULT_CONF } else { &config.jemalloc.conf };
+        let conf = if config.jemalloc.conf.is_empty() {
+            crate::jemalloc::DEFAULT_CONF
+        } else {
+            &config.jemalloc.conf
+        };
         env.insert("MALLOC_CONF".into(), conf.into());
     }
     if let Some(t) = facts.tmpdir {
@@ -104,7 +119,14 @@ mod tests {
 
     fn config(extra: &str) -> Config {
         let text = format!("command = [\"/bin/true\"]\n{extra}");
-        parse(&text, Path::new("/etc/kechi/demo.toml"), &BTreeMap::new(), &H).unwrap().config
+        parse(
+            &text,
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            &H,
+        )
+        .unwrap()
+        .config
     }
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -113,7 +135,8 @@ mod tests {
 
     #[test]
     fn worker_gets_what_the_spec_promises() {
-        let c = config("environment = { PLACK_ENV = \"production\", PATH = \"/opt/bin:/usr/bin\" }");
+        let c =
+            config("environment = { PLACK_ENV = \"production\", PATH = \"/opt/bin:/usr/bin\" }");
         let names = vec!["web".to_string()];
         let facts = WorkerFacts {
             serial: 7,
@@ -125,20 +148,29 @@ mod tests {
         };
         let mut kenv = BTreeMap::new();
         kenv.insert("LANG".to_string(), "C.UTF-8".to_string());
-        kenv.insert("NOTIFY_SOCKET".to_string(), "/run/systemd/notify".to_string());
+        kenv.insert(
+            "NOTIFY_SOCKET".to_string(),
+            "/run/systemd/notify".to_string(),
+        );
         kenv.insert("KECHI_WORKERS".to_string(), "3".to_string());
         let env = build(&c, &facts, &kenv);
         assert_eq!(get(&env, "PLACK_ENV"), Some("production"));
         assert_eq!(get(&env, "PATH"), Some("/opt/bin:/usr/bin"));
         assert_eq!(get(&env, "LD_PRELOAD"), Some("/usr/lib/libjemalloc.so.2"));
-        assert_eq!(get(&env, "MALLOC_CONF"), Some(crate::jemalloc::DEFAULT_CONF));
+        assert_eq!(
+            get(&env, "MALLOC_CONF"),
+            Some(crate::jemalloc::DEFAULT_CONF)
+        );
         assert_eq!(get(&env, "TMPDIR"), Some("/run/kechi/demo/tmp/7"));
         assert_eq!(get(&env, "NOTIFY_SOCKET"), Some("/run/kechi/demo.notify"));
         assert_eq!(get(&env, "KECHI_APP"), Some("demo"));
         assert_eq!(get(&env, "KECHI_WORKER"), Some("7"));
         assert_eq!(get(&env, "LISTEN_FDS"), Some("1"));
         assert_eq!(get(&env, "LISTEN_FDNAMES"), Some("web"));
-        assert_eq!(get(&env, "SERVER_STARTER_PORT"), Some("/run/kechi/demo.sock=3"));
+        assert_eq!(
+            get(&env, "SERVER_STARTER_PORT"),
+            Some("/run/kechi/demo.sock=3")
+        );
         assert_eq!(get(&env, "LANG"), Some("C.UTF-8"));
         assert_eq!(get(&env, "HOME"), Some("/srv/app"));
         assert_eq!(get(&env, "KECHI_WORKERS"), None);
@@ -147,9 +179,23 @@ mod tests {
     #[test]
     fn features_off_leave_no_trace() {
         let c = config("[jemalloc]\nenabled = false\n[tmpdir]\nenabled = false\n");
-        let facts = WorkerFacts { serial: 1, user: None, tmpdir: None, notify_socket: None, listen_names: &[], server_starter_port: None };
+        let facts = WorkerFacts {
+            serial: 1,
+            user: None,
+            tmpdir: None,
+            notify_socket: None,
+            listen_names: &[],
+            server_starter_port: None,
+        };
         let env = build(&c, &facts, &BTreeMap::new());
-        for k in ["LD_PRELOAD", "MALLOC_CONF", "TMPDIR", "LISTEN_FDS", "NOTIFY_SOCKET", "SERVER_STARTER_PORT"] {
+        for k in [
+            "LD_PRELOAD",
+            "MALLOC_CONF",
+            "TMPDIR",
+            "LISTEN_FDS",
+            "NOTIFY_SOCKET",
+            "SERVER_STARTER_PORT",
+        ] {
             assert_eq!(get(&env, k), None, "{k}");
         }
     }
@@ -157,9 +203,20 @@ mod tests {
     #[test]
     fn app_preload_is_kept_after_jemalloc() {
         let mut c = config("");
-        c.environment.insert("LD_PRELOAD".into(), "/usr/lib/libx.so".into());
-        let facts = WorkerFacts { serial: 1, user: None, tmpdir: None, notify_socket: None, listen_names: &[], server_starter_port: None };
+        c.environment
+            .insert("LD_PRELOAD".into(), "/usr/lib/libx.so".into());
+        let facts = WorkerFacts {
+            serial: 1,
+            user: None,
+            tmpdir: None,
+            notify_socket: None,
+            listen_names: &[],
+            server_starter_port: None,
+        };
         let env = build(&c, &facts, &BTreeMap::new());
-        assert_eq!(get(&env, "LD_PRELOAD"), Some("/usr/lib/libjemalloc.so.2:/usr/lib/libx.so"));
+        assert_eq!(
+            get(&env, "LD_PRELOAD"),
+            Some("/usr/lib/libjemalloc.so.2:/usr/lib/libx.so")
+        );
     }
 }
