@@ -8,6 +8,6 @@ pub const FAILURE: i32 = 1;
 pub const USAGE: i32 = 2;
 /// Workers crashed more than `restart.burst` times within `restart.window` without getting
 /// ready. Restarting kechid would only crash them again, so the unit stays failed.
-pub const CRASH_LOOP: i32 = 76;
+pub const CRASH_LOOP: i32 = 69;
 /// The configuration is invalid (EX_CONFIG): restarting cannot help until it is fixed.
 pub const CONFIG: i32 = 78;

@@ -19,7 +19,7 @@ Exit codes:
   0   stopped on request
   1   runtime failure (e.g. systemd's manager unreachable)
   2   bad command line
-  76  workers kept crashing before getting ready (restart.burst exceeded)
+  69  workers kept crashing before getting ready (restart.burst exceeded)
   78  invalid configuration";
 
 #[derive(Debug, Parser)]
