@@ -156,8 +156,11 @@ pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) 
         last_status: String::new(),
         last_event: None,
         mem_total: None,
+        slice_oom_kills: None,
         opts,
     };
+    // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
+    d.slice_oom_kills = d.read_slice_oom_kills();
     d.start().await;
     d.main_loop(exit_rx).await
 }
@@ -179,6 +182,8 @@ struct Driver<S: Systemd> {
     /// The last restart or recycle, for STATUS=.
     last_event: Option<(Instant, String)>,
     mem_total: Option<u64>,
+    /// OOM kills counted in the app's slice so far.
+    slice_oom_kills: Option<u64>,
 }
 
 impl<S: Systemd> Driver<S> {
@@ -505,7 +510,9 @@ impl<S: Systemd> Driver<S> {
         };
         match (&self.systemd, &p.scope) {
             (Some(sd), Some(scope)) => {
-                if let Err(e) = sd.kill_unit(scope, KillWho::All, libc::SIGKILL).await {
+                if let Err(e) = sd.kill_unit(scope, KillWho::All, libc::SIGKILL).await
+                    && !matches!(e, crate::systemd::SystemdError::NoSuchUnit(_))
+                {
                     tracing::warn!(APP = %self.opts.app, WORKER = serial, "killing {scope}: {e}");
                     let _ = kill(p.pid, NixSignal::SIGKILL);
                 }
@@ -547,7 +554,8 @@ impl<S: Systemd> Driver<S> {
             } else {
                 "crash"
             };
-            tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}");
+            let backoff = self.policy.backoff_after(self.state.consecutive_crashes);
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}; replacing it after a backoff of {} ({} crashes in a row)", crate::quantity::format_duration(backoff), self.state.consecutive_crashes);
             self.last_event = Some((Instant::now(), format!("worker {serial} {reason}: {exit}")));
         } else {
             tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "worker stopped: {exit}");
@@ -555,24 +563,39 @@ impl<S: Systemd> Driver<S> {
         self.cleanup(serial, Some(exit)).await;
     }
 
-    /// Whether the kernel OOM-killed something in the worker's scope.
-    fn oom_killed(&self, serial: u64) -> bool {
-        let (
-            Some(layout),
-            Some(Proc {
-                scope: Some(scope), ..
-            }),
-        ) = (&self.layout, self.procs.get(&serial))
-        else {
+    /// Whether the kernel OOM-killed something in the worker's scope. The scope's own counter
+    /// is gone as soon as systemd removes the emptied cgroup, so the app slice's counter (both
+    /// cgroup versions count OOM kills hierarchically) is compared with its last known value.
+    fn oom_killed(&mut self, serial: u64) -> bool {
+        let Some(layout) = &self.layout else {
             return false;
         };
-        let Ok(dirs) = memory::scope_dir(layout, &self.app().slice_unit(), scope) else {
-            return false;
-        };
+        let scope_kills = self
+            .procs
+            .get(&serial)
+            .and_then(|p| p.scope.as_ref())
+            .and_then(|scope| {
+                let dirs = memory::scope_dir(layout, &self.opts.app.slice_unit(), scope).ok()?;
+                memory::read_cgroup_mem(&dirs.memory, dirs.version)
+                    .ok()?
+                    .oom_kills
+            });
+        let before = self.slice_oom_kills;
+        self.slice_oom_kills = self.read_slice_oom_kills();
+        scope_kills.is_some_and(|n| n > 0)
+            || self
+                .slice_oom_kills
+                .is_some_and(|a| a > before.unwrap_or(0))
+    }
+
+    fn read_slice_oom_kills(&self) -> Option<u64> {
+        let layout = self.layout.as_ref()?;
+        let dirs = layout
+            .dirs(&memory::slice_path(&self.opts.app.slice_unit()).ok()?)
+            .ok()?;
         memory::read_cgroup_mem(&dirs.memory, dirs.version)
-            .ok()
-            .and_then(|m| m.oom_kills)
-            .is_some_and(|n| n > 0)
+            .ok()?
+            .oom_kills
     }
 
     /// After a worker's main process ended: take down what is left of its scope, wipe its temp
