@@ -25,6 +25,7 @@ use crate::lifecycle::{Event, Exit, StopReason, WorkerState};
 use crate::memory::{self, CgroupLayout, CgroupRoot};
 use crate::notify::Notifier;
 use crate::policy::{self, Action, AppState, Policy};
+use crate::readiness::{self, NotifySocket};
 use crate::spawn::{self, Prepared, WorkerCommand};
 use crate::systemd::{KillWho, ScopeSpec, Systemd};
 use crate::tmpdir::TmpDirs;
@@ -157,10 +158,18 @@ pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) 
         last_event: None,
         mem_total: None,
         slice_oom_kills: None,
+        notify_socket: None,
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
     d.slice_oom_kills = d.read_slice_oom_kills();
+    d.notify_socket = match NotifySocket::bind(&d.opts.runtime_dir, &d.opts.app) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(APP = %d.opts.app, "cannot open the workers' notify socket in {}: {e}; READY=1 from workers will not be seen", d.opts.runtime_dir.display());
+            None
+        }
+    };
     d.start().await;
     d.main_loop(exit_rx).await
 }
@@ -184,6 +193,8 @@ struct Driver<S: Systemd> {
     mem_total: Option<u64>,
     /// OOM kills counted in the app's slice so far.
     slice_oom_kills: Option<u64>,
+    /// Where workers send READY=1.
+    notify_socket: Option<NotifySocket>,
 }
 
 impl<S: Systemd> Driver<S> {
@@ -289,6 +300,7 @@ impl<S: Systemd> Driver<S> {
                 _ = int.recv() => self.begin_shutdown("SIGINT"),
                 _ = hup.recv() => self.reload().await,
                 Some(serial) = exits.recv() => self.on_exit(serial).await,
+                Ok((pid, msg)) = recv_notify(self.notify_socket.as_ref()) => self.on_notify(pid, msg),
                 _ = sleep => {}
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
@@ -390,7 +402,7 @@ impl<S: Systemd> Driver<S> {
             serial,
             user: Some((&id.name, &id.home)),
             tmpdir: tmpdir.as_deref(),
-            notify_socket: None,
+            notify_socket: self.notify_socket.as_ref().map(|n| n.path()),
             listen_names: &[],
             server_starter_port: None,
         };
@@ -741,6 +753,48 @@ impl<S: Systemd> Driver<S> {
         }
     }
 
+    /// A message on the notify socket: READY=1 from any process of a starting worker makes it
+    /// ready, in any readiness mode (an app that says so is ready).
+    fn on_notify(&mut self, pid: i32, msg: readiness::Message) {
+        let Some(serial) = self.worker_of_pid(pid) else {
+            tracing::debug!(APP = %self.opts.app, "notify message from pid {pid}, which is no worker of this app: ignored");
+            return;
+        };
+        if msg.ready
+            && self
+                .state
+                .workers
+                .get(&serial)
+                .is_some_and(|w| matches!(w.state, WorkerState::Starting { .. }))
+        {
+            self.apply(serial, Event::BecameReady);
+            self.check_jemalloc(serial);
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid, "worker ready (READY=1)");
+        }
+    }
+
+    /// The worker a process belongs to: by its scope (cgroup) under systemd, by its session
+    /// without systemd (every worker leads its own session).
+    fn worker_of_pid(&self, pid: i32) -> Option<u64> {
+        if pid <= 0 {
+            return None;
+        }
+        if let Some((serial, _)) = self.procs.iter().find(|(_, p)| p.pid.as_raw() == pid) {
+            return Some(*serial);
+        }
+        if self.systemd.is_some() {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            return readiness::serial_from_cgroup(&self.opts.app, &text)
+                .filter(|s| self.procs.contains_key(s));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let sid = monitor::parse_stat_session(&stat)?;
+        self.procs
+            .iter()
+            .find(|(_, p)| p.pid.as_raw() == sid)
+            .map(|(s, _)| *s)
+    }
+
     /// SIGHUP: re-read the file and the unit's environment; a bad config keeps the running one.
     async fn reload(&mut self) {
         self.notifier.reloading();
@@ -788,6 +842,13 @@ impl<S: Systemd> Driver<S> {
         // READY=1 after RELOADING=1 ends the reload for systemd.
         let s = self.status_text();
         self.notifier.ready(&s);
+    }
+}
+
+async fn recv_notify(sock: Option<&NotifySocket>) -> std::io::Result<(i32, readiness::Message)> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

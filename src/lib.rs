@@ -23,6 +23,7 @@ pub mod monitor;
 pub mod notify;
 pub mod policy;
 pub mod quantity;
+pub mod readiness;
 pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;
