@@ -169,6 +169,8 @@ system_steps() {
     return
   fi
   mkdir -p "$LOGDIR"
+  # test machines left behind by earlier runs that were killed outright
+  ( . tests/system/lib/vm.sh && box_reap && vm_reap )
   trap on_interrupt INT TERM
   banner "system scenarios: $(echo "$list" | wc -l), $jobs at a time"
   for f in $list; do

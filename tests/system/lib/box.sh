@@ -18,7 +18,7 @@
 #
 # As a command:
 #   tests/system/lib/box.sh up NAME | run NAME CMD... | sh NAME | copy-in NAME SRC DST
-#                           | diag NAME | down NAME | ls
+#                           | diag NAME | down NAME | ls | reap (boxes of test processes gone)
 #
 # Environment: KT_STATE (default /run/kechi-test), KT_BOX_TMPFS (size of the upper layer, default
 # 4G), KT_BOOT_TIMEOUT (s, default 60), KT_RUN_TIMEOUT (s per box_run, default 300; 0 = none).
@@ -357,6 +357,21 @@ box_ls() {
   return 0
 }
 
+# boxes named kt-PID-* whose test process PID is gone (killed without a chance to clean up)
+box_reap() {
+  local f n owner
+  for f in "$KT_STATE"/kt-*.pid; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .pid)
+    owner=${n#kt-}; owner=${owner%%-*}
+    [[ $owner =~ ^[0-9]+$ ]] || continue
+    kill -0 "$owner" 2> /dev/null && continue
+    _box_say "taking down $n, left behind by process $owner"
+    box_down "$n"
+  done
+  return 0
+}
+
 # --------------------------------------------------------------------------------------------
 # cleanup: every box this process started goes down when it exits
 box_on_exit() { _BOX_EXIT_HOOKS+=("$*"); }  # run CMD at exit, before the boxes go down
@@ -395,6 +410,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     diag) [ $# -eq 2 ] || { echo "usage: $0 diag NAME" >&2; exit 2; }; box_diag "$2" ;;
     down) [ $# -eq 2 ] || { echo "usage: $0 down NAME" >&2; exit 2; }; box_down "$2" ;;
     ls) box_ls ;;
+    reap) box_reap ;;
     *) sed -n '2,30p' "$0" >&2; exit 2 ;;
   esac
 fi

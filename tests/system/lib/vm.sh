@@ -75,6 +75,21 @@ vm_down() {
   _VM_MINE=("${keep[@]}")
 }
 
+# VMs named kt-PID-* whose test process PID is gone
+vm_reap() {
+  local tool n owner
+  tool=$(vm_tool)
+  [ -f "$tool" ] || return 0
+  bash "$tool" ls 2> /dev/null | awk '{ print $1 }' | while read -r n; do
+    [[ $n =~ ^kt-([0-9]+)- ]] || continue
+    owner=${BASH_REMATCH[1]}
+    kill -0 "$owner" 2> /dev/null && continue
+    echo "vm: taking down $n, left behind by process $owner" >&2
+    bash "$tool" down "$n" > /dev/null 2>&1 || true
+  done
+  return 0
+}
+
 # called by box.sh's exit handler
 _vm_on_exit() {
   local rc=$1 n
