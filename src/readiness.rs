@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(parse(b"READY=1").ready, true);
+        assert!(parse(b"READY=1").ready);
         let m = parse(b"STATUS=warming up\nREADY=1\n");
         assert!(m.ready);
         assert_eq!(m.status.as_deref(), Some("warming up"));
