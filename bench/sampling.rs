@@ -101,8 +101,13 @@ impl Drop for Children {
     }
 }
 
-/// This thread's user and system CPU time.
-fn thread_cpu() -> (Duration, Duration) {
+/// This thread's user and system CPU time from `getrusage(RUSAGE_THREAD)`.
+///
+/// The kernel brings a running thread's runtime total up to date only at a scheduler tick or a
+/// context switch, so a getrusage delta around a 1 ms piece of work usually reads 0 (and one
+/// around a longer piece misses its tail after the last tick). Over the whole run, framed by
+/// sleeps, the total is exact; the user/system split is the kernel's tick-sampled estimate.
+fn thread_rusage() -> (Duration, Duration) {
     // SAFETY: getrusage only writes the struct we hand it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
@@ -113,6 +118,16 @@ fn thread_cpu() -> (Duration, Duration) {
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
+/// This thread's CPU time (user + system) to the nanosecond: `CLOCK_THREAD_CPUTIME_ID` makes the
+/// kernel account the running slice first, so it is exact for each sample.
+fn thread_clock() -> Duration {
+    // SAFETY: clock_gettime only writes the struct we hand it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// One row of the result table.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -120,8 +135,13 @@ pub struct Row {
     pub method: Method,
     pub n: usize,
     pub samples: usize,
+    /// From getrusage over the whole run (the sleeps between samples included, which cost a
+    /// few microseconds).
     pub user_per_sample: Duration,
     pub sys_per_sample: Duration,
+    /// From the thread CPU clock around each sample.
+    pub cpu_per_sample: Duration,
+    pub cpu_max: Duration,
     pub wall_per_sample: Duration,
     pub mean_rss: u64,
 }
@@ -129,7 +149,7 @@ pub struct Row {
 impl Row {
     /// CPU per sample at one sample a second, in percent of one core.
     pub fn percent_of_core(&self) -> f64 {
-        (self.user_per_sample + self.sys_per_sample).as_secs_f64() * 100.0
+        self.cpu_per_sample.as_secs_f64() * 100.0
     }
 }
 
@@ -190,30 +210,38 @@ fn sample_with(
     let sample = || -> u64 { pids.iter().map(|&pid| method.read(proc, pid)).sum() };
     let _warm = sample();
 
-    let (mut user, mut sys, mut wall) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut cpu, mut cpu_max, mut wall) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut rss = 0u64;
+    // Both ends of the getrusage interval follow a sleep, so the thread has just been switched
+    // in and the kernel's runtime total is current (see thread_rusage).
+    std::thread::sleep(Duration::from_millis(1));
+    let (u0, s0) = thread_rusage();
     let start = Instant::now();
     for i in 0..samples {
         // 1 Hz, as kechid's check-interval would have it at its most eager.
         let tick = start + Duration::from_secs(i as u64 + 1);
         std::thread::sleep(tick.saturating_duration_since(Instant::now()));
-        let (u0, s0) = thread_cpu();
+        let c0 = thread_clock();
         let w0 = Instant::now();
         let total = std::hint::black_box(sample());
         wall += w0.elapsed();
-        let (u1, s1) = thread_cpu();
-        user += u1 - u0;
-        sys += s1 - s0;
+        let c = thread_clock() - c0;
+        cpu += c;
+        cpu_max = cpu_max.max(c);
         rss += total / n.max(1) as u64;
     }
+    std::thread::sleep(Duration::from_millis(1));
+    let (u1, s1) = thread_rusage();
     let k = samples as u32;
     Row {
         workload,
         method,
         n,
         samples,
-        user_per_sample: user / k,
-        sys_per_sample: sys / k,
+        user_per_sample: (u1 - u0) / k,
+        sys_per_sample: (s1 - s0) / k,
+        cpu_per_sample: cpu / k,
+        cpu_max,
         wall_per_sample: wall / k,
         mean_rss: rss / samples as u64,
     }
@@ -222,20 +250,23 @@ fn sample_with(
 /// Prints the table in Markdown.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| processes | file read | N | samples | user ms/sample | sys ms/sample | CPU % of one core at 1 Hz | wall ms/sample | mean RSS each |"
+        "| processes | file read | N | samples | CPU ms/sample (mean) | CPU ms (max) | % of one core at 1 Hz | getrusage user+sys ms/sample | wall ms/sample | RSS each |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} MiB |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | **{:.2}** | {:.3} + {:.3} | {:.3} | {:.1} MiB |",
             r.workload.name(),
             r.method.name(),
             r.n,
             r.samples,
-            r.user_per_sample.as_secs_f64() * 1e3,
-            r.sys_per_sample.as_secs_f64() * 1e3,
+            ms(r.cpu_per_sample),
+            ms(r.cpu_max),
             r.percent_of_core(),
-            r.wall_per_sample.as_secs_f64() * 1e3,
+            ms(r.user_per_sample),
+            ms(r.sys_per_sample),
+            ms(r.wall_per_sample),
             r.mean_rss as f64 / (1 << 20) as f64,
         );
     }
