@@ -1,11 +1,11 @@
 #!/bin/bash
 # vm.sh — the pure cgroup v2 tier: the same scenarios, run in a throwaway VM whose own kernel runs
 # systemd on a pure cgroup v2 hierarchy (production hosts are v2; the box runs on whatever this
-# machine's kernel has, here v1 for memory).
+# machine's kernel has, which may be v1 for memory).
 #
-# The VM itself is not part of this repository: it comes from the `vmbox` tool that CI machines carry
-# beside the clone, at ../shared/vmbox/vmbox (KT_VMBOX overrides the path). Without it, or if it
-# cannot boot, the v2 tier is SKIPPED, loudly, and never counted as passed.
+# The VM is not built here: an external VM tool provides it, expected at ../shared/vmbox/vmbox beside
+# the clone (KT_VMBOX overrides the path; its commands: setup, up, run [-i], cp, down, ls). Without
+# it, or if it cannot boot, the v2 tier is SKIPPED, loudly, and never counted as passed.
 #
 #   source tests/system/lib/vm.sh
 #   vm_up NAME || exit 77     # prints "SKIPPED (cgroup v2 VM unavailable: why)" when it cannot
