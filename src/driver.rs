@@ -143,7 +143,7 @@ pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) 
         None
     };
     let mut d = Driver {
-        policy: Policy::from_config(c),
+        policy: seeded(Policy::from_config(c)),
         loaded,
         identity,
         systemd,
@@ -318,13 +318,46 @@ impl<S: Systemd> Driver<S> {
 
     async fn act(&mut self, action: Action) -> Option<i32> {
         match action {
-            Action::Spawn => self.spawn().await,
+            Action::Spawn => {
+                self.spawn().await;
+            }
             Action::MarkReady(serial) => {
                 self.apply(serial, Event::BecameReady);
                 self.check_jemalloc(serial);
                 tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready");
             }
-            Action::Stop(serial, reason) => self.stop(serial, reason),
+            Action::Stop(serial, reason) => {
+                let recycled = self.state.end_recycle(serial).is_some();
+                self.stop(serial, reason.clone());
+                if recycled {
+                    self.last_event = Some((
+                        Instant::now(),
+                        format!("worker {serial} recycled ({})", reason.as_str()),
+                    ));
+                }
+            }
+            Action::Replace { old, reason } => {
+                self.state.requested.remove(&old);
+                self.state.last_recycle = Some(Instant::now());
+                tracing::info!(APP = %self.opts.app, WORKER = old, PID = self.pid_of(old), REASON = reason.as_str(), "recycling worker: starting its replacement first");
+                let new = self.spawn().await;
+                self.state
+                    .recycles
+                    .push(policy::Recycle { old, new, reason });
+            }
+            Action::DropRecycle {
+                old,
+                replacement_failed,
+            } => {
+                self.state.end_recycle(old);
+                if replacement_failed {
+                    tracing::warn!(APP = %self.opts.app, WORKER = old, "the replacement of worker {old} failed; worker {old} keeps serving");
+                    self.last_event = Some((
+                        Instant::now(),
+                        format!("replacement of worker {old} failed"),
+                    ));
+                }
+            }
             Action::Kill(serial) => self.kill(serial).await,
             Action::NotifyReady => {
                 self.state.ready_notified = true;
@@ -360,7 +393,8 @@ impl<S: Systemd> Driver<S> {
         self.procs.get(&serial).map_or(0, |p| p.pid.as_raw())
     }
 
-    async fn spawn(&mut self) {
+    /// Starts one worker; returns its serial (whether or not it started).
+    async fn spawn(&mut self) -> u64 {
         self.last_serial += 1;
         let serial = self.last_serial;
         if let Some(parent) = self.serial_file().parent() {
@@ -384,6 +418,7 @@ impl<S: Systemd> Driver<S> {
                 self.cleanup(serial, None).await;
             }
         }
+        serial
     }
 
     async fn start_worker(&mut self, serial: u64) -> Result<Proc, String> {
@@ -817,7 +852,10 @@ impl<S: Systemd> Driver<S> {
             Ok(loaded) => match resolve_identity(&loaded.config) {
                 Ok(identity) => {
                     tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
-                    self.policy = Policy::from_config(&loaded.config);
+                    self.policy = Policy {
+                        seed: self.policy.seed,
+                        ..Policy::from_config(&loaded.config)
+                    };
                     self.identity = identity;
                     self.tmpdirs = TmpDirs::new(
                         &self.opts.app,
@@ -850,6 +888,15 @@ async fn recv_notify(sock: Option<&NotifySocket>) -> std::io::Result<(i32, readi
         Some(s) => s.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A per-process seed for the age jitter: workers of different kechids spread differently.
+fn seeded(mut p: Policy) -> Policy {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    p.seed = t ^ (u64::from(std::process::id()) << 32);
+    p
 }
 
 fn limit(l: Limit) -> Option<u64> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, ReadyMode};
 use crate::exitcode;
 use crate::lifecycle::{self, Event, IllegalTransition, StopReason, WorkerState};
+use crate::quantity::Percent;
 
 /// The parts of the config the decisions need.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,13 @@ pub struct Policy {
     pub backoff_max: Duration,
     pub burst: u32,
     pub window: Duration,
+    /// `Duration::ZERO` = no age recycling.
+    pub max_age: Duration,
+    pub jitter: Percent,
+    pub min_interval: Duration,
+    pub max_concurrent: u32,
+    /// Seeds the per-worker age jitter (fixed in tests, random in kechid).
+    pub seed: u64,
 }
 
 impl Policy {
@@ -39,7 +47,22 @@ impl Policy {
             backoff_max: c.restart.backoff_max,
             burst: c.restart.burst,
             window: c.restart.window,
+            max_age: c.recycle.max_age,
+            jitter: c.recycle.jitter,
+            min_interval: c.recycle.min_interval,
+            max_concurrent: c.recycle.max_concurrent.max(1),
+            seed: 0,
         }
+    }
+
+    /// When worker `serial`, started at `started`, is due for age recycling: `max-age` shortened
+    /// by up to `jitter`, by a fraction fixed per worker, so workers started together spread out.
+    pub fn age_due(&self, serial: u64, started: Instant) -> Option<Instant> {
+        if self.max_age.is_zero() {
+            return None;
+        }
+        let u = (splitmix64(self.seed ^ serial) >> 11) as f64 / (1u64 << 53) as f64;
+        Some(started + self.max_age.mul_f64(1.0 - self.jitter.fraction() * u))
     }
 
     /// Delay before the next spawn after `consecutive` crashes in a row: backoff doubling,
@@ -56,6 +79,22 @@ impl Policy {
             .unwrap_or(self.backoff_max)
             .min(self.backoff_max)
     }
+}
+
+/// A deterministic 64-bit mix (splitmix64's finaliser): spreads serials over the jitter range.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A planned replacement: `new` takes over from `old`, which stops once `new` is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recycle {
+    pub old: u64,
+    pub new: u64,
+    pub reason: StopReason,
 }
 
 /// One worker as the decision core sees it.
@@ -82,6 +121,12 @@ pub struct AppState {
     pub shutting_down: bool,
     pub generation: u64,
     pub ready_notified: bool,
+    /// Replacements in flight.
+    pub recycles: Vec<Recycle>,
+    /// When the last automatic recycle began (for `recycle.min-interval`).
+    pub last_recycle: Option<Instant>,
+    /// Workers an operator asked to recycle (`kechictl recycle`), not yet begun.
+    pub requested: std::collections::BTreeSet<u64>,
 }
 
 impl Default for AppState {
@@ -94,6 +139,9 @@ impl Default for AppState {
             shutting_down: false,
             generation: 1,
             ready_notified: false,
+            recycles: Vec::new(),
+            last_recycle: None,
+            requested: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -178,6 +226,38 @@ impl AppState {
             .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
             .count()
     }
+
+    fn is_ready(&self, serial: u64) -> bool {
+        self.workers
+            .get(&serial)
+            .is_some_and(|w| matches!(w.state, WorkerState::Ready { .. }))
+    }
+
+    fn is_live(&self, serial: u64) -> bool {
+        self.workers.get(&serial).is_some_and(|w| w.state.is_live())
+    }
+
+    fn in_recycle(&self, serial: u64) -> bool {
+        self.recycles
+            .iter()
+            .any(|r| r.old == serial || r.new == serial)
+    }
+
+    /// Whether `serial` counts toward the wanted number of workers: a replacement that is not
+    /// ready yet does not, nor does an old worker whose replacement is ready (it is about to go).
+    fn counts(&self, serial: u64) -> bool {
+        self.is_live(serial)
+            && !self.recycles.iter().any(|r| {
+                (r.new == serial && !self.is_ready(r.new))
+                    || (r.old == serial && self.is_ready(r.new))
+            })
+    }
+
+    /// Removes the bookkeeping of a recycle whose old worker is `old`.
+    pub fn end_recycle(&mut self, old: u64) -> Option<Recycle> {
+        let i = self.recycles.iter().position(|r| r.old == old)?;
+        Some(self.recycles.remove(i))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,6 +277,11 @@ pub enum Action {
     MarkReady(u64),
     /// Ask a worker to stop (stop.signal).
     Stop(u64, StopReason),
+    /// Start a replacement for `old`; `old` stops once it is ready.
+    Replace { old: u64, reason: StopReason },
+    /// Forget a recycle: its replacement failed (the old worker keeps serving) or its old
+    /// worker is gone already.
+    DropRecycle { old: u64, replacement_failed: bool },
     /// stop.timeout passed: SIGKILL everything in the worker's scope.
     Kill(u64),
     /// Tell systemd READY=1.
@@ -261,7 +346,8 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         .iter()
         .filter(|t| now.saturating_duration_since(**t) <= policy.window)
         .count();
-    if recent_loop_crashes > policy.burst as usize {
+    // A serving app is never given up on: only a start that never gets anywhere is a loop.
+    if recent_loop_crashes > policy.burst as usize && state.ready_count() == 0 {
         d.actions.push(Action::Exit {
             code: exitcode::CRASH_LOOP,
             why: format!(
@@ -294,10 +380,27 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         }
     }
 
-    // Capacity: keep `workers` live workers, honouring crash backoff.
-    let live = state.live().count();
+    // Recycles in flight: finish those whose replacement is ready, drop failed ones.
+    for r in &state.recycles {
+        if !state.is_live(r.old) {
+            d.actions.push(Action::DropRecycle {
+                old: r.old,
+                replacement_failed: false,
+            });
+        } else if !state.is_live(r.new) {
+            d.actions.push(Action::DropRecycle {
+                old: r.old,
+                replacement_failed: true,
+            });
+        } else if state.is_ready(r.new) {
+            d.actions.push(Action::Stop(r.old, r.reason.clone()));
+        }
+    }
+
+    // Capacity: keep `workers` counted workers, honouring crash backoff.
+    let counted = state.workers.keys().filter(|s| state.counts(**s)).count();
     let wanted = policy.workers as usize;
-    if live < wanted {
+    if counted < wanted {
         let resume = state
             .last_crash
             .map(|t| t + policy.backoff_after(state.consecutive_crashes));
@@ -305,13 +408,70 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
             Some(at) if now < at => d.wake(at),
             _ => d
                 .actions
-                .extend(std::iter::repeat_n(Action::Spawn, wanted - live)),
+                .extend(std::iter::repeat_n(Action::Spawn, wanted - counted)),
         }
-    } else if live > wanted {
+    } else if counted > wanted {
         // Stop the surplus, newest first: the oldest have proven themselves.
-        let surplus = state.live().collect::<Vec<_>>();
-        for w in surplus.iter().rev().take(live - wanted) {
-            d.actions.push(Action::Stop(w.serial, StopReason::Surplus));
+        let surplus: Vec<u64> = state
+            .workers
+            .keys()
+            .copied()
+            .filter(|s| state.counts(*s) && !state.in_recycle(*s))
+            .collect();
+        for serial in surplus.iter().rev().take(counted - wanted) {
+            d.actions.push(Action::Stop(*serial, StopReason::Surplus));
+        }
+    }
+
+    // New recycles: one at a time up to max-concurrent, only with full ready capacity, so a
+    // planned recycle never drops below `workers` ready workers.
+    let ready_counted = state
+        .workers
+        .keys()
+        .filter(|s| state.counts(**s) && state.is_ready(**s))
+        .count();
+    if state.recycles.len() < policy.max_concurrent as usize
+        && ready_counted >= wanted
+        && counted == wanted
+    {
+        let candidates = state.workers.values().filter(|w| {
+            matches!(w.state, WorkerState::Ready { .. }) && !state.in_recycle(w.serial)
+        });
+        // Operator-asked first (manual, then reload), then the most overdue by age.
+        let mut due: Option<(u8, Instant, u64, StopReason)> = None;
+        for w in candidates {
+            let candidate = if state.requested.contains(&w.serial) {
+                Some((0, w.started, StopReason::Manual))
+            } else if w.generation < state.generation {
+                Some((1, w.started, StopReason::Reload))
+            } else {
+                match policy.age_due(w.serial, w.started) {
+                    Some(at) if now >= at => Some((2, at, StopReason::Age)),
+                    Some(at) => {
+                        d.wake(at);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some((rank, at, reason)) = candidate
+                && due
+                    .as_ref()
+                    .is_none_or(|(r, a, _, _)| (rank, at) < (*r, *a))
+            {
+                due = Some((rank, at, w.serial, reason));
+            }
+        }
+        if let Some((rank, _, serial, reason)) = due {
+            // min-interval spaces automatic recycles only; what an operator asks for goes now.
+            let not_before = state.last_recycle.map(|t| t + policy.min_interval);
+            match not_before {
+                Some(at) if rank == 2 && now < at => d.wake(at),
+                _ => d.actions.push(Action::Replace {
+                    old: serial,
+                    reason,
+                }),
+            }
         }
     }
 
@@ -342,6 +502,11 @@ mod tests {
             backoff_max: Duration::from_secs(8),
             burst: 3,
             window: Duration::from_secs(60),
+            max_age: Duration::ZERO,
+            jitter: Percent::from_whole(10),
+            min_interval: Duration::from_secs(30),
+            max_concurrent: 1,
+            seed: 42,
         }
     }
 
@@ -543,5 +708,175 @@ mod tests {
         assert!(d.actions.contains(&Action::Stop(3, StopReason::Surplus)));
         assert!(d.actions.contains(&Action::Stop(2, StopReason::Surplus)));
         assert!(!d.actions.contains(&Action::Stop(1, StopReason::Surplus)));
+    }
+
+    fn ready_set(p: &Policy, n: u64, t: Instant) -> AppState {
+        let mut s = AppState::default();
+        for serial in 1..=n {
+            started(&mut s, serial, t, p);
+            s.apply(serial, &Event::BecameReady, t, p).unwrap();
+        }
+        s.ready_notified = true;
+        s
+    }
+
+    fn replaces(d: &Decision) -> Vec<(u64, StopReason)> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Replace { old, reason } => Some((*old, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The whole choreography: replacement first, old stopped only once it is ready, and the
+    /// ready count never below `workers`.
+    #[test]
+    fn recycle_replaces_before_stopping() {
+        let mut p = policy();
+        p.max_age = Duration::from_secs(100);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        let t1 = t + Duration::from_secs(101);
+        let d = decide(&s, &p, t1);
+        assert_eq!(replaces(&d).len(), 1, "{d:?}");
+        let (old, reason) = replaces(&d)[0].clone();
+        assert_eq!(reason, StopReason::Age);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop(..) | Action::Spawn))
+        );
+        // the driver spawns serial 3 as its replacement
+        started(&mut s, 3, t1, &p);
+        s.recycles.push(Recycle {
+            old,
+            new: 3,
+            reason: StopReason::Age,
+        });
+        s.last_recycle = Some(t1);
+        let d = decide(&s, &p, t1);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Stop(..) | Action::Spawn | Action::Replace { .. })),
+            "{d:?}"
+        );
+        assert_eq!(s.ready_count(), 2);
+        // ready: now the old one stops, and nothing else
+        s.apply(3, &Event::BecameReady, t1, &p).unwrap();
+        let d = decide(&s, &p, t1);
+        assert_eq!(d.actions, vec![Action::Stop(old, StopReason::Age)]);
+    }
+
+    #[test]
+    fn failed_replacement_keeps_the_old_worker() {
+        let mut p = policy();
+        p.ready_mode = ReadyMode::Notify;
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.requested.insert(1);
+        assert_eq!(replaces(&decide(&s, &p, t)), vec![(1, StopReason::Manual)]);
+        started(&mut s, 3, t, &p);
+        s.recycles.push(Recycle {
+            old: 1,
+            new: 3,
+            reason: StopReason::Manual,
+        });
+        let late = t + p.ready_timeout;
+        let d = decide(&s, &p, late);
+        assert!(
+            d.actions
+                .contains(&Action::Stop(3, StopReason::ReadyTimeout)),
+            "{d:?}"
+        );
+        assert!(!d.actions.contains(&Action::Stop(1, StopReason::Manual)));
+        s.apply(3, &Event::StopRequested(StopReason::ReadyTimeout), late, &p)
+            .unwrap();
+        let d = decide(&s, &p, late);
+        assert!(
+            d.actions.contains(&Action::DropRecycle {
+                old: 1,
+                replacement_failed: true
+            }),
+            "{d:?}"
+        );
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Stop(1, _))));
+        // a failing replacement is no crash loop while the app serves
+        for _ in 0..10 {
+            s.loop_crashes.push(late);
+        }
+        assert!(
+            !decide(&s, &p, late)
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Exit { .. }))
+        );
+    }
+
+    #[test]
+    fn reload_rolls_one_at_a_time_without_min_interval() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.generation += 1;
+        s.last_recycle = Some(t);
+        let d = decide(&s, &p, t);
+        assert_eq!(replaces(&d), vec![(1, StopReason::Reload)]);
+        started(&mut s, 3, t, &p);
+        s.recycles.push(Recycle {
+            old: 1,
+            new: 3,
+            reason: StopReason::Reload,
+        });
+        // one in flight: no second one (max-concurrent = 1)
+        assert!(replaces(&decide(&s, &p, t)).is_empty());
+    }
+
+    #[test]
+    fn manual_goes_before_reload_and_age() {
+        let mut p = policy();
+        p.max_age = Duration::from_secs(1);
+        p.workers = 3;
+        let t = Instant::now();
+        let mut s = ready_set(&p, 3, t);
+        s.generation += 1;
+        s.requested.insert(3);
+        assert_eq!(
+            replaces(&decide(&s, &p, t + Duration::from_secs(5))),
+            vec![(3, StopReason::Manual)]
+        );
+    }
+
+    #[test]
+    fn min_interval_spaces_age_recycles() {
+        let mut p = policy();
+        p.max_age = Duration::from_secs(100);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        let t1 = t + Duration::from_secs(200);
+        s.last_recycle = Some(t1 - Duration::from_secs(10));
+        let d = decide(&s, &p, t1);
+        assert!(replaces(&d).is_empty());
+        assert_eq!(d.wake_at, Some(t1 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn age_jitter_spreads_workers_within_the_bound() {
+        let mut p = policy();
+        p.max_age = Duration::from_secs(3600);
+        let t = Instant::now();
+        let dues: Vec<Instant> = (1..=20).map(|s| p.age_due(s, t).unwrap()).collect();
+        for d in &dues {
+            let age = d.duration_since(t);
+            assert!(age <= p.max_age && age >= p.max_age.mul_f64(0.9), "{age:?}");
+        }
+        let mut distinct = dues.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), dues.len());
+        p.max_age = Duration::ZERO;
+        assert_eq!(p.age_due(1, t), None);
     }
 }
