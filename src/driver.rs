@@ -26,6 +26,7 @@ use crate::memory::{self, CgroupLayout, CgroupRoot};
 use crate::notify::Notifier;
 use crate::policy::{self, Action, AppState, Policy};
 use crate::readiness::{self, NotifySocket};
+use crate::sockets::{self, Listener};
 use crate::spawn::{self, Prepared, WorkerCommand};
 use crate::systemd::{KillWho, ScopeSpec, Systemd};
 use crate::tmpdir::TmpDirs;
@@ -121,7 +122,12 @@ fn load_config(
 }
 
 /// Runs the app until stopped; returns kechid's exit code.
-pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) -> i32 {
+pub async fn run<S: Systemd>(
+    opts: Options,
+    systemd: Option<S>,
+    loaded: Loaded,
+    mut inherited: Vec<Listener>,
+) -> i32 {
     let identity = match resolve_identity(&loaded.config) {
         Ok(i) => i,
         Err(e) => {
@@ -129,6 +135,19 @@ pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) 
             return exitcode::CONFIG;
         }
     };
+    let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(APP = %opts.app, "{e}");
+            return exitcode::FAILURE;
+        }
+    };
+    // Socket activation first (fds 3.. in the order systemd gave them), then `listen`.
+    inherited.append(&mut listeners);
+    let listeners = inherited;
+    for l in &listeners {
+        tracing::info!(APP = %opts.app, "listening socket {} ({})", l.address, l.name);
+    }
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let c = &loaded.config;
     let tmpdirs = TmpDirs::new(
@@ -158,7 +177,9 @@ pub async fn run<S: Systemd>(opts: Options, systemd: Option<S>, loaded: Loaded) 
         last_event: None,
         mem_total: None,
         slice_oom_kills: None,
+        global_oom_kills: read_vmstat_oom_kills(),
         notify_socket: None,
+        listeners,
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -193,8 +214,12 @@ struct Driver<S: Systemd> {
     mem_total: Option<u64>,
     /// OOM kills counted in the app's slice so far.
     slice_oom_kills: Option<u64>,
+    /// OOM kills counted by the kernel (`/proc/vmstat`), for cgroup v1.
+    global_oom_kills: Option<u64>,
     /// Where workers send READY=1.
     notify_socket: Option<NotifySocket>,
+    /// The listening sockets handed to every worker.
+    listeners: Vec<Listener>,
 }
 
 impl<S: Systemd> Driver<S> {
@@ -219,31 +244,12 @@ impl<S: Systemd> Driver<S> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        if let Some(sd) = &self.systemd {
-            let pattern = format!("kechi-{}-*.scope", self.opts.app);
-            match sd.list_units(&[pattern.as_str()]).await {
-                Ok(units) => {
-                    for u in units {
-                        let Some(serial) = self.opts.app.parse_scope_serial(&u.name) else {
-                            continue;
-                        };
-                        self.last_serial = self.last_serial.max(serial);
-                        tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {} left by an earlier kechid", u.name);
-                        if let Err(e) = sd
-                            .stop_unit(&u.name, self.policy.stop_timeout + Duration::from_secs(5))
-                            .await
-                        {
-                            tracing::warn!(APP = %self.opts.app, "stopping {}: {e}", u.name);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(APP = %self.opts.app, "listing earlier worker scopes: {e}")
-                }
-            }
-        }
+        self.adopt().await;
         for serial in self.tmpdirs.existing() {
             self.last_serial = self.last_serial.max(serial);
+            if self.procs.contains_key(&serial) {
+                continue;
+            }
             if let Err(e) = self.tmpdirs.wipe(serial) {
                 tracing::warn!(APP = %self.opts.app, "{e}");
             }
@@ -258,6 +264,106 @@ impl<S: Systemd> Driver<S> {
         if self.config().tmpdir.enabled && !self.tmpdirs.capped() {
             tracing::warn!(APP = %self.opts.app, "not root: temp dirs are not separate tmpfs mounts and tmpdir.size is not enforced");
         }
+    }
+
+    fn workers_file(&self) -> PathBuf {
+        self.opts
+            .runtime_dir
+            .join(self.app().as_str())
+            .join("workers")
+    }
+
+    /// Records `SERIAL PID` of every worker, so a restarted kechid knows each scope's main
+    /// process (the one it started) among the processes in it.
+    fn save_workers(&self) {
+        let mut text = String::new();
+        for (serial, p) in &self.procs {
+            text.push_str(&format!("{serial} {}\n", p.pid));
+        }
+        let path = self.workers_file();
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::debug!("recording workers in {}: {e}", path.display());
+        }
+    }
+
+    /// Takes over the workers an earlier kechid left running (restart, crash, upgrade):
+    /// their scopes are found by name, their main process from the workers file (or as the
+    /// session leader in the scope), and they are watched by pidfd. No second set is started.
+    async fn adopt(&mut self) {
+        let Some(sd) = &self.systemd else { return };
+        let pattern = format!("kechi-{}-*.scope", self.opts.app);
+        let units = match sd.list_units(&[pattern.as_str()]).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, "listing earlier worker scopes: {e}");
+                return;
+            }
+        };
+        let recorded: HashMap<u64, i32> = std::fs::read_to_string(self.workers_file())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(' ')?;
+                Some((a.parse().ok()?, b.trim().parse().ok()?))
+            })
+            .collect();
+        let mut adopted = Vec::new();
+        let mut stale = Vec::new();
+        for u in units {
+            let Some(serial) = self.opts.app.parse_scope_serial(&u.name) else {
+                continue;
+            };
+            self.last_serial = self.last_serial.max(serial);
+            if u.active_state != "active" {
+                stale.push(u.name);
+                continue;
+            }
+            let pids = sd.unit_pids(&u.name).await.unwrap_or_default();
+            let main = recorded
+                .get(&serial)
+                .copied()
+                .filter(|p| pids.contains(&(*p as u32)))
+                .or_else(|| {
+                    pids.iter().map(|p| *p as i32).find(|p| {
+                        nix::unistd::getsid(Some(Pid::from_raw(*p))).ok() == Some(Pid::from_raw(*p))
+                    })
+                });
+            match main
+                .map(Pid::from_raw)
+                .map(|pid| (pid, spawn::pidfd_open(pid)))
+            {
+                Some((pid, Ok(fd))) => adopted.push((serial, pid, fd, u.name)),
+                _ => stale.push(u.name),
+            }
+        }
+        for name in stale {
+            tracing::warn!(APP = %self.opts.app, "stopping {name}: no worker process to adopt in it");
+            if let Err(e) = sd
+                .stop_unit(&name, self.policy.stop_timeout + Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(APP = %self.opts.app, "stopping {name}: {e}");
+            }
+        }
+        let now = Instant::now();
+        for (serial, pid, fd, scope) in adopted {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "adopted running worker in {scope}");
+            let started = process_start(pid).map_or(now, |age| now.checked_sub(age).unwrap_or(now));
+            self.state.adopt_ready(serial, started);
+            self.procs.insert(
+                serial,
+                Proc {
+                    pid,
+                    scope: Some(scope),
+                    jemalloc: None,
+                    monitor_oom: false,
+                },
+            );
+            self.watch_exit(serial, fd);
+            self.check_jemalloc(serial);
+        }
+        self.save_workers();
     }
 
     async fn main_loop(&mut self, mut exits: mpsc::UnboundedReceiver<u64>) -> i32 {
@@ -296,7 +402,14 @@ impl<S: Systemd> Driver<S> {
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
             tokio::select! {
-                _ = term.recv() => self.begin_shutdown("SIGTERM"),
+                _ = term.recv() => {
+                    if self.is_restart().await {
+                        tracing::info!(APP = %self.opts.app, "restarting: leaving {} workers running for the next kechid", self.procs.len());
+                        self.save_workers();
+                        return exitcode::OK;
+                    }
+                    self.begin_shutdown("SIGTERM")
+                }
                 _ = int.recv() => self.begin_shutdown("SIGINT"),
                 _ = hup.recv() => self.reload().await,
                 Some(serial) = exits.recv() => self.on_exit(serial).await,
@@ -304,6 +417,21 @@ impl<S: Systemd> Driver<S> {
                 _ = sleep => {}
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
+            }
+        }
+    }
+
+    /// Whether this SIGTERM comes from `systemctl restart` (a restart job on kechid's unit).
+    async fn is_restart(&self) -> bool {
+        let (Some(sd), Some(unit)) = (&self.systemd, &self.opts.unit) else {
+            return false;
+        };
+        match sd.unit_job_type(unit).await {
+            Ok(Some(t)) => t == "restart" || t == "try-restart" || t == "reload-or-restart",
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, "asking systemd whether this is a restart: {e}; stopping the workers");
+                false
             }
         }
     }
@@ -408,6 +536,7 @@ impl<S: Systemd> Driver<S> {
             Ok(proc) => {
                 tracing::info!(APP = %self.opts.app, WORKER = serial, PID = proc.pid.as_raw(), "worker started{}", proc.scope.as_ref().map(|s| format!(" in {s}")).unwrap_or_default());
                 self.procs.insert(serial, proc);
+                self.save_workers();
                 self.apply(serial, Event::Spawned);
             }
             Err(e) => {
@@ -433,13 +562,15 @@ impl<S: Systemd> Driver<S> {
         } else {
             None
         };
+        let names: Vec<String> = self.listeners.iter().map(|l| l.name.clone()).collect();
+        let ssp = sockets::server_starter_port(&self.listeners);
         let facts = worker_env::WorkerFacts {
             serial,
             user: Some((&id.name, &id.home)),
             tmpdir: tmpdir.as_deref(),
             notify_socket: self.notify_socket.as_ref().map(|n| n.path()),
-            listen_names: &[],
-            server_starter_port: None,
+            listen_names: &names,
+            server_starter_port: ssp.as_deref(),
         };
         let env = worker_env::build(&c, &facts, &self.opts.env);
         let cmd = WorkerCommand {
@@ -447,7 +578,7 @@ impl<S: Systemd> Driver<S> {
             env,
             directory: c.directory.clone(),
             ids: id.switch.then_some((id.uid, id.gid)),
-            listen_fds: vec![],
+            listen_fds: sockets::raw_fds(&self.listeners),
         };
         let mut prep = Prepared::new(&cmd).map_err(|e| e.to_string())?;
         let held = spawn::spawn_held(&mut prep).map_err(|e| e.to_string())?;
@@ -629,10 +760,19 @@ impl<S: Systemd> Driver<S> {
             });
         let before = self.slice_oom_kills;
         self.slice_oom_kills = self.read_slice_oom_kills();
-        scope_kills.is_some_and(|n| n > 0)
+        let global_before = self.global_oom_kills;
+        self.global_oom_kills = read_vmstat_oom_kills();
+        if scope_kills.is_some_and(|n| n > 0)
             || self
                 .slice_oom_kills
                 .is_some_and(|a| a > before.unwrap_or(0))
+        {
+            return true;
+        }
+        // cgroup v1 does not count a child's OOM kills in its parents, and the scope's own
+        // counter is removed with the emptied scope: fall back to the kernel's global count.
+        matches!(layout, CgroupLayout::V1 { .. })
+            && matches!((global_before, self.global_oom_kills), (Some(b), Some(a)) if a > b)
     }
 
     fn read_slice_oom_kills(&self) -> Option<u64> {
@@ -670,6 +810,7 @@ impl<S: Systemd> Driver<S> {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "wiping temp dir: {e}");
         }
         self.state.reap_gone();
+        self.save_workers();
     }
 
     /// Stops every worker at once without waiting for grace (used when giving up).
@@ -897,6 +1038,31 @@ fn seeded(mut p: Policy) -> Policy {
         .map_or(0, |d| d.as_nanos() as u64);
     p.seed = t ^ (u64::from(std::process::id()) << 32);
     p
+}
+
+/// How long ago a process started (from /proc/PID/stat's starttime and /proc/uptime).
+fn process_start(pid: Pid) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // fields after the command: state is 3rd overall, starttime the 22nd
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Duration::from_secs_f64(
+        (uptime - start_ticks as f64 / hz).max(0.0),
+    ))
+}
+
+fn read_vmstat_oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 fn limit(l: Limit) -> Option<u64> {

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod policy;
 pub mod quantity;
 pub mod readiness;
+pub mod sockets;
 pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;

@@ -162,6 +162,21 @@ impl AppState {
         );
     }
 
+    /// Records a worker taken over from an earlier kechid: it was serving, so it is ready.
+    pub fn adopt_ready(&mut self, serial: u64, started: Instant) {
+        self.workers.insert(
+            serial,
+            Worker {
+                serial,
+                pid: None,
+                generation: self.generation,
+                started,
+                state: WorkerState::Ready { since: started },
+                ever_ready: true,
+            },
+        );
+    }
+
     /// Applies one event to one worker through the lifecycle table, keeping the crash records.
     pub fn apply(
         &mut self,

@@ -82,6 +82,8 @@ fn run(args: Args) -> i32 {
             }
         }
     };
+    // Before any thread exists: this takes LISTEN_* out of kechid's environment.
+    let inherited = kechi::sockets::take_inherited();
     let root = nix::unistd::Uid::effective().is_root();
     let runtime_dir = if root {
         PathBuf::from("/run/kechi")
@@ -122,11 +124,11 @@ fn run(args: Args) -> i32 {
     };
     rt.block_on(async move {
         if args.foreground {
-            return driver::run::<DbusSystemd>(opts, None, loaded).await;
+            return driver::run::<DbusSystemd>(opts, None, loaded, inherited).await;
         }
         let bus = if args.user || !root { Bus::User } else { Bus::System };
         match DbusSystemd::connect(bus).await {
-            Ok(sd) => driver::run(opts, Some(sd), loaded).await,
+            Ok(sd) => driver::run(opts, Some(sd), loaded, inherited).await,
             Err(e) => {
                 tracing::error!(APP = %opts.app, "{e}; without a systemd manager, run `kechid --foreground FILE`");
                 exitcode::FAILURE

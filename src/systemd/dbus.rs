@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use zbus::Connection;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use super::proxy::{ManagerProxy, ServiceProxy};
+use super::proxy::{JobProxy, ManagerProxy, ServiceProxy, UnitProxy};
 use super::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo, props};
 
 /// Which bus the manager is reached on.
@@ -227,6 +227,42 @@ impl Systemd for DbusSystemd {
                 unit: unit.to_owned(),
                 source,
             })
+    }
+
+    async fn unit_job_type(&self, unit: &str) -> Result<Option<String>, SystemdError> {
+        let err = |method, source| SystemdError::Call {
+            method,
+            unit: unit.to_owned(),
+            source,
+        };
+        let path = self.manager.get_unit(unit).await.map_err(|e| {
+            if is_no_such_unit(&e) {
+                SystemdError::NoSuchUnit(unit.to_owned())
+            } else {
+                err("GetUnit", e)
+            }
+        })?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path)
+            .map_err(|e| err("Unit", e))?
+            .build()
+            .await
+            .map_err(|e| err("Unit", e))?;
+        let (id, job) = u.job().await.map_err(|e| err("Get(Job)", e))?;
+        if id == 0 {
+            return Ok(None);
+        }
+        let j = JobProxy::builder(&self.conn)
+            .path(job)
+            .map_err(|e| err("Job", e))?
+            .build()
+            .await
+            .map_err(|e| err("Job", e))?;
+        match j.job_type().await {
+            Ok(t) => Ok(Some(t)),
+            // The job may have finished between the two reads.
+            Err(_) => Ok(None),
+        }
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {

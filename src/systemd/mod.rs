@@ -127,6 +127,9 @@ pub trait Systemd {
     async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError>;
     /// A service's `Environment=` (as `KEY=VALUE` strings), as systemd has it loaded now.
     async fn service_environment(&self, unit: &str) -> Result<Vec<String>, SystemdError>;
+    /// The type of the job pending on a unit now (`"stop"`, `"restart"`, ...), if any: how
+    /// kechid tells `systemctl restart` (leave the workers for the next kechid) from `stop`.
+    async fn unit_job_type(&self, unit: &str) -> Result<Option<String>, SystemdError>;
     /// Forgets a failed unit so its name can be reused and `--failed` stays clean.
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError>;
 }

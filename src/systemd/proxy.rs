@@ -68,3 +68,23 @@ pub trait Service {
     #[zbus(property)]
     fn environment(&self) -> zbus::Result<Vec<String>>;
 }
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1",
+    gen_blocking = false
+)]
+pub trait Unit {
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Job",
+    default_service = "org.freedesktop.systemd1",
+    gen_blocking = false
+)]
+pub trait Job {
+    #[zbus(property)]
+    fn job_type(&self) -> zbus::Result<String>;
+}

@@ -1,0 +1,220 @@
+//! The listening sockets: they belong to kechid (and systemd), never to a worker, so they
+//! outlive every worker and kechid itself.
+//!
+//! Sources, in order: socket activation (`kechi@APP.socket`: `LISTEN_FDS`/`LISTEN_FDNAMES`,
+//! passed again at every start of kechid), then the `listen` addresses of the config, which
+//! kechid binds itself once and keeps in systemd's fd store (`FDSTORE=1`, named
+//! `listen:ADDRESS`), so after a restart they come back through `LISTEN_FDS` too and are never
+//! rebound. Workers get them as fds 3.. ([`crate::spawn`]) with `LISTEN_FDNAMES` and
+//! `SERVER_STARTER_PORT` (Server::Starter's `HOST:PORT=FD;PATH=FD`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
+
+/// A listening socket held by kechid.
+#[derive(Debug)]
+pub struct Listener {
+    pub fd: OwnedFd,
+    /// Its name for `LISTEN_FDNAMES` (the socket unit's name, or `listen:ADDRESS`).
+    pub name: String,
+    /// Where it listens, as Server::Starter writes it: `127.0.0.1:8080`, `[::1]:8080`, `/run/x.sock`.
+    pub address: String,
+}
+
+const STORE_PREFIX: &str = "listen:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error(
+        "listen address {0:?}: expected \"/path.sock\", \"HOST:PORT\", \"[V6]:PORT\" or \":PORT\""
+    )]
+    BadAddress(String),
+    #[error("binding {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a socket listens, from the kernel's own record of it.
+pub fn address_of(fd: BorrowedFd<'_>) -> String {
+    match getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(sa) => {
+            if let Some(v4) = sa.as_sockaddr_in() {
+                format!("{}:{}", v4.ip(), v4.port())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                format!("[{}]:{}", v6.ip(), v6.port())
+            } else if let Some(un) = sa.as_unix_addr() {
+                match (un.path(), un.as_abstract()) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some(a)) => format!("@{}", String::from_utf8_lossy(a)),
+                    _ => "unnamed".into(),
+                }
+            } else {
+                format!("family-{}", sa.family().map_or(0, |f| f as i32))
+            }
+        }
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Takes the sockets systemd passed (activation and fd store). Call before any thread starts:
+/// it unsets `LISTEN_*` in kechid's own environment.
+pub fn take_inherited() -> Vec<Listener> {
+    // SAFETY: called from main before the runtime starts, while kechid has a single thread.
+    let fds = match unsafe { sd_notify::listen_fds_with_names_and_unset_env() } {
+        Ok(f) => f.collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!("kechid: ignoring malformed LISTEN_FDS: {e}");
+            return vec![];
+        }
+    };
+    fds.into_iter()
+        .map(|(raw, name)| {
+            // SAFETY: systemd passed us these fds; nothing else in kechid owns them.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let address = address_of(fd.as_fd());
+            Listener { fd, name, address }
+        })
+        .collect()
+}
+
+/// Parses a `listen` entry into what to bind.
+#[derive(Debug)]
+pub enum Bindable {
+    Unix(String),
+    Tcp(SocketAddr),
+}
+
+pub fn parse_address(a: &str) -> Result<Bindable, SocketError> {
+    if a.starts_with('/') {
+        return Ok(Bindable::Unix(a.to_owned()));
+    }
+    let full = if let Some(port) = a.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        a.to_owned()
+    };
+    full.parse()
+        .map(Bindable::Tcp)
+        .map_err(|_| SocketError::BadAddress(a.to_owned()))
+}
+
+/// The sockets for the configured `listen` addresses: those systemd gave back from the fd
+/// store are reused, the others bound now and stored. Inherited sockets not claimed by an
+/// address stay in `inherited` (socket activation).
+pub fn bind_configured(
+    addresses: &[String],
+    inherited: &mut Vec<Listener>,
+) -> Result<Vec<Listener>, SocketError> {
+    let mut out = Vec::new();
+    for a in addresses {
+        let name = format!("{STORE_PREFIX}{a}");
+        if let Some(i) = inherited.iter().position(|l| l.name == name) {
+            out.push(inherited.remove(i));
+            continue;
+        }
+        let bind_err = |source| SocketError::Bind {
+            address: a.clone(),
+            source,
+        };
+        let fd: OwnedFd = match parse_address(a)? {
+            Bindable::Unix(path) => {
+                // A stale socket file from an earlier run would make bind fail; only a socket is removed.
+                if std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+                UnixListener::bind(Path::new(&path))
+                    .map_err(bind_err)?
+                    .into()
+            }
+            Bindable::Tcp(sa) => TcpListener::bind(sa).map_err(bind_err)?.into(),
+        };
+        let address = address_of(fd.as_fd());
+        // Keep it in systemd's fd store so a restarted kechid gets the very same socket back.
+        if let Err(e) = sd_notify::notify_with_fds(
+            &[
+                sd_notify::NotifyState::FdStore,
+                sd_notify::NotifyState::FdName(&name),
+            ],
+            &[fd.as_fd()],
+        ) {
+            tracing::debug!("FDSTORE=1 for {a}: {e}");
+        }
+        out.push(Listener { fd, name, address });
+    }
+    Ok(out)
+}
+
+/// `SERVER_STARTER_PORT` for sockets placed at fds 3..: `ADDRESS=FD` joined by `;`.
+pub fn server_starter_port(listeners: &[Listener]) -> Option<String> {
+    if listeners.is_empty() {
+        return None;
+    }
+    Some(
+        listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{}={}", l.address, 3 + i))
+            .collect::<Vec<_>>()
+            .join(";"),
+    )
+}
+
+/// The raw fds, in order (they become 3.. in the worker).
+pub fn raw_fds(listeners: &[Listener]) -> Vec<RawFd> {
+    listeners.iter().map(|l| l.fd.as_raw_fd()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_server_starter_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("a.sock").display().to_string();
+        let mut inherited = vec![];
+        let ls = bind_configured(&["127.0.0.1:0".into(), sock.clone()], &mut inherited).unwrap();
+        assert!(ls[0].address.starts_with("127.0.0.1:"));
+        assert_eq!(ls[1].address, sock);
+        assert_eq!(ls[1].name, format!("listen:{sock}"));
+        let ssp = server_starter_port(&ls).unwrap();
+        assert_eq!(ssp, format!("{}=3;{sock}=4", ls[0].address));
+        // rebinding the same path over a stale socket works
+        drop(ls);
+        assert!(bind_configured(&[sock.clone()], &mut vec![]).is_ok());
+    }
+
+    #[test]
+    fn stored_sockets_are_reused_not_rebound() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let fd: OwnedFd = l.into();
+        let raw = fd.as_raw_fd();
+        let mut inherited = vec![Listener {
+            fd,
+            name: format!("listen:{addr}"),
+            address: addr.clone(),
+        }];
+        let out = bind_configured(std::slice::from_ref(&addr), &mut inherited).unwrap();
+        assert_eq!(out[0].fd.as_raw_fd(), raw);
+        assert!(inherited.is_empty());
+    }
+
+    #[test]
+    fn bad_addresses() {
+        for a in ["nope", "1.2.3.4", "host:99999"] {
+            assert!(parse_address(a).is_err(), "{a}");
+        }
+        assert!(matches!(parse_address(":8080"), Ok(Bindable::Tcp(_))));
+        assert!(matches!(parse_address("[::1]:80"), Ok(Bindable::Tcp(_))));
+    }
+}
