@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::app::AppName;
 use crate::config::{self, Config, Limit, Loaded, RealHost};
-use crate::exitcode;
 use crate::lifecycle::{Event, Exit, StopReason, WorkerState};
 use crate::memory::{self, CgroupLayout, CgroupRoot};
 use crate::notify::Notifier;
@@ -30,6 +29,7 @@ use crate::sockets::{self, Listener};
 use crate::spawn::{self, Prepared, WorkerCommand};
 use crate::systemd::{KillWho, ScopeSpec, Systemd};
 use crate::tmpdir::TmpDirs;
+use crate::{control, exitcode};
 use crate::{monitor, worker_env};
 
 /// How long systemd may take to create a scope before the worker is given up.
@@ -149,6 +149,26 @@ pub async fn run<S: Systemd>(
         tracing::info!(APP = %opts.app, "listening socket {} ({})", l.address, l.name);
     }
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let control_gid = loaded
+        .config
+        .control
+        .group
+        .as_deref()
+        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        .map(|g| g.gid.as_raw());
+    match crate::control_server::bind(&opts.runtime_dir, &opts.app, control_gid) {
+        Ok(listener) => {
+            tokio::spawn(crate::control_server::serve(
+                listener,
+                control_gid,
+                control_tx,
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(APP = %opts.app, "no control socket ({e}): kechictl status and recycle will not reach this kechid")
+        }
+    }
     let c = &loaded.config;
     let tmpdirs = TmpDirs::new(
         &opts.app,
@@ -175,6 +195,8 @@ pub async fn run<S: Systemd>(
         last_serial: 0,
         last_status: String::new(),
         last_event: None,
+        history: std::collections::VecDeque::new(),
+        control_rx,
         mem_total: None,
         slice_oom_kills: None,
         global_oom_kills: read_vmstat_oom_kills(),
@@ -211,6 +233,13 @@ struct Driver<S: Systemd> {
     last_status: String,
     /// The last restart or recycle, for STATUS=.
     last_event: Option<(Instant, String)>,
+    /// The last restarts and recycles, `UNIXTIME what`, oldest first.
+    history: std::collections::VecDeque<String>,
+    /// Requests from kechictl, each with where to send the reply.
+    control_rx: mpsc::UnboundedReceiver<(
+        control::Request,
+        tokio::sync::oneshot::Sender<control::Reply>,
+    )>,
     mem_total: Option<u64>,
     /// OOM kills counted in the app's slice so far.
     slice_oom_kills: Option<u64>,
@@ -414,10 +443,94 @@ impl<S: Systemd> Driver<S> {
                 _ = hup.recv() => self.reload().await,
                 Some(serial) = exits.recv() => self.on_exit(serial).await,
                 Ok((pid, msg)) = recv_notify(self.notify_socket.as_ref()) => self.on_notify(pid, msg),
+                Some((req, reply)) = self.control_rx.recv() => {
+                    let r = self.on_control(req);
+                    let _ = reply.send(r);
+                }
                 _ = sleep => {}
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
             }
+        }
+    }
+
+    fn on_control(&mut self, req: control::Request) -> control::Reply {
+        match req {
+            control::Request::Status {} => control::Reply::ok(self.status()),
+            control::Request::Recycle { worker, all } => {
+                let candidates: Vec<u64> = self
+                    .state
+                    .live()
+                    .map(|w| w.serial)
+                    .filter(|s| {
+                        !self
+                            .state
+                            .recycles
+                            .iter()
+                            .any(|r| r.new == *s || r.old == *s)
+                    })
+                    .collect();
+                let serials = match (worker, all) {
+                    (Some(n), false) if candidates.contains(&n) => vec![n],
+                    (Some(n), false) => {
+                        return control::Reply::error(
+                            "NoSuchWorker",
+                            format!(
+                                "worker {n} is not a running worker of {} (running: {candidates:?})",
+                                self.opts.app
+                            ),
+                        );
+                    }
+                    (None, true) => candidates,
+                    _ => {
+                        return control::Reply::error(
+                            "InvalidParameter",
+                            "give exactly one of worker or all",
+                        );
+                    }
+                };
+                tracing::info!(APP = %self.opts.app, REASON = "manual", "recycle requested for workers {serials:?}");
+                self.state.requested.extend(serials.iter().copied());
+                control::Reply::ok(control::RecycleReply { serials })
+            }
+        }
+    }
+
+    fn status(&self) -> control::Status {
+        let now = Instant::now();
+        let workers = self
+            .state
+            .workers
+            .values()
+            .map(|w| {
+                let p = self.procs.get(&w.serial);
+                control::WorkerStatus {
+                    serial: w.serial,
+                    pid: p.map_or(0, |p| p.pid.as_raw()),
+                    scope: p.and_then(|p| p.scope.clone()),
+                    state: w.state.name().to_owned(),
+                    age_secs: now.saturating_duration_since(w.started).as_secs(),
+                    generation: w.generation,
+                    jemalloc: p.and_then(|p| p.jemalloc),
+                    memory_bytes: self.worker_memory(w.serial),
+                    tmpdir: self
+                        .loaded
+                        .config
+                        .tmpdir
+                        .enabled
+                        .then(|| self.tmpdirs.path(w.serial)),
+                }
+            })
+            .collect();
+        control::Status {
+            app: self.opts.app.to_string(),
+            kechid_pid: std::process::id(),
+            generation: self.state.generation,
+            workers_wanted: self.policy.workers,
+            workers,
+            summary: self.status_text(),
+            events: self.history.iter().cloned().collect(),
+            listening: self.listeners.iter().map(|l| l.address.clone()).collect(),
         }
     }
 
@@ -434,6 +547,19 @@ impl<S: Systemd> Driver<S> {
                 false
             }
         }
+    }
+
+    /// Notes a restart or recycle for STATUS= and `kechictl status`.
+    fn record(&mut self, what: String) {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.history.push_back(format!("{wall} {what}"));
+        while self.history.len() > 20 {
+            self.history.pop_front();
+        }
+        self.last_event = Some((now, what));
     }
 
     fn begin_shutdown(&mut self, why: &str) {
@@ -458,10 +584,7 @@ impl<S: Systemd> Driver<S> {
                 let recycled = self.state.end_recycle(serial).is_some();
                 self.stop(serial, reason.clone());
                 if recycled {
-                    self.last_event = Some((
-                        Instant::now(),
-                        format!("worker {serial} recycled ({})", reason.as_str()),
-                    ));
+                    self.record(format!("worker {serial} recycled ({})", reason.as_str()));
                 }
             }
             Action::Replace { old, reason } => {
@@ -480,10 +603,7 @@ impl<S: Systemd> Driver<S> {
                 self.state.end_recycle(old);
                 if replacement_failed {
                     tracing::warn!(APP = %self.opts.app, WORKER = old, "the replacement of worker {old} failed; worker {old} keeps serving");
-                    self.last_event = Some((
-                        Instant::now(),
-                        format!("replacement of worker {old} failed"),
-                    ));
+                    self.record(format!("replacement of worker {old} failed"));
                 }
             }
             Action::Kill(serial) => self.kill(serial).await,
@@ -542,8 +662,7 @@ impl<S: Systemd> Driver<S> {
             Err(e) => {
                 tracing::error!(APP = %self.opts.app, WORKER = serial, REASON = "spawn-failed", "worker failed to start: {e}");
                 self.apply(serial, Event::SpawnFailed(e));
-                self.last_event =
-                    Some((Instant::now(), format!("worker {serial} failed to start")));
+                self.record(format!("worker {serial} failed to start"));
                 self.cleanup(serial, None).await;
             }
         }
@@ -656,18 +775,15 @@ impl<S: Systemd> Driver<S> {
         if !was_live {
             return;
         }
-        let Some(p) = self.procs.get(&serial) else {
+        let Some(pid) = self.procs.get(&serial).map(|p| p.pid) else {
             return;
         };
         let sig = self.loaded.config.stop.signal;
-        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = reason.as_str(), "stopping worker with SIG{sig}");
-        if reason != StopReason::Shutdown {
-            self.last_event = Some((
-                Instant::now(),
-                format!("worker {serial} stopped ({})", reason.as_str()),
-            ));
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason.as_str(), "stopping worker with SIG{sig}");
+        if matches!(reason, StopReason::Surplus | StopReason::ReadyTimeout) {
+            self.record(format!("worker {serial} stopped ({})", reason.as_str()));
         }
-        if let Err(e) = kill(p.pid, sig.0) {
+        if let Err(e) = kill(pid, sig.0) {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
         }
     }
@@ -734,7 +850,7 @@ impl<S: Systemd> Driver<S> {
             };
             let backoff = self.policy.backoff_after(self.state.consecutive_crashes);
             tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}; replacing it after a backoff of {} ({} crashes in a row)", crate::quantity::format_duration(backoff), self.state.consecutive_crashes);
-            self.last_event = Some((Instant::now(), format!("worker {serial} {reason}: {exit}")));
+            self.record(format!("worker {serial} {reason}: {exit}"));
         } else {
             tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "worker stopped: {exit}");
         }
@@ -909,10 +1025,18 @@ impl<S: Systemd> Driver<S> {
             s.push_str(&format!(", jemalloc in {with}"));
         }
         match &self.last_event {
-            Some((at, what)) => s.push_str(&format!(
-                ", last: {what} {} ago",
-                crate::quantity::format_duration(Duration::from_secs(at.elapsed().as_secs()))
-            )),
+            Some((at, what)) => {
+                let ago = at.elapsed().as_secs();
+                let ago = if ago == 0 {
+                    "just now".to_owned()
+                } else {
+                    format!(
+                        "{} ago",
+                        crate::quantity::format_duration(Duration::from_secs(ago))
+                    )
+                };
+                s.push_str(&format!(", last: {what} {ago}"));
+            }
             None => s.push_str(", no restarts"),
         }
         s

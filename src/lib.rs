@@ -13,6 +13,8 @@
 
 pub mod app;
 pub mod config;
+pub mod control;
+pub mod control_server;
 pub mod driver;
 pub mod exitcode;
 pub mod jemalloc;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use kechi::app::AppName;
 use kechi::config::{self, ConfigErrors, Loaded, RealHost};
+use kechi::control::{self, Request};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -17,6 +18,8 @@ Exit status:
   1  the configuration is invalid (every problem is printed to stderr)
   2  usage error (unknown command or option, malformed argument)
   3  cannot read a file, or another runtime error
+  4  permission denied (the control socket is for root and members of control.group)
+  5  kechid for the app is not running
 
 FILE|APP: an argument containing '/' or ending in .toml is a file; anything else is an app
 name and means /etc/kechi/APP.toml.";
@@ -33,11 +36,38 @@ struct Cli {
     command: Cmd,
 }
 
-// `list`, `status APP`, `mem PID...|APP` and `recycle APP` join this enum once the control
-// protocol they speak to kechid exists; until then they are deliberately absent rather than
-// stubs that pretend to work.
+// `list` and `mem PID...|APP` join this enum with the memory accounting of kechid.
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Show an app's workers: serial, pid, scope, state, age, memory, jemalloc, recent events.
+    Status {
+        app: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recycle workers gracefully: each replacement starts and gets ready before the old
+    /// worker is stopped, one at a time; no connection is dropped.
+    Recycle {
+        app: String,
+        /// Recycle this worker (its serial N, as in kechi-APP-N.scope).
+        #[arg(
+            long,
+            value_name = "N",
+            conflicts_with = "all",
+            required_unless_present = "all"
+        )]
+        worker: Option<u64>,
+        /// Recycle every worker.
+        #[arg(long)]
+        all: bool,
+        /// Wait until every requested worker has been replaced.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (with --wait).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Check an app's configuration (file, KECHI_* overrides of this shell, users, jemalloc)
     /// and print every problem with file, line and key.
     Check {
@@ -66,6 +96,7 @@ struct Target {
 
 enum Failure {
     Invalid(ConfigErrors),
+    Control(control::ClientError),
     Usage(String),
     Runtime(anyhow::Error),
 }
@@ -82,6 +113,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Check { target } => check(&target),
         Cmd::Config { target, json } => show_config(&target, json),
+        Cmd::Status { app, json } => status(&app, json),
+        Cmd::Recycle {
+            app,
+            worker,
+            all,
+            wait,
+            timeout,
+        } => recycle(&app, worker, all, wait, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +131,14 @@ fn main() -> ExitCode {
         Err(Failure::Usage(msg)) => {
             eprintln!("kechictl: {msg}");
             ExitCode::from(2)
+        }
+        Err(Failure::Control(e)) => {
+            eprintln!("kechictl: {e}");
+            ExitCode::from(match e {
+                control::ClientError::Denied { .. } => 4,
+                control::ClientError::NotRunning { .. } => 5,
+                _ => 3,
+            })
         }
         Err(Failure::Runtime(e)) => {
             eprintln!("kechictl: {e:#}");
@@ -210,5 +257,136 @@ mod tests {
         assert!(t.app.is_none());
         assert!(resolve("x.toml").ok().unwrap().app.is_none());
         assert!(matches!(resolve("Bad App"), Err(Failure::Usage(_))));
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    kechi::quantity::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn app_name(app: &str) -> Result<AppName, Failure> {
+    AppName::new(app).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// One request to the app's kechid; an error reply becomes a runtime failure (or exit 4 for
+/// a permission refusal).
+fn ask(app: &AppName, req: &Request) -> Result<serde_json::Value, Failure> {
+    // A system kechid (root) is found under /run/kechi whoever asks; a user's own kechid under
+    // the user's runtime directory.
+    let system = control::socket_path(std::path::Path::new("/run/kechi"), app.as_str());
+    let path = if system.exists() {
+        system
+    } else {
+        control::socket_path(&control::runtime_dir(), app.as_str())
+    };
+    let reply = control::request(&path, req).map_err(Failure::Control)?;
+    match reply.error {
+        None => Ok(reply.parameters),
+        Some(kind) if kind.ends_with("PermissionDenied") => {
+            Err(Failure::Control(control::ClientError::Denied { path }))
+        }
+        Some(kind) => {
+            let msg = reply
+                .parameters
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_owned();
+            Err(Failure::Runtime(anyhow::anyhow!("{kind}: {msg}")))
+        }
+    }
+}
+
+fn fetch_status(app: &AppName) -> Result<control::Status, Failure> {
+    let v = ask(app, &Request::Status {})?;
+    serde_json::from_value(v)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("bad status reply: {e}")))
+}
+
+fn status(app: &str, json: bool) -> Result<(), Failure> {
+    let app = app_name(app)?;
+    let st = fetch_status(&app)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{} (kechid pid {}): {}", st.app, st.kechid_pid, st.summary);
+    if !st.listening.is_empty() {
+        println!("listening: {}", st.listening.join(", "));
+    }
+    println!(
+        "{:>6} {:>8} {:<26} {:<9} {:>8} {:>9} {:>8}",
+        "WORKER", "PID", "SCOPE", "STATE", "AGE", "MEMORY", "JEMALLOC"
+    );
+    for w in &st.workers {
+        let mem = w
+            .memory_bytes
+            .map_or("-".to_owned(), |b| kechi::quantity::Bytes(b).human());
+        let je = match w.jemalloc {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        let age = kechi::quantity::format_duration(std::time::Duration::from_secs(w.age_secs));
+        println!(
+            "{:>6} {:>8} {:<26} {:<9} {:>8} {:>9} {:>8}",
+            w.serial,
+            w.pid,
+            w.scope.as_deref().unwrap_or("-"),
+            w.state,
+            age,
+            mem,
+            je
+        );
+    }
+    if !st.events.is_empty() {
+        println!("recent:");
+        for e in st.events.iter().rev().take(10) {
+            println!("  {e}");
+        }
+    }
+    Ok(())
+}
+
+fn recycle(
+    app: &str,
+    worker: Option<u64>,
+    all: bool,
+    wait: bool,
+    timeout: std::time::Duration,
+) -> Result<(), Failure> {
+    let app = app_name(app)?;
+    let v = ask(&app, &Request::Recycle { worker, all })?;
+    let r: control::RecycleReply = serde_json::from_value(v)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("bad recycle reply: {e}")))?;
+    if r.serials.is_empty() {
+        println!("no worker to recycle");
+        return Ok(());
+    }
+    println!("recycling workers {:?}", r.serials);
+    if !wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let st = fetch_status(&app)?;
+        let left: Vec<u64> = st
+            .workers
+            .iter()
+            .filter(|w| r.serials.contains(&w.serial) && w.state != "gone")
+            .map(|w| w.serial)
+            .collect();
+        let ready = st.workers.iter().filter(|w| w.state == "ready").count();
+        if left.is_empty() && ready >= st.workers_wanted as usize {
+            println!("done: {}", st.summary);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "workers {left:?} not replaced within {}",
+                kechi::quantity::format_duration(timeout)
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

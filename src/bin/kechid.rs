@@ -85,15 +85,7 @@ fn run(args: Args) -> i32 {
     // Before any thread exists: this takes LISTEN_* out of kechid's environment.
     let inherited = kechi::sockets::take_inherited();
     let root = nix::unistd::Uid::effective().is_root();
-    let runtime_dir = if root {
-        PathBuf::from("/run/kechi")
-    } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("kechi"))
-            .unwrap_or_else(|| {
-                PathBuf::from(format!("/tmp/kechi-{}", nix::unistd::Uid::effective()))
-            })
-    };
+    let runtime_dir = kechi::control::runtime_dir();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let opts = Options {
         unit: (!args.foreground).then(|| app.service_unit()),
