@@ -182,7 +182,7 @@ pub async fn run<S: Systemd>(
         None
     };
     let mut d = Driver {
-        policy: seeded(Policy::from_config(c)),
+        policy: seeded(effective(Policy::from_config(c), &listeners, &opts.app)),
         loaded,
         identity,
         systemd,
@@ -411,6 +411,9 @@ impl<S: Systemd> Driver<S> {
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut sample_tick = tokio::time::interval(self.config().recycle.check_interval);
+        // While a worker starts in accept mode, look for it waiting on the sockets this often.
+        let mut accept_tick = tokio::time::interval(Duration::from_millis(100));
+        accept_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Decide and act until there is nothing left to do right now.
@@ -450,6 +453,7 @@ impl<S: Systemd> Driver<S> {
                 _ = sleep => {}
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
+                _ = accept_tick.tick(), if self.awaiting_accept() => self.check_accept(),
             }
         }
     }
@@ -1053,6 +1057,53 @@ impl<S: Systemd> Driver<S> {
         }
     }
 
+    fn awaiting_accept(&self) -> bool {
+        self.policy.ready_mode == crate::config::ReadyMode::Accept
+            && self
+                .state
+                .workers
+                .values()
+                .any(|w| matches!(w.state, WorkerState::Starting { .. }))
+    }
+
+    /// Accept mode: a starting worker one of whose processes waits on a listening socket is ready.
+    fn check_accept(&mut self) {
+        let inodes: std::collections::HashSet<u64> = self
+            .listeners
+            .iter()
+            .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
+            .collect();
+        let starting: Vec<u64> = self
+            .state
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Starting { .. }))
+            .map(|w| w.serial)
+            .collect();
+        for serial in starting {
+            let pids = self.worker_pids(serial);
+            if crate::accept::waiting_on(Path::new("/proc"), &pids, &inodes) {
+                self.apply(serial, Event::BecameReady);
+                self.check_jemalloc(serial);
+                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready (waiting for connections)");
+            }
+        }
+    }
+
+    /// The processes of a worker: its scope's members, or its session without systemd.
+    fn worker_pids(&self, serial: u64) -> Vec<u32> {
+        let Some(p) = self.procs.get(&serial) else {
+            return vec![];
+        };
+        if let (Some(layout), Some(scope)) = (&self.layout, &p.scope)
+            && let Ok(dirs) = memory::scope_dir(layout, &self.opts.app.slice_unit(), scope)
+            && let Ok(pids) = memory::read_cgroup_procs(&dirs.procs)
+        {
+            return pids;
+        }
+        monitor::session_members(Path::new("/proc"), p.pid.as_raw())
+    }
+
     /// A message on the notify socket: READY=1 from any process of a starting worker makes it
     /// ready, in any readiness mode (an app that says so is ready).
     fn on_notify(&mut self, pid: i32, msg: readiness::Message) {
@@ -1119,7 +1170,11 @@ impl<S: Systemd> Driver<S> {
                     tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
                     self.policy = Policy {
                         seed: self.policy.seed,
-                        ..Policy::from_config(&loaded.config)
+                        ..effective(
+                            Policy::from_config(&loaded.config),
+                            &self.listeners,
+                            &self.opts.app,
+                        )
                     };
                     self.identity = identity;
                     self.tmpdirs = TmpDirs::new(
@@ -1153,6 +1208,15 @@ async fn recv_notify(sock: Option<&NotifySocket>) -> std::io::Result<(i32, readi
         Some(s) => s.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Readiness by accept needs a listening socket to watch; without one it falls back to delay.
+fn effective(mut p: Policy, listeners: &[Listener], app: &AppName) -> Policy {
+    if p.ready_mode == crate::config::ReadyMode::Accept && listeners.is_empty() {
+        tracing::warn!(APP = %app, "ready.mode = \"accept\" without a listening socket (no kechi@{app}.socket, no listen = [...]): a worker counts as ready after ready.delay ({})", crate::quantity::format_duration(p.ready_delay));
+        p.ready_mode = crate::config::ReadyMode::Delay;
+    }
+    p
 }
 
 /// A per-process seed for the age jitter: workers of different kechids spread differently.

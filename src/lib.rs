@@ -11,6 +11,7 @@
 //! - [`driver`]: gathers events, calls the policy, carries out its actions.
 //! - [`memory`]: pure parsers and rooted readers for /proc and cgroup accounting.
 
+pub mod accept;
 pub mod app;
 pub mod config;
 pub mod control;

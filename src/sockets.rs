@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(ssp, format!("{}=3;{sock}=4", ls[0].address));
         // rebinding the same path over a stale socket works
         drop(ls);
-        assert!(bind_configured(&[sock.clone()], &mut vec![]).is_ok());
+        assert!(bind_configured(std::slice::from_ref(&sock), &mut vec![]).is_ok());
     }
 
     #[test]

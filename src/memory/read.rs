@@ -19,7 +19,7 @@ use super::cgroup::{
 use super::error::Op;
 use super::slab::{SlabInfo, parse_slabinfo};
 use super::smaps::{ProcMem, parse_smaps_rollup};
-use super::status::{ProcCounters, parse_status};
+use super::status::{ProcCounters, Statm, parse_statm, parse_status};
 
 /// Where procfs is mounted (`/proc` by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +158,26 @@ pub fn read_proc_mem(proc: &ProcRoot, pid: u32) -> Result<ProcMem, MemError> {
     parse_smaps_rollup(&text).map_err(|e| e.at(&path))
 }
 
-/// One process's cheap counters from `/proc/PID/status` (constant cost, unlike
+/// One process's cheapest figures, `/proc/PID/statm` (about 9 µs a process here, against 22 µs
+/// for `status` and 70 µs and up for `smaps_rollup`; see docs/MEMORY-SAMPLING.md). A task
+/// without an address space (a zombie) is [`MemError::ProcessGone`].
+pub fn read_proc_statm(proc: &ProcRoot, pid: u32) -> Result<Statm, MemError> {
+    let path = proc.pid_file(pid, "statm");
+    let text = read_proc_file(&path, pid)?;
+    parse_statm(&text, page_size())
+        .map_err(|e| e.at(&path))?
+        .ok_or(MemError::ProcessGone { pid, path })
+}
+
+/// The size of the pages `/proc/PID/statm` counts in.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    // sysconf cannot fail for _SC_PAGESIZE on Linux; 4 KiB is the fallback of last resort.
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// One process's counters from `/proc/PID/status` (constant cost, unlike
 /// [`read_proc_mem`], whose cost grows with the process's resident pages). A task without an
 /// address space (a zombie) is [`MemError::ProcessGone`].
 pub fn read_proc_counters(proc: &ProcRoot, pid: u32) -> Result<ProcCounters, MemError> {

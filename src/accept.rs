@@ -1,0 +1,275 @@
+//! Readiness by observation (`ready.mode = "accept"`): a worker is ready once one of its
+//! processes is seen *waiting for connections* on an inherited listening socket, with no
+//! change to the app.
+//!
+//! How: for every thread of every process in the worker, `/proc/PID/task/TID/syscall` names
+//! the system call it is blocked in and its arguments. The thread is waiting on a listening
+//! socket when it is in
+//! - `accept`/`accept4` on an fd that is one of the sockets,
+//! - `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an epoll whose interest list
+//!   (`/proc/PID/fdinfo/EPFD`, `tfd:` lines) holds one of the sockets,
+//! - `poll`/`ppoll` with one of the sockets in its `pollfd` array, or
+//! - `select`/`pselect6` with one of the sockets in its read set,
+//!
+//! the arrays being read from `/proc/PID/mem` (kechid runs as root). The sockets are known by
+//! inode (`socket:[INODE]` links under `/proc/PID/fd`), so a worker that dup()s them is still
+//! seen. Prefork servers (Starlet, gunicorn sync, uWSGI) block in accept or poll/select; event
+//! loops (puma, uvicorn, node) in epoll. A worker that is busy loading is in none of these.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// The system calls that mean "waiting for connections", by architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Accept,
+    Epoll,
+    Poll,
+    Select,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn classify(nr: i64) -> Option<Wait> {
+    match nr {
+        43 | 288 => Some(Wait::Accept),
+        232 | 281 | 441 => Some(Wait::Epoll),
+        7 | 271 => Some(Wait::Poll),
+        23 | 270 => Some(Wait::Select),
+        _ => None,
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn classify(nr: i64) -> Option<Wait> {
+    match nr {
+        202 | 242 => Some(Wait::Accept),
+        22 | 441 => Some(Wait::Epoll),
+        73 => Some(Wait::Poll),
+        72 => Some(Wait::Select),
+        _ => None,
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn classify(_nr: i64) -> Option<Wait> {
+    None
+}
+
+/// A `/proc/.../syscall` line: the call number and its six arguments; `None` when the thread
+/// is running or not in a system call.
+pub fn parse_syscall(line: &str) -> Option<(i64, [u64; 6])> {
+    let mut it = line.split_whitespace();
+    let nr: i64 = it.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some((nr, args))
+}
+
+/// The target fds (`tfd:`) of an epoll's fdinfo.
+pub fn parse_epoll_targets(fdinfo: &str) -> Vec<i32> {
+    fdinfo
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("tfd:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The fds of a `struct pollfd` array (8 bytes each: int fd, short events, short revents).
+pub fn parse_pollfds(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The fds set in an fd_set bitmap.
+pub fn parse_fd_set(bytes: &[u8]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for (i, b) in bytes.iter().enumerate() {
+        for bit in 0..8 {
+            if b & (1 << bit) != 0 {
+                out.push((i * 8 + bit) as i32);
+            }
+        }
+    }
+    out
+}
+
+/// The inode of a `socket:[INODE]` link target.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The fds of `pid` that are one of `inodes`.
+fn socket_fds(proc_root: &Path, pid: u32, inodes: &HashSet<u64>) -> HashSet<i32> {
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return HashSet::new();
+    };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(e.path()).ok()?;
+        inodes
+            .contains(&socket_inode(target.to_str()?)?)
+            .then_some(fd)
+    })
+    .collect()
+}
+
+fn read_mem(proc_root: &Path, pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    if len == 0 || len > 1 << 16 {
+        return None;
+    }
+    let mut f = std::fs::File::open(proc_root.join(pid.to_string()).join("mem")).ok()?;
+    f.seek(SeekFrom::Start(addr)).ok()?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Whether one of `pids` (processes of one worker) waits for connections on a socket whose
+/// inode is in `inodes`.
+pub fn waiting_on(proc_root: &Path, pids: &[u32], inodes: &HashSet<u64>) -> bool {
+    pids.iter()
+        .any(|pid| process_waits(proc_root, *pid, inodes))
+}
+
+fn process_waits(proc_root: &Path, pid: u32, inodes: &HashSet<u64>) -> bool {
+    let fds = socket_fds(proc_root, pid, inodes);
+    if fds.is_empty() {
+        return false;
+    }
+    let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return false;
+    };
+    for t in tasks.flatten() {
+        let Ok(line) = std::fs::read_to_string(t.path().join("syscall")) else {
+            continue;
+        };
+        let Some((nr, args)) = parse_syscall(&line) else {
+            continue;
+        };
+        let hit = match classify(nr) {
+            Some(Wait::Accept) => fds.contains(&(args[0] as i32)),
+            Some(Wait::Epoll) => std::fs::read_to_string(
+                proc_root
+                    .join(pid.to_string())
+                    .join("fdinfo")
+                    .join((args[0] as i32).to_string()),
+            )
+            .is_ok_and(|info| parse_epoll_targets(&info).iter().any(|fd| fds.contains(fd))),
+            Some(Wait::Poll) => read_mem(
+                proc_root,
+                pid,
+                args[0],
+                (args[1] as usize).saturating_mul(8),
+            )
+            .is_some_and(|b| parse_pollfds(&b).iter().any(|fd| fds.contains(fd))),
+            Some(Wait::Select) => read_mem(proc_root, pid, args[1], (args[0] as usize).div_ceil(8))
+                .is_some_and(|b| parse_fd_set(&b).iter().any(|fd| fds.contains(fd))),
+            None => false,
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn parsers() {
+        assert_eq!(
+            parse_syscall("288 0x3 0x7ffe 0x7ffd 0x80000 0x0 0x0 0x7ff 0x7ef")
+                .map(|(n, a)| (n, a[0], a[3])),
+            Some((288, 3, 0x80000))
+        );
+        assert_eq!(parse_syscall("running"), None);
+        assert_eq!(parse_syscall("-1 0x7ffe 0x7ef"), None);
+        assert_eq!(
+            parse_epoll_targets(
+                "pos:\t0\nflags:\t02\ntfd:        5 events:       19 data: 5  pos:0 ino:61e4 sdev:8\ntfd:        7 events: 19\n"
+            ),
+            vec![5, 7]
+        );
+        let mut pf = Vec::new();
+        for fd in [4i32, 9] {
+            pf.extend_from_slice(&fd.to_ne_bytes());
+            pf.extend_from_slice(&[1, 0, 0, 0]);
+        }
+        assert_eq!(parse_pollfds(&pf), vec![4, 9]);
+        assert_eq!(parse_fd_set(&[0b0000_1000, 0b0000_0001]), vec![3, 8]);
+        assert_eq!(socket_inode("socket:[1064282]"), Some(1064282));
+        assert_eq!(socket_inode("pipe:[5]"), None);
+    }
+
+    /// A real child blocked in accept(2), poll(2) and select(2) on a listening socket is seen;
+    /// the same child sleeping is not.
+    #[test]
+    fn sees_real_waiters() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: reading another process's syscall and memory needs root");
+            return;
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino = socket_inode(
+            std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd()))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let inodes: HashSet<u64> = [ino].into();
+        let fd = l.as_raw_fd();
+        // The children must inherit the socket, as workers do.
+        nix::fcntl::fcntl(
+            &l,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        let scripts = [
+            format!("import socket; s=socket.socket(fileno={fd}); s.accept()"),
+            format!("import select; p=select.poll(); p.register({fd}, select.POLLIN); p.poll()"),
+            format!("import select; select.select([{fd}],[],[])"),
+            format!("import select; e=select.epoll(); e.register({fd}, select.EPOLLIN); e.poll()"),
+            "import time; time.sleep(30)".to_owned(),
+        ];
+        for (i, code) in scripts.iter().enumerate() {
+            let mut child = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(code)
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let deadline = Instant::now() + Duration::from_secs(if i < 4 { 5 } else { 1 });
+            let mut seen = false;
+            while Instant::now() < deadline && !seen {
+                seen = waiting_on(Path::new("/proc"), &[pid], &inodes);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(seen, i < 4, "{code}");
+        }
+    }
+}
