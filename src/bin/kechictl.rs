@@ -237,29 +237,6 @@ fn show_config(target: &str, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_well_formed() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn targets() {
-        let t = resolve("demo").ok().unwrap();
-        assert_eq!(t.path, PathBuf::from("/etc/kechi/demo.toml"));
-        assert!(t.app.is_some());
-        let t = resolve("./demo.toml").ok().unwrap();
-        assert_eq!(t.path, PathBuf::from("./demo.toml"));
-        assert!(t.app.is_none());
-        assert!(resolve("x.toml").ok().unwrap().app.is_none());
-        assert!(matches!(resolve("Bad App"), Err(Failure::Usage(_))));
-    }
-}
-
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     kechi::quantity::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -388,5 +365,28 @@ fn recycle(
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn targets() {
+        let t = resolve("demo").ok().unwrap();
+        assert_eq!(t.path, PathBuf::from("/etc/kechi/demo.toml"));
+        assert!(t.app.is_some());
+        let t = resolve("./demo.toml").ok().unwrap();
+        assert_eq!(t.path, PathBuf::from("./demo.toml"));
+        assert!(t.app.is_none());
+        assert!(resolve("x.toml").ok().unwrap().app.is_none());
+        assert!(matches!(resolve("Bad App"), Err(Failure::Usage(_))));
     }
 }
