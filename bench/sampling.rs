@@ -1,5 +1,5 @@
 //! What memory sampling costs: CPU time spent reading `/proc/PID/smaps_rollup` (and, for
-//! comparison, `/proc/PID/status`) of N processes once per second, as a percentage of one core.
+//! comparison, `/proc/PID/status` and `/proc/PID/statm`) of N processes once per second, as a percentage of one core.
 //!
 //! The target (DESIGN): under 1% of one core for 200 processes at 1 Hz. The cost is kernel time
 //! almost entirely (smaps_rollup walks every mapping's page tables), so it is measured as the
@@ -14,7 +14,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kechi::memory::{ProcRoot, read_proc_counters, read_proc_mem};
+use kechi::memory::{ProcRoot, read_proc_counters, read_proc_mem, read_proc_statm};
 
 /// The processes sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub enum Method {
     SmapsRollup,
     /// `status`: RSS and its anon/file/shmem split from the kernel's counters.
     Status,
+    /// `statm`: RSS and its file+shmem part from the same counters, in seven numbers.
+    Statm,
 }
 
 impl Method {
@@ -74,6 +76,7 @@ impl Method {
         match self {
             Method::SmapsRollup => "smaps_rollup",
             Method::Status => "status",
+            Method::Statm => "statm",
         }
     }
 
@@ -82,6 +85,7 @@ impl Method {
         match self {
             Method::SmapsRollup => read_proc_mem(proc, pid).map(|m| m.rss),
             Method::Status => read_proc_counters(proc, pid).map(|c| c.rss),
+            Method::Statm => read_proc_statm(proc, pid).map(|c| c.resident),
         }
         .expect("a benchmark child vanished")
     }
@@ -291,7 +295,12 @@ pub fn run() -> Vec<Row> {
     let mut rows = Vec::new();
     for &w in &workloads {
         for &n in &ns {
-            for row in measure(w, n, samples, &[Method::SmapsRollup, Method::Status]) {
+            for row in measure(
+                w,
+                n,
+                samples,
+                &[Method::SmapsRollup, Method::Status, Method::Statm],
+            ) {
                 eprintln!(
                     "{} x{n}, {}: {:.3}% of one core",
                     w.name(),

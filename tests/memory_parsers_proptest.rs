@@ -9,7 +9,7 @@ use kechi::memory::cgroup::{
 };
 use kechi::memory::slab::parse_slabinfo;
 use kechi::memory::smaps::parse_smaps_rollup;
-use kechi::memory::status::parse_status;
+use kechi::memory::status::{parse_statm, parse_status};
 use proptest::prelude::*;
 
 /// Text that looks like the files: known keys, numbers, separators, in any order.
@@ -46,6 +46,9 @@ fn filelike() -> impl Strategy<Value = String> {
 fn all_parsers(s: &str) {
     let _ = parse_smaps_rollup(s);
     let _ = parse_status(s);
+    let _ = parse_statm(s, 4096);
+    let _ = parse_statm(s, 0);
+    let _ = parse_statm(s, u64::MAX);
     let _ = parse_slabinfo(s);
     let _ = parse_proc_cgroup(s);
     let _ = parse_cgroup_procs(s);
@@ -74,7 +77,7 @@ proptest! {
 
     #[test]
     fn never_panic_on_mangled_captures(
-        which in 0usize..7,
+        which in 0usize..8,
         cut in any::<prop::sample::Index>(),
         flip in any::<prop::sample::Index>(),
         byte in any::<u8>(),
@@ -82,6 +85,7 @@ proptest! {
         let file = [
             "proc/sd252-hybrid/127/smaps_rollup",
             "proc/sd252-v2/731/status",
+            "proc/host-statm/19611/statm",
             "proc/sd252-v2/slabinfo",
             "proc/sd252-hybrid/127/cgroup",
             "cgroup-v2/sd252-v2/kechi.slice/kechi-demo.slice/kechi-demo-2.scope/memory.stat",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kechi::memory::{
     CgroupLayout, CgroupRoot, CgroupVersion, MemError, ProcMem, ProcRoot, locate_pid, probe_layout,
     read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,
-    read_slabinfo, scope_dir, worker_mem,
+    read_proc_statm, read_slabinfo, scope_dir, worker_mem,
 };
 
 const MIB: u64 = 1 << 20;
@@ -197,6 +197,21 @@ fn cheap_counters_bound_the_smaps_figures() {
 }
 
 #[test]
+fn statm_through_the_proc_root() {
+    // Captured on a machine with 4 KiB pages; page_size() is this machine's.
+    if kechi::memory::page_size() != 4096 {
+        return;
+    }
+    let proc = ProcRoot::new(fixtures("proc/host-statm"));
+    let s = read_proc_statm(&proc, 19611).unwrap();
+    assert_eq!(s.resident, 5455 * 4096);
+    assert!(matches!(
+        read_proc_statm(&proc, 20048),
+        Err(MemError::ProcessGone { pid: 20048, .. })
+    ));
+}
+
+#[test]
 fn slabinfo_through_the_proc_root() {
     let s = read_slabinfo(&ProcRoot::new(fixtures("proc/sd252-hybrid"))).unwrap();
     assert_eq!(s.dentry_bytes(), Some(75012 * 192));
@@ -290,6 +305,11 @@ fn own_process_on_this_machine() {
     assert!(m.rss > 0 && m.uss > 0 && m.pss >= m.uss, "{m:?}");
     let c = read_proc_counters(&proc, me).unwrap();
     assert!(c.rss > 0 && c.rss_peak >= c.rss, "{c:?}");
+    let s = read_proc_statm(&proc, me).unwrap();
+    assert!(
+        s.resident > 0 && s.size >= s.resident && s.resident >= s.shared,
+        "{s:?}"
+    );
     // The memory cgroup, where the machine has one we can see.
     let Ok(layout) = probe_layout(&CgroupRoot::default()) else {
         return;
@@ -327,6 +347,8 @@ fn a_zombie_is_gone() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let e = read_proc_mem(&ProcRoot::default(), pid).unwrap_err();
+    assert!(matches!(e, MemError::ProcessGone { .. }), "{e}");
+    let e = read_proc_statm(&ProcRoot::default(), pid).unwrap_err();
     assert!(matches!(e, MemError::ProcessGone { .. }), "{e}");
     // Its status is still readable, but has no memory lines.
     let e = read_proc_counters(&ProcRoot::default(), pid).unwrap_err();

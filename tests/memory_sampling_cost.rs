@@ -21,9 +21,13 @@ fn sampling_cost_smoke() {
         sampling::Workload::Sleep,
         3,
         1,
-        &[sampling::Method::SmapsRollup, sampling::Method::Status],
+        &[
+            sampling::Method::SmapsRollup,
+            sampling::Method::Status,
+            sampling::Method::Statm,
+        ],
     );
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     for row in rows {
         assert_eq!(row.n, 3);
         assert!(row.mean_rss > 0);
