@@ -20,7 +20,7 @@
 //!
 //! Every other `KECHI_*` variable is an error naming it, except `KECHI_APP` and `KECHI_WORKER`
 //! when both are present: that is kechi's own worker environment (a command run from inside a
-//! worker), not configuration.
+//! worker), not configuration, and the variables of kechid itself ([`DAEMON_VARS`]).
 //!
 //! The environment is always passed in; nothing here reads the process environment.
 
@@ -42,6 +42,9 @@ const DEFAULT_AUTO_RESTART_INTERVAL: &str = "360";
 
 /// Applies aliases, then `KECHI_*` variables, onto `raw`. Values are not judged here (a bad
 /// value is reported by validation, quoting the variable); only unknown variables are errors.
+/// `KECHI_*` variables that set kechid itself, not an app key: `KECHI_LOG` (log filter).
+pub const DAEMON_VARS: &[&str] = &["KECHI_LOG"];
+
 pub fn overlay(raw: &mut RawConfig, env: &BTreeMap<String, String>) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     apply_aliases(raw, env, &mut errors);
@@ -51,7 +54,9 @@ pub fn overlay(raw: &mut RawConfig, env: &BTreeMap<String, String>) -> Vec<Confi
         if !var.starts_with(ENV_PREFIX) {
             break;
         }
-        if worker_context && (var == "KECHI_APP" || var == "KECHI_WORKER") {
+        if (worker_context && (var == "KECHI_APP" || var == "KECHI_WORKER"))
+            || DAEMON_VARS.contains(&var.as_str())
+        {
             continue;
         }
         let origin = Origin::Env {
