@@ -567,7 +567,6 @@ async fn connection_lost_while_waiting_for_a_job() {
 /// The deadline covers the whole wait, the method call included: a manager that takes longer
 /// than the deadline to answer at all is a timeout, not a wait without end.
 #[tokio::test]
-#[ignore = "run_job bounds only the wait for JobRemoved, not the method call before it"]
 async fn deadline_bounds_a_call_that_is_not_answered() {
     let (fake, sd) = Fake::start().await;
     fake.state().reply_delay = Duration::from_secs(3);

@@ -41,9 +41,14 @@ pub struct DbusSystemd {
 impl DbusSystemd {
     /// Connects to the manager on `bus` and subscribes to its job signals.
     pub async fn connect(bus: Bus) -> Result<Self, SystemdError> {
-        let conn = match bus {
-            Bus::System => Connection::system().await,
-            Bus::User => Connection::session().await,
+        // Calls without a job of their own (KillUnit, ListUnits...) are bounded too.
+        let builder = match bus {
+            Bus::System => zbus::connection::Builder::system(),
+            Bus::User => zbus::connection::Builder::session(),
+        };
+        let conn = match builder {
+            Ok(b) => b.method_timeout(Duration::from_secs(25)).build().await,
+            Err(e) => Err(e),
         }
         .map_err(|source| SystemdError::Connect {
             bus: bus.name(),
@@ -81,14 +86,24 @@ impl DbusSystemd {
             unit: unit.to_owned(),
             source,
         };
+        // One deadline for the call and the wait together: a manager that does not answer the
+        // call at all must not hold kechid longer than one that never finishes the job.
+        let until = tokio::time::Instant::now() + deadline;
+        let timed_out = || SystemdError::JobTimeout {
+            unit: unit.to_owned(),
+            waited: deadline,
+        };
         let mut removed = self.manager.receive_job_removed().await.map_err(call_err)?;
-        let job = call.await.map_err(|e| {
-            if is_no_such_unit(&e) {
-                SystemdError::NoSuchUnit(unit.to_owned())
-            } else {
-                call_err(e)
-            }
-        })?;
+        let job = tokio::time::timeout_at(until, call)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| {
+                if is_no_such_unit(&e) {
+                    SystemdError::NoSuchUnit(unit.to_owned())
+                } else {
+                    call_err(e)
+                }
+            })?;
         let wait = async {
             while let Some(sig) = removed.next().await {
                 let Ok(args) = sig.args() else { continue };
@@ -98,7 +113,7 @@ impl DbusSystemd {
             }
             None
         };
-        match tokio::time::timeout(deadline, wait).await {
+        match tokio::time::timeout_at(until, wait).await {
             Ok(Some(result)) => Ok(result),
             Ok(None) => Err(SystemdError::Call {
                 method,
@@ -107,10 +122,7 @@ impl DbusSystemd {
                     "the bus connection closed while waiting for a job".into(),
                 ),
             }),
-            Err(_) => Err(SystemdError::JobTimeout {
-                unit: unit.to_owned(),
-                waited: deadline,
-            }),
+            Err(_) => Err(timed_out()),
         }
     }
 
