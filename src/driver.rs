@@ -307,7 +307,14 @@ impl<S: Systemd> Driver<S> {
     fn save_workers(&self) {
         let mut text = String::new();
         for (serial, p) in &self.procs {
-            text.push_str(&format!("{serial} {}\n", p.pid));
+            // A draining worker must stay draining for the next kechid, not count as capacity.
+            let state = match self.state.workers.get(serial).map(|w| &w.state) {
+                Some(WorkerState::Draining { reason, .. }) => {
+                    format!("draining:{}", reason.as_str())
+                }
+                _ => "live".to_owned(),
+            };
+            text.push_str(&format!("{serial} {} {state}\n", p.pid));
         }
         let path = self.workers_file();
         let tmp = path.with_extension("tmp");
@@ -329,12 +336,21 @@ impl<S: Systemd> Driver<S> {
                 return;
             }
         };
+        let mut draining: HashMap<u64, StopReason> = HashMap::new();
         let recorded: HashMap<u64, i32> = std::fs::read_to_string(self.workers_file())
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
-                let (a, b) = l.split_once(' ')?;
-                Some((a.parse().ok()?, b.trim().parse().ok()?))
+                let mut f = l.split_whitespace();
+                let serial: u64 = f.next()?.parse().ok()?;
+                let pid: i32 = f.next()?.parse().ok()?;
+                if let Some(reason) = f.next().and_then(|s| s.strip_prefix("draining:")) {
+                    draining.insert(
+                        serial,
+                        StopReason::parse(reason).unwrap_or(StopReason::Manual),
+                    );
+                }
+                Some((serial, pid))
             })
             .collect();
         let mut adopted = Vec::new();
@@ -379,7 +395,8 @@ impl<S: Systemd> Driver<S> {
         for (serial, pid, fd, scope) in adopted {
             tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "adopted running worker in {scope}");
             let started = process_start(pid).map_or(now, |age| now.checked_sub(age).unwrap_or(now));
-            self.state.adopt_ready(serial, started);
+            self.state
+                .adopt(serial, started, draining.remove(&serial), now);
             self.procs.insert(
                 serial,
                 Proc {
@@ -790,6 +807,7 @@ impl<S: Systemd> Driver<S> {
         if let Err(e) = kill(pid, sig.0) {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
         }
+        self.save_workers();
     }
 
     async fn kill(&mut self, serial: u64) {

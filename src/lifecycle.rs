@@ -32,6 +32,19 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    pub fn parse(s: &str) -> Option<StopReason> {
+        [
+            StopReason::Shutdown,
+            StopReason::Surplus,
+            StopReason::ReadyTimeout,
+            StopReason::Reload,
+            StopReason::Age,
+            StopReason::Manual,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::Shutdown => "shutdown",

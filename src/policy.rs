@@ -162,8 +162,23 @@ impl AppState {
         );
     }
 
-    /// Records a worker taken over from an earlier kechid: it was serving, so it is ready.
-    pub fn adopt_ready(&mut self, serial: u64, started: Instant) {
+    /// Records a worker taken over from an earlier kechid: ready (it was serving), or
+    /// draining if that kechid had asked it to stop (it is given a full stop.timeout again).
+    pub fn adopt(
+        &mut self,
+        serial: u64,
+        started: Instant,
+        draining: Option<StopReason>,
+        now: Instant,
+    ) {
+        let state = match draining {
+            Some(reason) => WorkerState::Draining {
+                since: now,
+                reason,
+                killed: false,
+            },
+            None => WorkerState::Ready { since: started },
+        };
         self.workers.insert(
             serial,
             Worker {
@@ -171,7 +186,7 @@ impl AppState {
                 pid: None,
                 generation: self.generation,
                 started,
-                state: WorkerState::Ready { since: started },
+                state,
                 ever_ready: true,
             },
         );
@@ -893,5 +908,28 @@ mod tests {
         assert_eq!(distinct.len(), dues.len());
         p.max_age = Duration::ZERO;
         assert_eq!(p.age_due(1, t), None);
+    }
+
+    #[test]
+    fn adopted_draining_workers_do_not_count_and_get_killed_in_time() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = AppState::default();
+        s.adopt(1, t, None, t);
+        s.adopt(2, t, Some(StopReason::Age), t);
+        s.ready_notified = true;
+        let d = decide(&s, &p, t);
+        assert_eq!(
+            d.actions,
+            vec![Action::Spawn],
+            "the draining one is no capacity"
+        );
+        assert!(
+            decide(&s, &p, t + p.stop_timeout)
+                .actions
+                .contains(&Action::Kill(2))
+        );
+        assert_eq!(StopReason::parse("age"), Some(StopReason::Age));
+        assert_eq!(StopReason::parse("nope"), None);
     }
 }
