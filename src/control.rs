@@ -64,7 +64,24 @@ pub struct WorkerStatus {
     pub jemalloc: Option<bool>,
     /// Its scope's cgroup charge, or its PSS without systemd.
     pub memory_bytes: Option<u64>,
+    /// Sums over its processes, from smaps_rollup (`None` until sampled).
+    pub memory: Option<WorkerMemory>,
     pub tmpdir: Option<PathBuf>,
+    /// Bytes in its temp dir (they count as its memory).
+    pub tmpdir_bytes: Option<u64>,
+}
+
+/// A worker's memory: sums over its processes, and its cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerMemory {
+    pub rss: u64,
+    pub pss: u64,
+    pub uss: u64,
+    pub shared: u64,
+    pub shared_percent: Option<f64>,
+    pub swap: u64,
+    pub cgroup: Option<u64>,
+    pub processes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -534,6 +534,23 @@ impl<S: Systemd> Driver<S> {
                     generation: w.generation,
                     jemalloc: p.and_then(|p| p.jemalloc),
                     memory_bytes: self.worker_memory(w.serial),
+                    memory: w.mem.as_ref().map(|m| control::WorkerMemory {
+                        rss: m.total.rss,
+                        pss: m.total.pss,
+                        uss: m.total.uss,
+                        shared: m.total.shared,
+                        shared_percent: m.total.shared_percent(),
+                        swap: m.total.swap,
+                        cgroup: m.cgroup,
+                        processes: m.processes,
+                    }),
+                    tmpdir_bytes: self
+                        .loaded
+                        .config
+                        .tmpdir
+                        .enabled
+                        .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
+                        .flatten(),
                     tmpdir: self
                         .loaded
                         .config
@@ -611,11 +628,39 @@ impl<S: Systemd> Driver<S> {
             Action::Replace { old, reason } => {
                 self.state.requested.remove(&old);
                 self.state.last_recycle = Some(Instant::now());
-                tracing::info!(APP = %self.opts.app, WORKER = old, PID = self.pid_of(old), REASON = reason.as_str(), "recycling worker: starting its replacement first");
+                let m = self
+                    .state
+                    .workers
+                    .get(&old)
+                    .and_then(|w| w.mem.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    APP = %self.opts.app, WORKER = old, PID = self.pid_of(old), REASON = reason.as_str(),
+                    RSS = m.total.rss, PSS = m.total.pss, USS = m.total.uss, SHARED = m.total.shared, CGROUP = m.cgroup.unwrap_or(0),
+                    "recycling worker ({}): starting its replacement first", self.figures(old)
+                );
                 let new = self.spawn().await;
                 self.state
                     .recycles
                     .push(policy::Recycle { old, new, reason });
+            }
+            Action::SignalChild {
+                serial,
+                pid,
+                signal,
+            } => {
+                let figures = self.figures(serial);
+                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid, REASON = "child-signal", "worker over memory.recycle-above ({figures}): signalling its largest child {pid} so the master replaces it");
+                let sig = nix::sys::signal::Signal::try_from(signal).unwrap_or(NixSignal::SIGTERM);
+                if let Err(e) = kill(Pid::from_raw(pid), sig) {
+                    tracing::warn!(APP = %self.opts.app, WORKER = serial, "signalling child {pid}: {e}");
+                }
+                if let Some(w) = self.state.workers.get_mut(&serial) {
+                    w.child_signaled = Some(Instant::now());
+                }
+                self.record(format!(
+                    "child {pid} of worker {serial} signalled (child-signal)"
+                ));
             }
             Action::DropRecycle {
                 old,
@@ -980,8 +1025,9 @@ impl<S: Systemd> Driver<S> {
         p.jemalloc = Some(loaded);
     }
 
-    /// Periodic sampling: memory for STATUS=, kechid's own memory.max enforcement without
-    /// systemd, and the jemalloc check of workers not yet checked.
+    /// Periodic sampling: every worker's memory (per process from smaps_rollup, and its
+    /// cgroup's charge) for the memory policies, STATUS= and `kechictl status`; kechid's own
+    /// memory.max enforcement without systemd; the jemalloc check of workers not yet checked.
     async fn sample(&mut self) {
         let serials: Vec<u64> = self.procs.keys().copied().collect();
         let mut total = 0u64;
@@ -999,37 +1045,119 @@ impl<S: Systemd> Driver<S> {
             {
                 self.check_jemalloc(serial);
             }
-            let Some(used) = self.worker_memory(serial) else {
+            let Some(sample) = self.sample_worker(serial) else {
                 continue;
             };
+            let used = sample.cgroup.unwrap_or(sample.total.pss);
             total += used;
             any = true;
             if self.systemd.is_none()
                 && let Limit::Bytes(max) = self.loaded.config.memory.max
-                && used > max.0
+                && sample.total.pss > max.0
                 && let Some(p) = self.procs.get_mut(&serial)
                 && !p.monitor_oom
             {
                 p.monitor_oom = true;
-                tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = "oom-kill", "worker uses {} (PSS) over memory.max {}: killed by kechid's monitor", crate::quantity::Bytes(used).human(), max);
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = "oom-kill", PSS = sample.total.pss, "worker uses {} (PSS) over memory.max {}: killed by kechid's monitor", crate::quantity::Bytes(sample.total.pss).human(), max);
                 let _ = killpg(p.pid, NixSignal::SIGKILL);
+            }
+            if let Some(w) = self.state.workers.get_mut(&serial) {
+                w.mem = Some(sample);
             }
         }
         self.mem_total = any.then_some(total);
+        self.write_metrics();
     }
 
-    /// A worker's memory: its scope's cgroup charge, or the PSS of its session without systemd.
-    fn worker_memory(&self, serial: u64) -> Option<u64> {
+    /// One worker's memory now: smaps_rollup of each of its processes, and its cgroup.
+    fn sample_worker(&self, serial: u64) -> Option<policy::MemSample> {
         let p = self.procs.get(&serial)?;
-        match (&self.layout, &p.scope) {
-            (Some(layout), Some(scope)) => {
-                let dirs = memory::scope_dir(layout, &self.app().slice_unit(), scope).ok()?;
-                memory::read_cgroup_mem(&dirs.memory, dirs.version)
-                    .ok()
-                    .map(|m| m.current)
+        let proc_root = memory::ProcRoot::new("/proc");
+        let mut sample = policy::MemSample::default();
+        for pid in self.worker_pids(serial) {
+            let Ok(m) = memory::read_proc_mem(&proc_root, pid) else {
+                continue;
+            };
+            sample.total += m;
+            sample.processes += 1;
+            let pid = pid as i32;
+            if pid != p.pid.as_raw()
+                && sample.largest_child.is_none_or(|(_, c)| {
+                    policy::proc_metric(&m, self.policy.metric)
+                        > policy::proc_metric(&c, self.policy.metric)
+                })
+            {
+                sample.largest_child = Some((pid, m));
             }
-            _ => Some(monitor::session_pss(Path::new("/proc"), p.pid.as_raw())),
         }
+        if sample.processes == 0 {
+            return None;
+        }
+        sample.cgroup = self.cgroup_memory(serial).map(|m| m.current);
+        Some(sample)
+    }
+
+    fn cgroup_memory(&self, serial: u64) -> Option<memory::CgroupMem> {
+        let (Some(layout), Some(scope)) = (
+            &self.layout,
+            self.procs.get(&serial).and_then(|p| p.scope.as_ref()),
+        ) else {
+            return None;
+        };
+        let dirs = memory::scope_dir(layout, &self.app().slice_unit(), scope).ok()?;
+        memory::read_cgroup_mem(&dirs.memory, dirs.version).ok()
+    }
+
+    /// The measured figures of a worker and the thresholds they are held against, for the journal.
+    fn figures(&self, serial: u64) -> String {
+        let Some(m) = self.state.workers.get(&serial).and_then(|w| w.mem.as_ref()) else {
+            return "not sampled yet".into();
+        };
+        let h = |b: u64| crate::quantity::Bytes(b).human();
+        let mut out = format!(
+            "rss {} pss {} uss {} shared {}",
+            h(m.total.rss),
+            h(m.total.pss),
+            h(m.total.uss),
+            m.total
+                .shared_percent()
+                .map_or("-".into(), |p| format!("{p:.0}%"))
+        );
+        if let Some(c) = m.cgroup {
+            out.push_str(&format!(" cgroup {}", h(c)));
+        }
+        let p = &self.policy;
+        if let Some(v) = p.recycle_above {
+            out.push_str(&format!("; recycle-above {} of {:?}", h(v), p.metric));
+        }
+        if let Some(v) = p.app_budget {
+            out.push_str(&format!(
+                "; app-budget {} (app total {})",
+                h(v),
+                h(self.mem_total.unwrap_or(0))
+            ));
+        }
+        if let Some(v) = p.min_shared {
+            out.push_str(&format!("; min-shared {:.0}%", v * 100.0));
+        }
+        out
+    }
+
+    /// OpenMetrics for node exporter's textfile collector, rewritten atomically each sample.
+    fn write_metrics(&self) {
+        let text = crate::metrics::render(&self.status());
+        let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
+        let path = dir.join(format!("kechi-{}.prom", self.opts.app));
+        let tmp = dir.join(format!(".kechi-{}.prom.tmp", self.opts.app));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::debug!("writing {}: {e}", path.display());
+        }
+    }
+
+    /// A worker's memory for display: its cgroup's charge, or its PSS without systemd.
+    fn worker_memory(&self, serial: u64) -> Option<u64> {
+        let w = self.state.workers.get(&serial)?;
+        w.mem.as_ref().map(|m| m.cgroup.unwrap_or(m.total.pss))
     }
 
     fn status_text(&self) -> String {
@@ -1269,6 +1397,12 @@ fn read_vmstat_oom_kills() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/vmstat").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
+/// Bytes used in a worker's temp dir (its own tmpfs: the filesystem's used blocks).
+fn tmpdir_used(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks() - st.blocks_free()) * st.fragment_size())
 }
 
 fn limit(l: Limit) -> Option<u64> {

@@ -22,6 +22,7 @@ pub mod jemalloc;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod policy;

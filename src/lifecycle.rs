@@ -29,6 +29,12 @@ pub enum StopReason {
     Age,
     /// `kechictl recycle`.
     Manual,
+    /// Its memory passed `memory.recycle-above`.
+    Memory,
+    /// The app's total passed `memory.app-budget` and it was the largest.
+    Budget,
+    /// Its shared part of RSS fell below `memory.min-shared`.
+    Sharing,
 }
 
 impl StopReason {
@@ -40,6 +46,9 @@ impl StopReason {
             StopReason::Reload,
             StopReason::Age,
             StopReason::Manual,
+            StopReason::Memory,
+            StopReason::Budget,
+            StopReason::Sharing,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -53,6 +62,9 @@ impl StopReason {
             StopReason::Reload => "reload",
             StopReason::Age => "age",
             StopReason::Manual => "manual",
+            StopReason::Memory => "memory",
+            StopReason::Budget => "app-budget",
+            StopReason::Sharing => "min-shared",
         }
     }
 }

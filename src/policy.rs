@@ -9,9 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ReadyMode};
+use crate::config::{Config, Metric, ReadyMode};
 use crate::exitcode;
 use crate::lifecycle::{self, Event, IllegalTransition, StopReason, WorkerState};
+use crate::memory::ProcMem;
 use crate::quantity::Percent;
 
 /// The parts of the config the decisions need.
@@ -33,6 +34,14 @@ pub struct Policy {
     pub max_concurrent: u32,
     /// Seeds the per-worker age jitter (fixed in tests, random in kechid).
     pub seed: u64,
+    /// What memory thresholds measure.
+    pub metric: Metric,
+    pub recycle_above: Option<u64>,
+    pub app_budget: Option<u64>,
+    /// Minimum shared fraction of RSS (0.0..=1.0) for a prefork worker.
+    pub min_shared: Option<f64>,
+    /// Signal for an over-limit child of a prefork master, instead of recycling the worker.
+    pub child_signal: Option<i32>,
 }
 
 impl Policy {
@@ -52,6 +61,11 @@ impl Policy {
             min_interval: c.recycle.min_interval,
             max_concurrent: c.recycle.max_concurrent.max(1),
             seed: 0,
+            metric: c.memory.metric,
+            recycle_above: c.memory.recycle_above.map(|b| b.0),
+            app_budget: c.memory.app_budget.map(|b| b.0),
+            min_shared: c.memory.min_shared.map(|p| p.fraction()),
+            child_signal: c.memory.child_signal.map(|s| s.0 as i32),
         }
     }
 
@@ -89,6 +103,37 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A worker's memory as last sampled: the sum over its processes, its cgroup's charge, and
+/// its largest process other than the main one (a prefork master's child).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemSample {
+    pub total: ProcMem,
+    pub cgroup: Option<u64>,
+    pub processes: usize,
+    pub largest_child: Option<(i32, ProcMem)>,
+}
+
+impl MemSample {
+    /// The figure `metric` measures (for a child: its own smaps; `cgroup` is per worker only).
+    pub fn metric(&self, metric: Metric) -> Option<u64> {
+        match metric {
+            Metric::Uss => Some(self.total.uss),
+            Metric::Pss => Some(self.total.pss),
+            Metric::Rss => Some(self.total.rss),
+            Metric::Cgroup => self.cgroup,
+        }
+    }
+}
+
+/// One process's figure for `metric` (`cgroup` is per worker: a process counts its PSS).
+pub fn proc_metric(m: &ProcMem, metric: Metric) -> u64 {
+    match metric {
+        Metric::Uss => m.uss,
+        Metric::Pss | Metric::Cgroup => m.pss,
+        Metric::Rss => m.rss,
+    }
+}
+
 /// A planned replacement: `new` takes over from `old`, which stops once `new` is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recycle {
@@ -107,6 +152,10 @@ pub struct Worker {
     pub started: Instant,
     pub state: WorkerState,
     pub ever_ready: bool,
+    /// Last memory sample (`None` until the first).
+    pub mem: Option<MemSample>,
+    /// When kechi last signalled one of its children for memory (child-signal).
+    pub child_signaled: Option<Instant>,
 }
 
 /// Everything known about one app's workers.
@@ -158,6 +207,8 @@ impl AppState {
                 started: now,
                 state: WorkerState::Spawning { since: now },
                 ever_ready: false,
+                mem: None,
+                child_signaled: None,
             },
         );
     }
@@ -188,6 +239,8 @@ impl AppState {
                 started,
                 state,
                 ever_ready: true,
+                mem: None,
+                child_signaled: None,
             },
         );
     }
@@ -309,6 +362,9 @@ pub enum Action {
     Stop(u64, StopReason),
     /// Start a replacement for `old`; `old` stops once it is ready.
     Replace { old: u64, reason: StopReason },
+    /// Signal one child process of a prefork worker (child-signal): its master replaces it with
+    /// a fresh, fully shared fork.
+    SignalChild { serial: u64, pid: i32, signal: i32 },
     /// Forget a recycle: its replacement failed (the old worker keeps serving) or its old
     /// worker is gone already.
     DropRecycle { old: u64, replacement_failed: bool },
@@ -331,6 +387,30 @@ impl Decision {
     fn wake(&mut self, at: Instant) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
+}
+
+/// The largest worker (by the metric) while the app's total is over `app-budget`.
+fn over_budget(state: &AppState, policy: &Policy) -> Option<u64> {
+    let budget = policy.app_budget?;
+    let sized: Vec<(u64, u64)> = state
+        .workers
+        .values()
+        .filter(|w| state.counts(w.serial))
+        .filter_map(|w| Some((w.serial, w.mem.as_ref()?.metric(policy.metric)?)))
+        .collect();
+    let total: u64 = sized.iter().map(|(_, v)| v).sum();
+    (total > budget)
+        .then(|| sized.iter().max_by_key(|(_, v)| *v).map(|(s, _)| *s))
+        .flatten()
+}
+
+/// Copy-on-write decay: a prefork worker (several processes) whose shared part of RSS fell
+/// below `min-shared`. A single process shares little but its libraries, so it never counts.
+fn lost_sharing(w: &Worker, policy: &Policy) -> bool {
+    let (Some(min), Some(m)) = (policy.min_shared, &w.mem) else {
+        return false;
+    };
+    m.processes >= 2 && m.total.rss > 0 && (m.total.shared as f64) < min * m.total.rss as f64
 }
 
 /// The decision core.
@@ -467,16 +547,48 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         let candidates = state.workers.values().filter(|w| {
             matches!(w.state, WorkerState::Ready { .. }) && !state.in_recycle(w.serial)
         });
-        // Operator-asked first (manual, then reload), then the most overdue by age.
+        // Operator-asked first (manual, then reload), then memory, app budget, sharing, age.
         let mut due: Option<(u8, Instant, u64, StopReason)> = None;
+        let budget_pick = over_budget(state, policy);
         for w in candidates {
+            let over = w
+                .mem
+                .as_ref()
+                .and_then(|m| m.metric(policy.metric))
+                .zip(policy.recycle_above)
+                .is_some_and(|(v, max)| v > max);
             let candidate = if state.requested.contains(&w.serial) {
                 Some((0, w.started, StopReason::Manual))
             } else if w.generation < state.generation {
                 Some((1, w.started, StopReason::Reload))
+            } else if over
+                && policy.child_signal.is_some()
+                && w.mem.as_ref().is_some_and(|m| m.largest_child.is_some())
+            {
+                // The child goes, not the worker; once per min-interval per worker.
+                let (pid, _) = w
+                    .mem
+                    .as_ref()
+                    .and_then(|m| m.largest_child)
+                    .unwrap_or_default();
+                match w.child_signaled.map(|t| t + policy.min_interval) {
+                    Some(at) if now < at => d.wake(at),
+                    _ => d.actions.push(Action::SignalChild {
+                        serial: w.serial,
+                        pid,
+                        signal: policy.child_signal.unwrap_or(libc::SIGTERM),
+                    }),
+                }
+                None
+            } else if over {
+                Some((2, w.started, StopReason::Memory))
+            } else if budget_pick == Some(w.serial) {
+                Some((3, w.started, StopReason::Budget))
+            } else if lost_sharing(w, policy) {
+                Some((4, w.started, StopReason::Sharing))
             } else {
                 match policy.age_due(w.serial, w.started) {
-                    Some(at) if now >= at => Some((2, at, StopReason::Age)),
+                    Some(at) if now >= at => Some((5, at, StopReason::Age)),
                     Some(at) => {
                         d.wake(at);
                         None
@@ -496,7 +608,7 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
             // min-interval spaces automatic recycles only; what an operator asks for goes now.
             let not_before = state.last_recycle.map(|t| t + policy.min_interval);
             match not_before {
-                Some(at) if rank == 2 && now < at => d.wake(at),
+                Some(at) if rank >= 2 && now < at => d.wake(at),
                 _ => d.actions.push(Action::Replace {
                     old: serial,
                     reason,
@@ -537,6 +649,11 @@ mod tests {
             min_interval: Duration::from_secs(30),
             max_concurrent: 1,
             seed: 42,
+            metric: Metric::Uss,
+            recycle_above: None,
+            app_budget: None,
+            min_shared: None,
+            child_signal: None,
         }
     }
 
@@ -931,5 +1048,105 @@ mod tests {
         );
         assert_eq!(StopReason::parse("age"), Some(StopReason::Age));
         assert_eq!(StopReason::parse("nope"), None);
+    }
+
+    fn mem(uss: u64, rss: u64, shared: u64, processes: usize) -> MemSample {
+        MemSample {
+            total: ProcMem {
+                rss,
+                pss: uss + shared / 2,
+                uss,
+                shared,
+                swap: 0,
+                swap_pss: 0,
+            },
+            cgroup: Some(uss + shared),
+            processes,
+            largest_child: None,
+        }
+    }
+
+    #[test]
+    fn recycle_above_by_metric() {
+        let mut p = policy();
+        p.recycle_above = Some(300);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.workers.get_mut(&1).unwrap().mem = Some(mem(200, 1000, 800, 1));
+        s.workers.get_mut(&2).unwrap().mem = Some(mem(400, 500, 100, 1));
+        // USS: only worker 2 is over, though worker 1's RSS is far larger
+        assert_eq!(replaces(&decide(&s, &p, t)), vec![(2, StopReason::Memory)]);
+        p.metric = Metric::Rss;
+        let got = replaces(&decide(&s, &p, t));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, StopReason::Memory);
+        // and min-interval spaces memory recycles too
+        s.last_recycle = Some(t);
+        assert!(replaces(&decide(&s, &p, t)).is_empty());
+    }
+
+    #[test]
+    fn app_budget_recycles_the_largest_first() {
+        let mut p = policy();
+        p.workers = 3;
+        p.app_budget = Some(1000);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 3, t);
+        for (serial, uss) in [(1, 300), (2, 500), (3, 300)] {
+            s.workers.get_mut(&serial).unwrap().mem = Some(mem(uss, uss, 0, 1));
+        }
+        assert_eq!(replaces(&decide(&s, &p, t)), vec![(2, StopReason::Budget)]);
+        s.workers.get_mut(&2).unwrap().mem = Some(mem(300, 300, 0, 1));
+        assert!(
+            replaces(&decide(&s, &p, t)).is_empty(),
+            "900 is within the budget"
+        );
+    }
+
+    #[test]
+    fn min_shared_only_for_prefork_workers() {
+        let mut p = policy();
+        p.min_shared = Some(0.5);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.workers.get_mut(&1).unwrap().mem = Some(mem(700, 1000, 300, 5)); // 30% shared, prefork
+        s.workers.get_mut(&2).unwrap().mem = Some(mem(900, 1000, 100, 1)); // single process
+        assert_eq!(replaces(&decide(&s, &p, t)), vec![(1, StopReason::Sharing)]);
+        s.workers.get_mut(&1).unwrap().mem = Some(mem(300, 1000, 700, 5));
+        assert!(replaces(&decide(&s, &p, t)).is_empty());
+    }
+
+    #[test]
+    fn child_signal_instead_of_recycling() {
+        let mut p = policy();
+        p.recycle_above = Some(300);
+        p.child_signal = Some(libc::SIGTERM);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        let mut m = mem(400, 500, 100, 3);
+        m.largest_child = Some((
+            4242,
+            ProcMem {
+                uss: 250,
+                ..Default::default()
+            },
+        ));
+        s.workers.get_mut(&1).unwrap().mem = Some(m);
+        let d = decide(&s, &p, t);
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert!(d.actions.contains(&Action::SignalChild {
+            serial: 1,
+            pid: 4242,
+            signal: libc::SIGTERM
+        }));
+        // not again within min-interval
+        s.workers.get_mut(&1).unwrap().child_signaled = Some(t);
+        let d = decide(&s, &p, t + Duration::from_secs(1));
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::SignalChild { .. }))
+        );
+        assert_eq!(d.wake_at, Some(t + p.min_interval));
     }
 }

@@ -1,0 +1,169 @@
+//! OpenMetrics text for Prometheus' node exporter textfile collector: one file per app,
+//! `kechi-APP.prom`, rewritten atomically at every memory sample, so fleets watch kechi with
+//! the monitoring they already run.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use crate::control::Status;
+
+/// node exporter's textfile directory on Debian (package prometheus-node-exporter), if present;
+/// else kechid's runtime directory.
+pub fn textfile_dir(runtime_dir: &Path) -> PathBuf {
+    let debian = Path::new("/var/lib/prometheus/node-exporter");
+    if debian.is_dir() {
+        debian.to_owned()
+    } else {
+        runtime_dir.to_owned()
+    }
+}
+
+/// The metrics of one app.
+pub fn render(st: &Status) -> String {
+    let mut out = String::new();
+    let app = escape(&st.app);
+    let gauge = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    gauge(
+        &mut out,
+        "kechi_workers_wanted",
+        "Workers the app is configured to run.",
+    );
+    let _ = writeln!(
+        out,
+        "kechi_workers_wanted{{app=\"{app}\"}} {}",
+        st.workers_wanted
+    );
+    gauge(&mut out, "kechi_workers", "Workers by state.");
+    for state in ["starting", "ready", "draining"] {
+        let n = st.workers.iter().filter(|w| w.state == state).count();
+        let _ = writeln!(out, "kechi_workers{{app=\"{app}\",state=\"{state}\"}} {n}");
+    }
+    let series: [(&str, &str, fn(&crate::control::WorkerMemory) -> Option<u64>); 6] = [
+        (
+            "kechi_worker_rss_bytes",
+            "Resident set of the worker's processes (counts shared pages once per process).",
+            |m| Some(m.rss),
+        ),
+        (
+            "kechi_worker_pss_bytes",
+            "Proportional set of the worker's processes.",
+            |m| Some(m.pss),
+        ),
+        (
+            "kechi_worker_uss_bytes",
+            "Unique (private) memory of the worker's processes.",
+            |m| Some(m.uss),
+        ),
+        (
+            "kechi_worker_shared_bytes",
+            "Copy-on-write shared part of the worker's RSS.",
+            |m| Some(m.shared),
+        ),
+        (
+            "kechi_worker_swap_bytes",
+            "Swapped-out memory of the worker's processes.",
+            |m| Some(m.swap),
+        ),
+        (
+            "kechi_worker_cgroup_bytes",
+            "Memory charged to the worker's scope cgroup.",
+            |m| m.cgroup,
+        ),
+    ];
+    for (name, help, get) in series {
+        gauge(&mut out, name, help);
+        for w in &st.workers {
+            if let Some(v) = w.memory.as_ref().and_then(get) {
+                let _ = writeln!(out, "{name}{{app=\"{app}\",worker=\"{}\"}} {v}", w.serial);
+            }
+        }
+    }
+    gauge(
+        &mut out,
+        "kechi_worker_age_seconds",
+        "Seconds since the worker started.",
+    );
+    for w in &st.workers {
+        let _ = writeln!(
+            out,
+            "kechi_worker_age_seconds{{app=\"{app}\",worker=\"{}\"}} {}",
+            w.serial, w.age_secs
+        );
+    }
+    gauge(
+        &mut out,
+        "kechi_worker_jemalloc",
+        "1 if jemalloc is loaded in the worker.",
+    );
+    for w in &st.workers {
+        if let Some(j) = w.jemalloc {
+            let _ = writeln!(
+                out,
+                "kechi_worker_jemalloc{{app=\"{app}\",worker=\"{}\"}} {}",
+                w.serial,
+                u8::from(j)
+            );
+        }
+    }
+    let _ = writeln!(out, "# EOF");
+    out
+}
+
+/// Label values escape backslash, quote and newline.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{WorkerMemory, WorkerStatus};
+
+    #[test]
+    fn renders_one_line_per_worker_and_ends_with_eof() {
+        let w = |serial, state: &str| WorkerStatus {
+            serial,
+            pid: 10,
+            scope: None,
+            state: state.into(),
+            age_secs: 5,
+            generation: 1,
+            jemalloc: Some(true),
+            memory_bytes: Some(1),
+            memory: Some(WorkerMemory {
+                rss: 100,
+                pss: 60,
+                uss: 40,
+                shared: 60,
+                shared_percent: Some(60.0),
+                swap: 0,
+                cgroup: Some(70),
+                processes: 2,
+            }),
+            tmpdir: None,
+            tmpdir_bytes: None,
+        };
+        let st = Status {
+            app: "demo".into(),
+            kechid_pid: 1,
+            generation: 1,
+            workers_wanted: 2,
+            workers: vec![w(1, "ready"), w(2, "starting")],
+            summary: String::new(),
+            events: vec![],
+            listening: vec![],
+        };
+        let text = render(&st);
+        assert!(
+            text.contains("kechi_worker_uss_bytes{app=\"demo\",worker=\"2\"} 40\n"),
+            "{text}"
+        );
+        assert!(text.contains("kechi_workers{app=\"demo\",state=\"ready\"} 1\n"));
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(escape("a\"b"), "a\\\"b");
+    }
+}
