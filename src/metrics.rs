@@ -18,6 +18,9 @@ pub fn textfile_dir(runtime_dir: &Path) -> PathBuf {
     }
 }
 
+/// A per-worker memory series: name, help, and how to read it.
+type Series = (&'static str, &'static str, fn(&crate::control::WorkerMemory) -> Option<u64>);
+
 /// The metrics of one app.
 pub fn render(st: &Status) -> String {
     let mut out = String::new();
@@ -40,7 +43,7 @@ pub fn render(st: &Status) -> String {
         let n = st.workers.iter().filter(|w| w.state == state).count();
         let _ = writeln!(out, "kechi_workers{{app=\"{app}\",state=\"{state}\"}} {n}");
     }
-    let series: [(&str, &str, fn(&crate::control::WorkerMemory) -> Option<u64>); 6] = [
+    let series: [Series; 6] = [
         (
             "kechi_worker_rss_bytes",
             "Resident set of the worker's processes (counts shared pages once per process).",
