@@ -441,6 +441,7 @@ impl<S: Systemd> Driver<S> {
                 }
                 for action in decision.actions {
                     if let Some(code) = self.act(action).await {
+                        self.remove_runtime_files();
                         return code;
                     }
                 }
@@ -570,6 +571,21 @@ impl<S: Systemd> Driver<S> {
             events: self.history.iter().cloned().collect(),
             listening: self.listeners.iter().map(|l| l.address.clone()).collect(),
         }
+    }
+
+    /// After the last worker is gone: the control socket, workers file and metrics go; the last
+    /// serial stays, so serials keep growing across stop and start. (A restart leaves all of
+    /// them: the next kechid reads the workers file.)
+    fn remove_runtime_files(&self) {
+        let app = self.opts.app.as_str();
+        let dir = &self.opts.runtime_dir;
+        for f in [control::socket_path(dir, app), self.workers_file()] {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = std::fs::remove_file(
+            crate::metrics::textfile_dir(dir).join(format!("kechi-{app}.prom")),
+        );
+        let _ = std::fs::remove_dir(dir.join(app).join("tmp"));
     }
 
     /// Whether this SIGTERM comes from `systemctl restart` (a restart job on kechid's unit).

@@ -19,7 +19,11 @@ pub fn textfile_dir(runtime_dir: &Path) -> PathBuf {
 }
 
 /// A per-worker memory series: name, help, and how to read it.
-type Series = (&'static str, &'static str, fn(&crate::control::WorkerMemory) -> Option<u64>);
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&crate::control::WorkerMemory) -> Option<u64>,
+);
 
 /// The metrics of one app.
 pub fn render(st: &Status) -> String {

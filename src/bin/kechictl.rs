@@ -36,9 +36,22 @@ struct Cli {
     command: Cmd,
 }
 
-// `list` and `mem PID...|APP` join this enum with the memory accounting of kechid.
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// List the apps (running kechids, and app files in /etc/kechi) with workers and memory.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Memory per process: RSS, PSS, USS (private), shared and shared %, swap — for PIDs, or
+    /// for every process of an app's workers — and the kernel's dentry cache size.
+    Mem {
+        /// Process ids, or one app name.
+        #[arg(required = true, value_name = "PID...|APP")]
+        targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an app's workers: serial, pid, scope, state, age, memory, jemalloc, recent events.
     Status {
         app: String,
@@ -114,6 +127,8 @@ fn main() -> ExitCode {
         Cmd::Check { target } => check(&target),
         Cmd::Config { target, json } => show_config(&target, json),
         Cmd::Status { app, json } => status(&app, json),
+        Cmd::List { json } => list(json),
+        Cmd::Mem { targets, json } => mem(&targets, json),
         Cmd::Recycle {
             app,
             worker,
@@ -292,13 +307,24 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
         println!("listening: {}", st.listening.join(", "));
     }
     println!(
-        "{:>6} {:>8} {:<26} {:<9} {:>8} {:>9} {:>8}",
-        "WORKER", "PID", "SCOPE", "STATE", "AGE", "MEMORY", "JEMALLOC"
+        "{:>6} {:>8} {:<24} {:<9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>4}",
+        "WORKER",
+        "PID",
+        "SCOPE",
+        "STATE",
+        "AGE",
+        "RSS",
+        "PSS",
+        "USS",
+        "SHARED",
+        "SWAP",
+        "CGROUP",
+        "TMP",
+        "JE"
     );
     for w in &st.workers {
-        let mem = w
-            .memory_bytes
-            .map_or("-".to_owned(), |b| kechi::quantity::Bytes(b).human());
+        let h = |b: Option<u64>| b.map_or("-".to_owned(), |b| kechi::quantity::Bytes(b).human());
+        let m = w.memory.as_ref();
         let je = match w.jemalloc {
             Some(true) => "yes",
             Some(false) => "no",
@@ -306,13 +332,20 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
         };
         let age = kechi::quantity::format_duration(std::time::Duration::from_secs(w.age_secs));
         println!(
-            "{:>6} {:>8} {:<26} {:<9} {:>8} {:>9} {:>8}",
+            "{:>6} {:>8} {:<24} {:<9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>4}",
             w.serial,
             w.pid,
             w.scope.as_deref().unwrap_or("-"),
             w.state,
             age,
-            mem,
+            h(m.map(|m| m.rss)),
+            h(m.map(|m| m.pss)),
+            h(m.map(|m| m.uss)),
+            m.and_then(|m| m.shared_percent)
+                .map_or("-".to_owned(), |p| format!("{p:.0}%")),
+            h(m.map(|m| m.swap)),
+            h(m.and_then(|m| m.cgroup)),
+            h(w.tmpdir_bytes),
             je
         );
     }
@@ -321,6 +354,187 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
         for e in st.events.iter().rev().take(10) {
             println!("  {e}");
         }
+    }
+    Ok(())
+}
+
+fn list(json: bool) -> Result<(), Failure> {
+    let mut apps: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for dir in [
+        std::path::PathBuf::from("/run/kechi"),
+        control::runtime_dir(),
+    ] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            apps.extend(rd.flatten().filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".ctl")
+                    .map(str::to_owned)
+            }));
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/etc/kechi") {
+        apps.extend(rd.flatten().filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".toml")
+                .map(str::to_owned)
+        }));
+    }
+    let mut rows = Vec::new();
+    for a in apps {
+        let Ok(app) = AppName::new(&a) else { continue };
+        let row = match fetch_status(&app) {
+            Ok(st) => {
+                let ready = st.workers.iter().filter(|w| w.state == "ready").count();
+                let memory: u64 = st.workers.iter().filter_map(|w| w.memory_bytes).sum();
+                serde_json::json!({"app": a, "state": "running", "kechid_pid": st.kechid_pid, "ready": ready, "wanted": st.workers_wanted, "memory_bytes": memory, "summary": st.summary})
+            }
+            Err(Failure::Control(control::ClientError::Denied { .. })) => {
+                serde_json::json!({"app": a, "state": "running (permission denied)"})
+            }
+            Err(_) => serde_json::json!({"app": a, "state": "stopped"}),
+        };
+        rows.push(row);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<10} {:>8} {:>9} {:>10}",
+        "APP", "STATE", "PID", "WORKERS", "MEMORY"
+    );
+    for r in rows {
+        let g = |k: &str| {
+            r.get(k)
+                .map(|v| v.to_string().trim_matches('"').to_owned())
+                .unwrap_or_else(|| "-".into())
+        };
+        let workers = if r.get("ready").is_some() {
+            format!("{}/{}", g("ready"), g("wanted"))
+        } else {
+            "-".into()
+        };
+        let mem = r
+            .get("memory_bytes")
+            .and_then(|v| v.as_u64())
+            .map_or("-".into(), |b| kechi::quantity::Bytes(b).human());
+        println!(
+            "{:<20} {:<10} {:>8} {:>9} {:>10}",
+            g("app"),
+            g("state"),
+            g("kechid_pid"),
+            workers,
+            mem
+        );
+    }
+    Ok(())
+}
+
+/// The processes of each worker of a running app: its scope's members, or its session.
+fn app_processes(app: &AppName) -> Result<Vec<(Option<u64>, u32)>, Failure> {
+    let st = fetch_status(app)?;
+    let layout =
+        kechi::memory::probe_layout(&kechi::memory::CgroupRoot::new("/sys/fs/cgroup")).ok();
+    let mut out = Vec::new();
+    for w in &st.workers {
+        let from_scope = match (&layout, &w.scope) {
+            (Some(l), Some(scope)) => kechi::memory::scope_dir(l, &app.slice_unit(), scope)
+                .ok()
+                .and_then(|d| kechi::memory::read_cgroup_procs(&d.procs).ok()),
+            _ => None,
+        };
+        let pids = from_scope.unwrap_or_else(|| {
+            kechi::monitor::session_members(std::path::Path::new("/proc"), w.pid)
+        });
+        out.extend(pids.into_iter().map(|p| (Some(w.serial), p)));
+    }
+    Ok(out)
+}
+
+fn mem(targets: &[String], json: bool) -> Result<(), Failure> {
+    let procs: Vec<(Option<u64>, u32)> = if targets.iter().all(|t| t.parse::<u32>().is_ok()) {
+        targets
+            .iter()
+            .filter_map(|t| t.parse().ok())
+            .map(|p| (None, p))
+            .collect()
+    } else if targets.len() == 1 {
+        app_processes(&app_name(&targets[0])?)?
+    } else {
+        return Err(Failure::Usage("give process ids, or one app name".into()));
+    };
+    let root = kechi::memory::ProcRoot::new("/proc");
+    let mut rows = Vec::new();
+    let mut total = kechi::memory::ProcMem::default();
+    for (worker, pid) in procs {
+        match kechi::memory::read_proc_mem(&root, pid) {
+            Ok(m) => {
+                total += m;
+                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ")
+                    .trim()
+                    .chars()
+                    .take(40)
+                    .collect::<String>();
+                rows.push((worker, pid, m, cmd));
+            }
+            Err(e) => eprintln!("kechictl: {pid}: {e}"),
+        }
+    }
+    let dentry = kechi::memory::read_slabinfo(&root)
+        .ok()
+        .and_then(|s| s.dentry_bytes());
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(w, pid, m, cmd)| serde_json::json!({"worker": w, "pid": pid, "command": cmd, "rss": m.rss, "pss": m.pss, "uss": m.uss, "shared": m.shared, "shared_percent": m.shared_percent(), "swap": m.swap}))
+            .collect();
+        let v = serde_json::json!({"processes": list, "total": {"rss": total.rss, "pss": total.pss, "uss": total.uss, "shared": total.shared, "swap": total.swap}, "dentry_slab_bytes": dentry});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let h = |b: u64| kechi::quantity::Bytes(b).human();
+    println!(
+        "{:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}  COMMAND",
+        "WORKER", "PID", "RSS", "PSS", "USS", "SHARED", "SHARED%", "SWAP"
+    );
+    for (w, pid, m, cmd) in &rows {
+        let pct = m
+            .shared_percent()
+            .map_or("-".into(), |p| format!("{p:.0}%"));
+        println!(
+            "{:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8}  {cmd}",
+            w.map_or("-".into(), |w| w.to_string()),
+            pid,
+            h(m.rss),
+            h(m.pss),
+            h(m.uss),
+            h(m.shared),
+            pct,
+            h(m.swap)
+        );
+    }
+    println!(
+        "{:>15} {:>9} {:>9} {:>9} {:>9}",
+        "total",
+        h(total.rss),
+        h(total.pss),
+        h(total.uss),
+        h(total.shared)
+    );
+    println!(
+        "RSS summed over processes (what RSS-based tools report): {}; really in use (PSS sum): {}",
+        h(total.rss),
+        h(total.pss)
+    );
+    if let Some(d) = dentry {
+        println!("dentry slab: {}", h(d));
     }
     Ok(())
 }
