@@ -290,8 +290,12 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply, ClientError> {
     }
 }
 
-/// The runtime directory kechid uses: `/run/kechi` as root, else under `$XDG_RUNTIME_DIR`.
+/// The runtime directory kechid uses: `$KECHI_RUNTIME_DIR` if set, else `/run/kechi` as
+/// root, else under `$XDG_RUNTIME_DIR`.
 pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("KECHI_RUNTIME_DIR") {
+        return PathBuf::from(d);
+    }
     if nix::unistd::Uid::effective().is_root() {
         return PathBuf::from("/run/kechi");
     }

@@ -19,7 +19,7 @@ impl Kechid {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kechid"))
             .arg("--foreground")
             .arg(config)
-            .env("XDG_RUNTIME_DIR", runtime)
+            .env("KECHI_RUNTIME_DIR", runtime)
             .env("KECHI_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()

@@ -266,7 +266,7 @@ fn ask(app: &AppName, req: &Request) -> Result<serde_json::Value, Failure> {
     // A system kechid (root) is found under /run/kechi whoever asks; a user's own kechid under
     // the user's runtime directory.
     let system = control::socket_path(std::path::Path::new("/run/kechi"), app.as_str());
-    let path = if system.exists() {
+    let path = if system.exists() && std::env::var_os("KECHI_RUNTIME_DIR").is_none() {
         system
     } else {
         control::socket_path(&control::runtime_dir(), app.as_str())

@@ -42,8 +42,9 @@ const DEFAULT_AUTO_RESTART_INTERVAL: &str = "360";
 
 /// Applies aliases, then `KECHI_*` variables, onto `raw`. Values are not judged here (a bad
 /// value is reported by validation, quoting the variable); only unknown variables are errors.
-/// `KECHI_*` variables that set kechid itself, not an app key: `KECHI_LOG` (log filter).
-pub const DAEMON_VARS: &[&str] = &["KECHI_LOG"];
+/// `KECHI_*` variables that set kechid itself, not an app key: `KECHI_LOG` (log filter) and
+/// `KECHI_RUNTIME_DIR` (where sockets and temp dirs live).
+pub const DAEMON_VARS: &[&str] = &["KECHI_LOG", "KECHI_RUNTIME_DIR"];
 
 pub fn overlay(raw: &mut RawConfig, env: &BTreeMap<String, String>) -> Vec<ConfigError> {
     let mut errors = Vec::new();
