@@ -46,8 +46,10 @@ done <<< "$w"
 distinct=$(printf '%s\n' "$pids" | tr ' ' '\n' | sort -u | grep -c .)
 expect_eq "distinct worker pids" "$distinct" 3
 
-# the app's environment reaches the workers: they all listen on PORT (SO_REUSEPORT)
-code=$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:8080/)
-expect_eq "GET http://127.0.0.1:8080/ (app environment PORT=8080)" "$code" 200
+# the sockets of kechi@demo.socket reach the workers: its Unix socket, and TCP from the drop-in
+code=$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$KT_LISTEN/")
+expect_eq "GET http://$KT_LISTEN/ (kechi@demo.socket, drop-in)" "$code" 200
+code=$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "/run/kechi/$KT_APP.sock" http://localhost/)
+expect_eq "GET on /run/kechi/$KT_APP.sock (kechi@demo.socket)" "$code" 200
 
 finish

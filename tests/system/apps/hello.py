@@ -2,30 +2,33 @@
 """A minimal web worker for kechi's system tests: answers every GET with 200 OK.
 
 Where it listens, first match wins:
-  LISTEN_FDS (+ LISTEN_PID = our pid)  the sockets passed as fds 3.. (systemd protocol): uses fd 3
-  SERVER_STARTER_PORT                 "addr=fd;..." (Server::Starter protocol): uses the first fd
+  LISTEN_FDS (+ LISTEN_PID = our pid)  the sockets passed as fds 3.. (systemd protocol): serves
+                                      every one of them
+  SERVER_STARTER_PORT                 "addr=fd;..." (Server::Starter protocol): serves every fd
   PORT                                binds 127.0.0.1:PORT itself, with SO_REUSEPORT so that
                                       several workers can share it
   (nothing)                           binds 127.0.0.1 on a free port
+Each connection gets a thread of its own (a keep-alive client never blocks the others).
 When NOTIFY_SOCKET is set it sends READY=1 once it listens.
 """
 import http.server
 import os
 import signal
 import socket
+import socketserver
 import sys
+import threading
 
 
-def inherited_socket():
+def inherited_sockets():
     fds = int(os.environ.get("LISTEN_FDS", "0") or "0")
     pid = os.environ.get("LISTEN_PID")
     if fds > 0 and (pid is None or pid == str(os.getpid())):
-        return socket.socket(fileno=3)
+        return [socket.socket(fileno=3 + i) for i in range(fds)]
     starter = os.environ.get("SERVER_STARTER_PORT")
     if starter:
-        first = starter.split(";")[0]
-        return socket.socket(fileno=int(first.rsplit("=", 1)[1]))
-    return None
+        return [socket.socket(fileno=int(p.rsplit("=", 1)[1])) for p in starter.split(";") if p]
+    return []
 
 
 def own_socket():
@@ -57,7 +60,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Server(http.server.HTTPServer):
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
     def __init__(self, sock):
         super().__init__(("", 0), Handler, bind_and_activate=False)
         self.socket.close()
@@ -80,13 +85,15 @@ def notify_ready():
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sock = inherited_socket() or own_socket()
-    server = Server(sock)
+    servers = [Server(s) for s in inherited_sockets() or [own_socket()]]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     print("hello: worker {} pid {} listening on {}".format(
-        os.environ.get("KECHI_WORKER", "?"), os.getpid(), server.server_address), flush=True)
+        os.environ.get("KECHI_WORKER", "?"), os.getpid(),
+        ", ".join(str(s.server_address) for s in servers)), flush=True)
     notify_ready()
     try:
-        server.serve_forever()
+        servers[0].serve_forever()
     except SystemExit:
         pass
 

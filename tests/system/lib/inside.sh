@@ -13,6 +13,15 @@
 #   kt oomwatch UNIT PID SECS   watch the scope while PID lives: counters, peak, how it ended
 #   kt wait-workers APP N MIN_SERIAL SECS   until N active scopes, one with serial >= MIN_SERIAL
 #   kt wait-gone PID SECS       until PID has exited
+#   kt wait-new APP N MIN_SERIAL SECS   until exactly N active scopes, every one with serial >= MIN_SERIAL
+#   kt steady APP N PROCS USER SECS     until exactly N kechi-APP-* scopes (in any state, so none
+#                               left over), all active, each with PROCS processes ("-": any), and
+#                               USER running N*PROCS processes in all (no second set); prints why not
+#   kt load-start NAME MODE URL CONNS THREADS   a load generator (wrk) as unit kt-load-NAME, until
+#                               load-stop; MODE keepalive or close (a new connection per request)
+#   kt load-stop NAME           stop it (SIGINT: wrk prints its totals); its output, then one line
+#                               "result: requests=N seconds=S connect=N read=N write=N timeout=N non2xx=N"
+#   kt envof PID VAR            a variable of a process's environment
 set -uo pipefail
 
 cgver() {
@@ -125,6 +134,98 @@ wait_gone() {
   done
 }
 
+wait_new() {
+  local app=$1 n=$2 min=$3 secs=$4 end lines
+  end=$((SECONDS + secs))
+  while :; do
+    lines=$(workers "$app")
+    if [ "$(printf '%s\n' "$lines" | grep -c .)" = "$n" ] && ! printf '%s\n' "$lines" | grep -q ' -$' &&
+       printf '%s\n' "$lines" | awk -v m="$min" '$1 < m { old = 1 } END { exit old }'; then
+      printf '%s\n' "$lines"; return 0
+    fi
+    [ "$SECONDS" -lt "$end" ] || { printf '%s\n' "$lines"; return 1; }
+    sleep 0.1
+  done
+}
+
+# one check of steady(); prints what is wrong, nothing when all is well
+steady_once() {
+  local app=$1 n=$2 procs=$3 user=$4 all act lines u c total why=""
+  all=$(systemctl list-units --all --plain --no-legend --no-pager "kechi-$app-*.scope" 2>/dev/null | awk '{ print $1 "=" $3 "/" $4 }')
+  act=$(printf '%s\n' "$all" | grep -c '=active/running$')
+  [ "$(printf '%s\n' "$all" | grep -c .)" = "$n" ] || why="$why; $(printf '%s\n' "$all" | grep -c .) kechi-$app-* scopes ($(printf '%s' "$all" | tr '\n' ' '))"
+  [ "$act" = "$n" ] || why="$why; $act active"
+  lines=$(workers "$app")
+  if [ "$procs" != - ]; then
+    while read -r _ u _; do
+      [ -n "$u" ] || continue
+      c=$(procs "$u" | grep -c .)
+      [ "$c" = "$procs" ] || why="$why; $u has $c processes"
+    done <<< "$lines"
+    total=$(pgrep -u "$user" | grep -c .)
+    [ "$total" = $((n * procs)) ] || why="$why; user $user runs $total processes"
+  fi
+  printf '%s' "${why#; }"
+}
+
+steady() {
+  local app=$1 n=$2 procs=$3 user=$4 secs=$5 end why
+  end=$((SECONDS + secs))
+  while :; do
+    why=$(steady_once "$app" "$n" "$procs" "$user")
+    [ -z "$why" ] && return 0
+    [ "$SECONDS" -lt "$end" ] || { echo "$why"; return 1; }
+    sleep 0.2
+  done
+}
+
+load_out() { echo "/run/kt-load/$1.out"; }
+
+load_start() {
+  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 unit="kt-load-$1" end
+  mkdir -p /run/kt-load
+  rm -f "$(load_out "$name")"
+  systemd-run --quiet --unit="$unit" --collect --service-type=exec \
+    "$0" load-run "$name" "$mode" "$url" "$conns" "$threads" || return 1
+  end=$((SECONDS + 10))
+  until [ -s "$(load_out "$name")" ]; do  # wrk's first line: "Running ... test @ URL"
+    systemctl -q is-active "$unit" || { echo "$unit ended at once:"; cat "$(load_out "$name")"; return 1; }
+    [ "$SECONDS" -lt "$end" ] || { echo "$unit wrote nothing in 10 s"; return 1; }
+    sleep 0.05
+  done
+}
+
+load_run() {  # the unit's command: wrk until SIGINT (an hour at most), its output to the file
+  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 args
+  args=(-c "$conns" -t "$threads" -d 3600s --timeout 10s --latency)
+  [ "$mode" = close ] && args+=(-H "Connection: close")
+  exec wrk "${args[@]}" "$url" > "$(load_out "$name")" 2>&1
+}
+
+load_stop() {
+  local name=$1 unit="kt-load-$1" end out
+  out=$(load_out "$name")
+  systemctl kill -s INT "$unit" 2>/dev/null
+  end=$((SECONDS + 30))
+  while systemctl -q is-active "$unit"; do
+    if [ "$SECONDS" -ge "$end" ]; then
+      echo "wrk did not stop within 30 s of SIGINT: killed"
+      systemctl kill -s KILL "$unit"
+      break
+    fi
+    sleep 0.1
+  done
+  cat "$out"
+  awk '
+    / requests in / { req = $1; sec = $4; sub(/s,?$/, "", sec) }
+    /Socket errors:/ { gsub(/,/, ""); c = $4; r = $6; w = $8; t = $10 }
+    /Non-2xx or 3xx responses:/ { n = $5 }
+    END { printf "result: requests=%d seconds=%s connect=%d read=%d write=%d timeout=%d non2xx=%d\n", req, sec, c, r, w, t, n }
+  ' "$out"
+}
+
+envof() { tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p"; }
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -138,5 +239,11 @@ case "$cmd" in
   oomwatch) oomwatch "$1" "$2" "$3" ;;
   wait-workers) wait_workers "$1" "$2" "$3" "$4" ;;
   wait-gone) wait_gone "$1" "$2" ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  wait-new) wait_new "$1" "$2" "$3" "$4" ;;
+  steady) steady "$1" "$2" "$3" "$4" "$5" ;;
+  load-start) load_start "$1" "$2" "$3" "$4" "$5" ;;
+  load-run) load_run "$1" "$2" "$3" "$4" "$5" ;;
+  load-stop) load_stop "$1" ;;
+  envof) envof "$1" "$2" ;;
+  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ KT_TIER=${KT_TIER:-v1}        # v1: a box on this machine's kernel; v2: the cgro
 KT_APP=demo
 KT_INSIDE=/usr/lib/kechi-test # apps and the inside helper, in the test machine
 KT_USER=kechitest
+KT_LISTEN=127.0.0.1:8080      # kechi@demo.socket listens here too (a drop-in), besides its Unix socket
 T=""                          # the test machine's name
 _KT_FAILS=0
 _KT_CHECKS=0
@@ -88,9 +89,10 @@ kechi_install() {
   [ -x "$bin/kechid" ] || abort "no kechid in $bin (run cargo build, or set KECHI_BIN_DIR)"
   tgt_copy_in "$bin/kechid" /usr/bin/kechid || abort "copying kechid in"
   if [ -x "$bin/kechictl" ]; then tgt_copy_in "$bin/kechictl" /usr/bin/kechictl || abort "copying kechictl in"; fi
-  for f in "kechi@.service" kechi.slice; do
+  for f in "kechi@.service" "kechi@.socket" kechi.slice; do
     tgt_copy_in "$KT_ROOT/units/$f" "/etc/systemd/system/$f" || abort "copying unit $f in"
   done
+  kechi_socket_listen "$KT_LISTEN"
   for f in "$KT_ROOT"/tests/system/apps/*; do
     tgt_copy_in "$f" "$KT_INSIDE/$(basename "$f")" || abort "copying $f in"
   done
@@ -98,7 +100,17 @@ kechi_install() {
   tgt_sh "id $KT_USER >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin $KT_USER" \
     || abort "creating user $KT_USER"
   tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
-  say "installed kechid ($bin), units and test apps; user $KT_USER"
+  say "installed kechid ($bin), units and test apps; user $KT_USER; kechi@$KT_APP.socket also on $KT_LISTEN"
+}
+
+# kechi_socket_listen ADDR...: a drop-in that adds these ListenStream= addresses to kechi@demo.socket
+# (beside its default /run/kechi/demo.sock). Takes effect at the socket's next start (after
+# daemon-reload).
+kechi_socket_listen() {
+  local a text="[Socket]"
+  for a in "$@"; do text="$text"$'\n'"ListenStream=$a"; done
+  printf '%s\n' "$text" | tgt_write "/etc/systemd/system/kechi@$KT_APP.socket.d/tcp.conf" \
+    || abort "writing the drop-in of kechi@$KT_APP.socket"
 }
 
 kechi_config() {  # kechi_config < TOML: /etc/kechi/demo.toml, also shown in the log
@@ -143,8 +155,9 @@ journal_cursor() { tgt_run journalctl -n 0 --show-cursor -q --no-pager | sed -n 
 # journal_unit_after CURSOR UNIT: the messages of UNIT (its processes', and systemd's about it)
 # logged after CURSOR. Not `journalctl -u UNIT --after-cursor=`: systemd 252 skips entries that way
 # when several share one timestamp (seen in a VM with a coarse clock).
+# With a third argument "fields", each line starts with the entry's WORKER= and REASON= fields.
 journal_unit_after() {
-  local c=$1 unit=$2 args=(-b)
+  local c=$1 unit=$2 fields=${3:-} args=(-b)
   [ -n "$c" ] && args=(--after-cursor="$c")
   tgt_run journalctl --no-pager -o json "${args[@]}" | python3 -c '
 import json, sys
@@ -159,8 +172,11 @@ for line in sys.stdin:
     m = e.get("MESSAGE", "")
     if isinstance(m, list):
         m = bytes(m).decode("utf-8", "replace")
+    if sys.argv[2] == "fields":
+        f = " ".join("{}={}".format(k, e[k]) for k in ("WORKER", "REASON") if k in e)
+        m = "[{}] {}".format(f, m) if f else m
     print(m)
-' "$unit"
+' "$unit" "$fields"
 }
 
 # workers: "SERIAL UNIT PID" lines of the active worker scopes
@@ -168,3 +184,53 @@ workers() { kt workers "$KT_APP"; }
 show_workers() { printf '%s\n' "$1" | sed 's/^/          worker /'; }
 count_lines() { printf '%s\n' "$1" | grep -c . ; }
 max_serial() { printf '%s\n' "$1" | awk 'BEGIN { m = 0 } $1 + 0 > m { m = $1 + 0 } END { print m }'; }
+
+# ---- load: a load generator in the test machine, counting failed requests -----------------------
+# load_start NAME [MODE [CONNS [THREADS]]]: wrk against http://$KT_LISTEN/ until load_stop NAME.
+# MODE keepalive (default: connections reused) or close ("Connection: close": one per request).
+load_start() {
+  local out
+  if out=$(kt load-start "$1" "${2:-keepalive}" "http://$KT_LISTEN/" "${3:-16}" "${4:-2}" 2>&1); then
+    return 0
+  fi
+  bad "load generator $1 did not start"
+  printf '%s\n' "$out" | sed 's/^/          | /'
+  return 1
+}
+
+# load_stop NAME STEP: stops it; prints its output and "STEP, NAME: served N, failed F (...)";
+# a failed, refused, reset or timed-out request or a non-2xx response is a FAIL. Sets LOAD_SERVED
+# and LOAD_FAILED, and adds a row to the summary that load_summary prints.
+LOAD_ROWS=()
+load_stop() {
+  local name=$1 step=$2 out res requests seconds connect read write timeout non2xx
+  out=$(kt load-stop "$name" 2>&1)
+  printf '%s\n' "$out" | grep -v '^result: ' | sed 's/^/          | /'
+  res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
+  requests=0 seconds=0 connect=0 read=0 write=0 timeout=0 non2xx=0
+  local kv
+  for kv in $res; do
+    case "$kv" in
+      requests=*|seconds=*|connect=*|read=*|write=*|timeout=*|non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+    esac
+  done
+  # shellcheck disable=SC2034  # read by the scenarios
+  LOAD_SERVED=$requests
+  LOAD_FAILED=$((connect + read + write + timeout + non2xx))
+  LOAD_ROWS+=("$(printf '%-34s %-10s %9s %7s   connect %s, read %s, write %s, timeout %s, non-2xx %s' \
+    "$step" "$name" "$requests" "$LOAD_FAILED" "$connect" "$read" "$write" "$timeout" "$non2xx")")
+  if [ -z "$res" ] || [ "$requests" = 0 ]; then
+    bad "$step, load $name: no requests served (${seconds}s)"
+  elif [ "$LOAD_FAILED" = 0 ]; then
+    ok "$step, load $name: served $requests in ${seconds}s, failed 0"
+  else
+    bad "$step, load $name: served $requests in ${seconds}s, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx)"
+  fi
+}
+
+load_summary() {  # the table of every load_stop so far
+  local r
+  say "requests served and failed, per step:"
+  printf '          %-34s %-10s %9s %7s   %s\n' STEP LOAD SERVED FAILED "FAILURES BY KIND"
+  for r in "${LOAD_ROWS[@]}"; do echo "          $r"; done
+}

@@ -1,0 +1,7 @@
+# A trivial PSGI app for kechi's zero-downtime scenarios (Starlet through SERVER_STARTER_PORT):
+# answers every request with 200 and the worker that served it.
+my $app = sub {
+    my $body = "hello from worker " . ($ENV{KECHI_WORKER} // "?") . " pid $$\n";
+    return [200, ['Content-Type' => 'text/plain', 'Content-Length' => length $body], [$body]];
+};
+$app;
