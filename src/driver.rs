@@ -478,7 +478,18 @@ impl<S: Systemd> Driver<S> {
 
     fn on_control(&mut self, req: control::Request) -> control::Reply {
         match req {
-            control::Request::Status {} => control::Reply::ok(self.status()),
+            control::Request::Status {} => {
+                // An operator asking gets the full figures, whatever the policies need.
+                let serials: Vec<u64> = self.procs.keys().copied().collect();
+                for serial in serials {
+                    if let Some(sample) = self.sample_worker(serial, true)
+                        && let Some(w) = self.state.workers.get_mut(&serial)
+                    {
+                        w.mem = Some(sample);
+                    }
+                }
+                control::Reply::ok(self.status())
+            }
             control::Request::Recycle { worker, all } => {
                 let candidates: Vec<u64> = self
                     .state
@@ -520,47 +531,49 @@ impl<S: Systemd> Driver<S> {
 
     fn status(&self) -> control::Status {
         let now = Instant::now();
-        let workers = self
-            .state
-            .workers
-            .values()
-            .map(|w| {
-                let p = self.procs.get(&w.serial);
-                control::WorkerStatus {
-                    serial: w.serial,
-                    pid: p.map_or(0, |p| p.pid.as_raw()),
-                    scope: p.and_then(|p| p.scope.clone()),
-                    state: w.state.name().to_owned(),
-                    age_secs: now.saturating_duration_since(w.started).as_secs(),
-                    generation: w.generation,
-                    jemalloc: p.and_then(|p| p.jemalloc),
-                    memory_bytes: self.worker_memory(w.serial),
-                    memory: w.mem.as_ref().map(|m| control::WorkerMemory {
-                        rss: m.total.rss,
-                        pss: m.total.pss,
-                        uss: m.total.uss,
-                        shared: m.total.shared,
-                        shared_percent: m.total.shared_percent(),
-                        swap: m.total.swap,
-                        cgroup: m.cgroup,
-                        processes: m.processes,
-                    }),
-                    tmpdir_bytes: self
-                        .loaded
-                        .config
-                        .tmpdir
-                        .enabled
-                        .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
-                        .flatten(),
-                    tmpdir: self
-                        .loaded
-                        .config
-                        .tmpdir
-                        .enabled
-                        .then(|| self.tmpdirs.path(w.serial)),
-                }
-            })
-            .collect();
+        let workers =
+            self.state
+                .workers
+                .values()
+                .map(|w| {
+                    let p = self.procs.get(&w.serial);
+                    control::WorkerStatus {
+                        serial: w.serial,
+                        pid: p.map_or(0, |p| p.pid.as_raw()),
+                        scope: p.and_then(|p| p.scope.clone()),
+                        state: w.state.name().to_owned(),
+                        age_secs: now.saturating_duration_since(w.started).as_secs(),
+                        generation: w.generation,
+                        jemalloc: p.and_then(|p| p.jemalloc),
+                        memory_bytes: self.worker_memory(w.serial),
+                        memory: w.mem.as_ref().filter(|m| m.detailed).map(|m| {
+                            control::WorkerMemory {
+                                rss: m.total.rss,
+                                pss: m.total.pss,
+                                uss: m.total.uss,
+                                shared: m.total.shared,
+                                shared_percent: m.total.shared_percent(),
+                                swap: m.total.swap,
+                                cgroup: m.cgroup,
+                                processes: m.processes,
+                            }
+                        }),
+                        tmpdir_bytes: self
+                            .loaded
+                            .config
+                            .tmpdir
+                            .enabled
+                            .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
+                            .flatten(),
+                        tmpdir: self
+                            .loaded
+                            .config
+                            .tmpdir
+                            .enabled
+                            .then(|| self.tmpdirs.path(w.serial)),
+                    }
+                })
+                .collect();
         control::Status {
             app: self.opts.app.to_string(),
             kechid_pid: std::process::id(),
@@ -1061,7 +1074,7 @@ impl<S: Systemd> Driver<S> {
             {
                 self.check_jemalloc(serial);
             }
-            let Some(sample) = self.sample_worker(serial) else {
+            let Some(sample) = self.sample_worker(serial, false) else {
                 continue;
             };
             let used = sample.cgroup.unwrap_or(sample.total.pss);
@@ -1085,25 +1098,51 @@ impl<S: Systemd> Driver<S> {
         self.write_metrics();
     }
 
-    /// One worker's memory now: smaps_rollup of each of its processes, and its cgroup.
-    fn sample_worker(&self, serial: u64) -> Option<policy::MemSample> {
+    /// One worker's memory now. `/proc/PID/statm` (RSS, ~10 µs) for every process always;
+    /// `smaps_rollup` (PSS, USS, shared; ~0.1 µs per resident page) only when `detailed` or a
+    /// policy could fire: USS <= PSS <= RSS, so a worker whose RSS is under every threshold
+    /// cannot be over it by any metric. See docs/MEMORY-SAMPLING.md for the costs.
+    fn sample_worker(&self, serial: u64, detailed: bool) -> Option<policy::MemSample> {
         let p = self.procs.get(&serial)?;
         let proc_root = memory::ProcRoot::new("/proc");
-        let mut sample = policy::MemSample::default();
-        for pid in self.worker_pids(serial) {
-            let Ok(m) = memory::read_proc_mem(&proc_root, pid) else {
-                continue;
-            };
-            sample.total += m;
-            sample.processes += 1;
-            let pid = pid as i32;
-            if pid != p.pid.as_raw()
-                && sample.largest_child.is_none_or(|(_, c)| {
-                    policy::proc_metric(&m, self.policy.metric)
-                        > policy::proc_metric(&c, self.policy.metric)
-                })
-            {
-                sample.largest_child = Some((pid, m));
+        let page = memory::page_size();
+        let pids = self.worker_pids(serial);
+        let rss: u64 = pids
+            .iter()
+            .filter_map(|pid| memory::read_proc_statm(&proc_root, *pid).ok())
+            .map(|s| s.resident * page)
+            .sum();
+        let pol = &self.policy;
+        let full = detailed
+            || self.systemd.is_none()
+            || pol.min_shared.is_some()
+            || pol.child_signal.is_some()
+            || pol.recycle_above.is_some_and(|t| rss > t)
+            || pol
+                .app_budget
+                .is_some_and(|b| self.mem_total.is_none_or(|t| t.max(rss) > b / 2));
+        let mut sample = policy::MemSample {
+            detailed: full,
+            ..Default::default()
+        };
+        if !full {
+            sample.total.rss = rss;
+            sample.processes = pids.len();
+        } else {
+            for pid in pids {
+                let Ok(m) = memory::read_proc_mem(&proc_root, pid) else {
+                    continue;
+                };
+                sample.total += m;
+                sample.processes += 1;
+                let pid = pid as i32;
+                if pid != p.pid.as_raw()
+                    && sample.largest_child.is_none_or(|(_, c)| {
+                        policy::proc_metric(&m, pol.metric) > policy::proc_metric(&c, pol.metric)
+                    })
+                {
+                    sample.largest_child = Some((pid, m));
+                }
             }
         }
         if sample.processes == 0 {

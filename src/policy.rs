@@ -111,6 +111,8 @@ pub struct MemSample {
     pub cgroup: Option<u64>,
     pub processes: usize,
     pub largest_child: Option<(i32, ProcMem)>,
+    /// Whether PSS/USS/shared were read (else only RSS, from statm).
+    pub detailed: bool,
 }
 
 impl MemSample {
@@ -1063,6 +1065,7 @@ mod tests {
             cgroup: Some(uss + shared),
             processes,
             largest_child: None,
+            detailed: true,
         }
     }
 
