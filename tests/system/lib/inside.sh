@@ -187,13 +187,16 @@ load_start() {
   rm -f "$(load_out "$name")"
   systemd-run --quiet --unit="$unit" --collect --service-type=exec \
     "$0" load-run "$name" "$mode" "$url" "$conns" "$threads" || return 1
+  # wrk buffers its output until it ends: it runs once it has connections to the address
   end=$((SECONDS + 10))
-  until [ -s "$(load_out "$name")" ]; do  # wrk's first line: "Running ... test @ URL"
+  until [ "$(ss -Htnp state established "dst $(load_hostport "$url")" 2>/dev/null | grep -c '"wrk"')" -ge 1 ]; do
     systemctl -q is-active "$unit" || { echo "$unit ended at once:"; cat "$(load_out "$name")"; return 1; }
-    [ "$SECONDS" -lt "$end" ] || { echo "$unit wrote nothing in 10 s"; return 1; }
+    [ "$SECONDS" -lt "$end" ] || { echo "$unit has no connection to $url after 10 s"; return 1; }
     sleep 0.05
   done
 }
+
+load_hostport() { local u=${1#*://}; echo "${u%%/*}"; }
 
 load_run() {  # the unit's command: wrk until SIGINT (an hour at most), its output to the file
   local name=$1 mode=$2 url=$3 conns=$4 threads=$5 args

@@ -1,0 +1,19 @@
+#!/bin/bash
+# t_zero_gunicorn: gunicorn (2 sync workers per kechi worker, the sockets through LISTEN_FDS and
+# LISTEN_PID) under load through kechictl recycle --all, systemctl reload, age recycling,
+# systemctl restart and kill -9 of kechid: 0 failed requests, and after each exactly `workers`
+# workers (lib/zero.sh).
+. "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+# shellcheck source=tests/system/lib/zero.sh
+. "$KT_ROOT/tests/system/lib/zero.sh"
+
+scenario t_zero_gunicorn "gunicorn via LISTEN_FDS: no failed request through recycle, reload, age, restart, kill -9"
+[ -x /usr/bin/gunicorn ] || skip "no gunicorn (Debian package gunicorn)"
+command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
+# no --bind: gunicorn takes the inherited sockets when LISTEN_PID is its own pid
+ZD_COMMAND='["/usr/bin/gunicorn", "--workers", "2", "hello_wsgi:app"]'
+ZD_PROCS=3   # gunicorn's arbiter and its 2 workers
+tgt_up zgunicorn
+kechi_install
+zd_main
+finish
