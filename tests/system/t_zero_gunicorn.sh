@@ -13,6 +13,18 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 # no --bind: gunicorn takes the inherited sockets when LISTEN_PID is its own pid
 ZD_COMMAND='["/usr/bin/gunicorn", "--workers", "2", "hello_wsgi:app"]'
 ZD_PROCS=3   # gunicorn's arbiter and its 2 workers
+# gunicorn 20.1 (Debian 12) takes LISTEN_FDS only when LISTEN_PID is its own pid, then unsets
+# both so that its workers do not see them, and never unlinks an inherited Unix socket on exit.
+zd_after_start() {
+  local line
+  line=$(tgt_run journalctl -b --no-pager -o cat | grep -m1 'Listening at: ')
+  info "gunicorn: $line"
+  case "$line" in
+    *"unix:/run/kechi/$KT_APP.sock"*"http://$KT_LISTEN"*|*"http://$KT_LISTEN"*"unix:/run/kechi/$KT_APP.sock"*)
+      ok "gunicorn listens on both inherited sockets (LISTEN_FDS), not on its default 127.0.0.1:8000" ;;
+    *) bad "gunicorn's 'Listening at:' line does not name both sockets of kechi@$KT_APP.socket" ;;
+  esac
+}
 tgt_up zgunicorn
 kechi_install
 zd_main

@@ -17,6 +17,7 @@
 #   ZD_PROCS     processes per worker once it runs (its master and children)
 #   ZD_WORKERS   workers (default 2)
 #   ZD_READY     ready.mode (default accept; KT_READY_MODE overrides, e.g. delay)
+# and may define zd_after_start, called once the app runs (before any step).
 # shellcheck disable=SC2034  # (ZD_* are set by the scenarios)
 
 ZD_WORKERS=${ZD_WORKERS:-2}
@@ -116,8 +117,13 @@ zd_start() {
   else  # perl's $0 = "..." writes over the environment block that /proc/PID/environ shows
     info "worker $pid: its /proc/PID/environ was overwritten by the app (perl sets \$0)"
   fi
-  expect_eq "GET http://$KT_LISTEN/" "$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$KT_LISTEN/")" 200
-  expect_eq "GET on /run/kechi/$KT_APP.sock" \
+  zd_get_both "start"
+  if declare -F zd_after_start > /dev/null; then zd_after_start; fi
+}
+
+zd_get_both() {  # zd_get_both STEP: both sockets of kechi@demo.socket answer
+  expect_eq "$1: GET http://$KT_LISTEN/" "$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$KT_LISTEN/")" 200
+  expect_eq "$1: GET on /run/kechi/$KT_APP.sock" \
     "$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 10 --unix-socket "/run/kechi/$KT_APP.sock" http://localhost/)" 200
 }
 
@@ -262,6 +268,7 @@ zd_main() {
   zd_step_age
   zd_step_restart
   zd_step_kill
+  zd_get_both "after every step"
   zd_stop
   load_summary
 }
