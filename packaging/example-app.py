@@ -1,8 +1,9 @@
-#!/usr/bin/python3
 """kechi's example app: a plain HTTP server that answers every GET with
 "hello from worker N" (N = $KECHI_WORKER).
 
-Installed as /usr/share/kechi/example-app.py and run by /etc/kechi/example.toml.sample.
+Installed as /usr/share/kechi/example-app.py and run by /etc/kechi/example.toml.sample as
+`python3 /usr/share/kechi/example-app.py [HOST:PORT]` (no #! line: the packages suggest
+python3 but do not require it).
 It needs nothing but python3, and shows what an app has to do to work well under kechi:
 
   * serve on the listening socket it is given (systemd protocol: LISTEN_FDS and
