@@ -6,12 +6,12 @@ Installed as /usr/share/kechi/example-app.py and run by /etc/kechi/example.toml.
 python3 but do not require it).
 It needs nothing but python3, and shows what an app has to do to work well under kechi:
 
-  * serve on the listening socket it is given (systemd protocol: LISTEN_FDS and
-    LISTEN_PID, the first socket is fd 3), so that the socket outlives the worker and
-    no connection is refused while workers are replaced; without one it binds
+  * serve on the listening sockets it is given (systemd protocol: LISTEN_FDS and
+    LISTEN_PID, the sockets are fds 3 and up), so that they outlive the worker and no
+    connection is refused while workers are replaced; without any it binds
     127.0.0.1:8080 itself (or the HOST:PORT given as its only argument);
-  * share that socket with the other workers: it is switched to non-blocking so that a
-    worker that loses the race for a connection goes back to waiting instead of
+  * share those sockets with the other workers: they are switched to non-blocking so
+    that a worker that loses the race for a connection goes back to waiting instead of
     hanging in accept();
   * say READY=1 on $NOTIFY_SOCKET once it serves (kechi's ready.mode = "notify");
   * on SIGTERM stop accepting, finish the requests in flight, and exit 0.
@@ -34,27 +34,37 @@ def log(msg):
           file=sys.stderr, flush=True)
 
 
-def inherited_socket():
-    """The first socket passed by the systemd protocol, or None."""
+def inherited_sockets():
+    """The sockets passed by the systemd protocol (fds 3 .. 3+LISTEN_FDS-1), or []."""
     try:
         fds = int(os.environ.get("LISTEN_FDS", ""))
         pid = int(os.environ.get("LISTEN_PID", ""))
     except ValueError:
-        return None
+        return []
     if fds < 1 or pid != os.getpid():
-        return None
+        return []
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     # Not for our children (a CGI script, a subprocess): the fds are ours alone.
     for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
-    try:
-        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    except OSError as e:
-        log("LISTEN_FDS={} but fd 3 is no socket: {}".format(fds, e))
+    socks = []
+    for i in range(fds):
+        fd = SD_LISTEN_FDS_START + i
+        name = names[i] if i < len(names) else str(fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            log("fd {} ({}) is no socket: {}".format(fd, name, e))
+            continue
+        if sock.type != socket.SOCK_STREAM:
+            log("fd {} ({}) is not a stream socket: not served".format(fd, name))
+            sock.detach()
+            continue
+        socks.append(sock)
+    if not socks:
+        log("LISTEN_FDS={} but no stream socket among them".format(fds))
         sys.exit(1)
-    if sock.type != socket.SOCK_STREAM:
-        log("fd 3 is not a stream socket")
-        sys.exit(1)
-    return sock
+    return socks
 
 
 def own_socket(host, port):
@@ -135,28 +145,38 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 def main():
     if len(sys.argv) > 2:
         raise SystemExit("usage: example-app.py [HOST:PORT]")
-    sock = inherited_socket()
-    if sock is None:
+    socks = inherited_sockets()
+    if not socks:
         addr = parse_address(sys.argv[1]) if len(sys.argv) == 2 else FALLBACK
-        sock = own_socket(*addr)
+        socks = [own_socket(*addr)]
         log("no socket passed (LISTEN_FDS); listening on {}:{}".format(*addr))
-    # Every worker waits on the same socket and all of them wake up for a connection;
-    # those that lose the race must get EAGAIN, not block in accept().
-    sock.setblocking(False)
-    server = Server(sock)
+    servers = []
+    for sock in socks:
+        # Every worker waits on the same socket and all of them wake up for a connection;
+        # those that lose the race must get EAGAIN, not block in accept().
+        sock.setblocking(False)
+        servers.append(Server(sock))
 
-    def stop(_signum, _frame):
-        # shutdown() waits for serve_forever() to return: call it from another thread;
-        # the loop ends between two connections, never in the middle of one
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    notify("READY=1\nSTATUS=serving")
-    server.serve_forever(poll_interval=0.5)
+    # one thread per socket (a unit may pass several: a Unix socket and TCP ports)
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.5})
+               for s in servers]
+    for t in threads:
+        t.start()
+    notify("READY=1\nSTATUS=serving on {} socket(s)".format(len(servers)))
+    while not stopping.wait(1):
+        pass
     notify("STOPPING=1")
-    # close only this process's copy of the socket: the other workers and kechid keep it open
-    server.server_close()
+    for s in servers:
+        # the loops end between two connections, never in the middle of one
+        s.shutdown()
+    for s in servers:
+        # waits for the requests in flight; closes only this process's copy of the socket:
+        # the other workers and kechid keep it open
+        s.server_close()
     return 0
 
 

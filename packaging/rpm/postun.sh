@@ -11,6 +11,11 @@ if [ "$1" -eq 0 ]; then
     if [ -d /run/kechi ] && ! grep -q ' /run/kechi/' /proc/self/mountinfo 2>/dev/null; then
         rm -rf /run/kechi
     fi
+    # man-db's formatted copies of the man pages (made by `man` as root), stale now
+    if [ -d /var/cache/man ]; then
+        find /var/cache/man -type f \( -name 'kechid.8*' -o -name 'kechictl.1*' -o -name 'kechi.toml.5*' \) \
+            -exec rm -f {} + 2>/dev/null || true
+    fi
     rm -f /var/lib/prometheus/node-exporter/kechi-*.prom
     # links made by `systemctl enable kechi@APP.socket` and the like, dangling now
     if [ -d /etc/systemd/system ]; then

@@ -1,0 +1,231 @@
+#!/bin/bash
+# t_package: the built .deb in a real systemd, the way an operator uses it: dpkg -i starts nothing;
+# the example app answers on its socket, started on demand; a drop-in with KECHI_* variables and
+# `systemctl reload` change the workers; a socket drop-in adds TCP; reinstalling the package
+# restarts kechid under load with no failed request (the workers are adopted); man pages, --help
+# and completions are there; dpkg -r stops everything; dpkg --purge leaves only the admin's files.
+# Also lintian on the .deb, and the .rpm's file list, scriptlets and an install into a throwaway
+# root (on this host, when rpm is installed).
+#
+# The packages: $KECHI_DEB / $KECHI_RPM, else the newest in ${CARGO_TARGET_DIR:-target}/packages,
+# else built now with packaging/build.sh (a release build; minutes the first time).
+# shellcheck source=tests/system/lib/scenario.sh
+. "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+
+scenario t_package "the .deb and .rpm: install, socket activation, drop-ins, upgrade under load, remove, purge"
+command -v dpkg > /dev/null || skip "no dpkg here"
+command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
+
+# ---- the packages ------------------------------------------------------------------------------
+pkgdir=${CARGO_TARGET_DIR:-$KT_ROOT/target}/packages
+newest() { find "$pkgdir" -maxdepth 1 -name "$1" -printf '%T@ %p\n' 2> /dev/null | sort -n | tail -1 | cut -d' ' -f2-; }
+DEB=${KECHI_DEB:-$(newest 'kechi_*.deb')}
+RPM=${KECHI_RPM:-$(newest 'kechi-*.rpm')}
+if [ -z "$DEB" ]; then
+  say "no .deb in $pkgdir: building the packages (packaging/build.sh)"
+  buildlog=$(mktemp)
+  out=$("$KT_ROOT/packaging/build.sh" 2> "$buildlog" || true)
+  DEB=$(printf '%s\n' "$out" | grep '\.deb$' | tail -1)
+  RPM=$(printf '%s\n' "$out" | grep '\.rpm$' | tail -1)
+  [ -n "$DEB" ] || { tail -n 20 "$buildlog" | sed 's/^/          | /'; abort "packaging/build.sh made no .deb"; }
+  rm -f "$buildlog"
+fi
+[ -f "$DEB" ] || abort "$DEB: no such file"
+say "package: $DEB"
+
+# ---- lintian (on this host) -------------------------------------------------------------------
+if command -v lintian > /dev/null; then
+  lint=$(lintian "$DEB" 2>&1 | grep -v '^running with root privileges')
+  printf '%s\n' "$lint" | grep . | sed 's/^/          | /'
+  if printf '%s\n' "$lint" | grep -q '^E: '; then bad "lintian: errors"; else ok "lintian: no errors"; fi
+else
+  info "lintian not installed here: not run (apt-get install lintian)"
+fi
+
+# ---- 1. install: nothing starts ----------------------------------------------------------------
+tgt_up pkg
+# Docker-style images carry a policy-rc.d that forbids every service action; the maintainer
+# scripts honour it (deb-systemd-invoke). A real installation has none.
+tgt_run rm -f /usr/sbin/policy-rc.d
+tgt_copy_in "$KT_ROOT/tests/system/lib/inside.sh" "$KT_INSIDE/kt" || abort "copying the inside helper in"
+tgt_copy_in "$DEB" /root/kechi.deb || abort "copying the .deb in"
+if out=$(tgt_run dpkg -i /root/kechi.deb 2>&1); then ok "dpkg -i"; else
+  printf '%s\n' "$out" | sed 's/^/          | /'; abort "dpkg -i failed"
+fi
+expect_eq "package state" "$(tgt_run dpkg-query -W -f '${Status}' kechi)" "install ok installed"
+for f in /usr/bin/kechid /usr/bin/kechictl /lib/systemd/system/kechi@.service /lib/systemd/system/kechi@.socket \
+  /lib/systemd/system/kechi.slice /etc/kechi/example.toml.sample /usr/share/kechi/example-app.py \
+  /usr/share/man/man8/kechid.8.gz /usr/share/man/man1/kechictl.1.gz /usr/share/man/man5/kechi.toml.5.gz \
+  /usr/share/bash-completion/completions/kechictl /usr/share/zsh/vendor-completions/_kechictl \
+  /usr/share/fish/vendor_completions.d/kechictl.fish; do
+  if tgt_run test -e "$f"; then ok "installed $f"; else bad "missing $f"; fi
+done
+# (kechi-test-box.target is the test machine's own)
+active=$(tgt_run systemctl list-units --plain --no-legend --state=active 'kechi*' | awk '$1 != "kechi-test-box.target" { print $1 }' | tr '\n' ' ')
+expect_eq "kechi units active after installing" "${active:-none}" none
+
+# ---- 2. the example app, started on demand through its socket ----------------------------------
+tgt_run cp /etc/kechi/example.toml.sample "/etc/kechi/$KT_APP.toml"
+if out=$(tgt_run kechictl check "$KT_APP" 2>&1); then ok "kechictl check $KT_APP: $out"; else
+  printf '%s\n' "$out" | sed 's/^/          | /'; abort "the example does not pass kechictl check"
+fi
+tgt_run systemctl enable --now "kechi@$KT_APP.socket" > /dev/null 2>&1 || abort "systemctl enable --now kechi@$KT_APP.socket"
+expect_eq "kechi@$KT_APP.socket" "$(unit_prop "kechi@$KT_APP.socket" ActiveState)" active
+expect_eq "kechi@$KT_APP.service before the first request" "$(unit_prop "kechi@$KT_APP.service" ActiveState)" inactive
+body=$(tgt_run curl -sS --max-time 60 --unix-socket "/run/kechi/$KT_APP.sock" http://localhost/ 2>&1)
+case "$body" in
+  "hello from worker "*) ok "first request on /run/kechi/$KT_APP.sock: $body" ;;
+  *) bad "first request on /run/kechi/$KT_APP.sock: '$body'" ;;
+esac
+expect_eq "kechi@$KT_APP.service after it" "$(unit_prop "kechi@$KT_APP.service" ActiveState)" active
+w=$(kt wait-workers "$KT_APP" 2 1 60) || bad "want 2 workers"
+show_workers "$w"
+info "STATUS=$(unit_prop "kechi@$KT_APP.service" StatusText)"
+
+# ---- 3. policy from a drop-in ------------------------------------------------------------------
+# 120M: the example's memory.high (112M) and recycle-above (96M) stay below it
+printf '[Service]\nEnvironment=KECHI_WORKERS=3 KECHI_MEMORY_MAX=120M\n' |
+  tgt_write "/etc/systemd/system/kechi@$KT_APP.service.d/policy.conf"
+tgt_run systemctl daemon-reload
+tgt_run systemctl reload "kechi@$KT_APP" || bad "systemctl reload kechi@$KT_APP"
+ready_3() {  # every worker replaced (serials above the old ones), 3 ready, each scope at 120M
+  tgt_run kechictl status "$KT_APP" --json 2> /dev/null | python3 -c '
+import json, sys
+st = json.load(sys.stdin)
+ws = [w for w in st["workers"] if w["state"] != "gone"]
+ok = len(ws) == 3 and all(w["state"] == "ready" and w["serial"] > int(sys.argv[1]) for w in ws)
+print(" ".join("{}:{}:{}".format(w["serial"], w["state"], w.get("scope")) for w in ws))
+sys.exit(0 if ok else 1)' "$1"
+}
+old_max=$(max_serial "$w")
+end=$((SECONDS + 240))
+until st=$(ready_3 "$old_max"); do
+  [ "$SECONDS" -lt "$end" ] || break
+  sleep 1
+done
+if ready_3 "$old_max" > /dev/null; then ok "kechictl status --json after the reload: $st"; else bad "after the reload: $st"; fi
+w=$(workers)
+show_workers "$w"
+while read -r _ unit _; do
+  [ -n "$unit" ] || continue
+  expect_eq "MemoryMax of $unit" "$(unit_prop "$unit" MemoryMax)" $((120 << 20))
+done <<< "$w"
+out=$(tgt_run kechictl config "$KT_APP" 2> /dev/null | awk '$1 == "workers" || $1 == "memory.max"')
+printf '%s\n' "$out" | sed 's/^/          | /'
+if printf '%s\n' "$out" | grep -q 'KECHI_MEMORY_MAX'; then ok "kechictl config names the variable"; else bad "kechictl config: memory.max not from KECHI_MEMORY_MAX"; fi
+
+# ---- 4. TCP from a socket drop-in --------------------------------------------------------------
+tgt_run systemctl stop "kechi@$KT_APP.socket" "kechi@$KT_APP.service"
+printf '[Socket]\nListenStream=%s\n' "$KT_LISTEN" | tgt_write "/etc/systemd/system/kechi@$KT_APP.socket.d/listen.conf"
+tgt_run systemctl daemon-reload
+tgt_run systemctl start "kechi@$KT_APP.socket" || bad "systemctl start kechi@$KT_APP.socket"
+body=$(tgt_run curl -sS --max-time 60 "http://$KT_LISTEN/" 2>&1)
+case "$body" in
+  "hello from worker "*) ok "request on $KT_LISTEN: $body" ;;
+  *) bad "request on $KT_LISTEN: '$body'" ;;
+esac
+w=$(kt wait-workers "$KT_APP" 3 1 60) || bad "want 3 workers"
+show_workers "$w"
+
+# ---- 5. upgrade (the same package again) under load --------------------------------------------
+before_main=$(unit_prop "kechi@$KT_APP.service" MainPID)
+before_pids=$(printf '%s\n' "$w" | awk '{ print $3 }' | sort | tr '\n' ' ')
+load_start upgrade keepalive
+sleep 2
+if out=$(tgt_run dpkg -i /root/kechi.deb 2>&1); then ok "dpkg -i again (upgrade)"; else
+  printf '%s\n' "$out" | sed 's/^/          | /'; bad "dpkg -i again failed"
+fi
+end=$((SECONDS + 60))
+while :; do
+  main=$(unit_prop "kechi@$KT_APP.service" MainPID)
+  state=$(unit_prop "kechi@$KT_APP.service" ActiveState)
+  [ "$state" = active ] && [ "$main" != 0 ] && [ "$main" != "$before_main" ] && break
+  [ "$SECONDS" -lt "$end" ] || break
+  sleep 0.5
+done
+sleep 3
+load_stop upgrade "reinstall of the package"
+expect_eq "kechi@$KT_APP.service after the upgrade" "$state" active
+if [ "$main" != "$before_main" ]; then ok "kechid restarted: pid $before_main -> $main"; else bad "kechid was not restarted (pid $main)"; fi
+w=$(workers)
+after_pids=$(printf '%s\n' "$w" | awk '{ print $3 }' | sort | tr '\n' ' ')
+expect_eq "worker pids (adopted, not restarted)" "$after_pids" "$before_pids"
+
+# ---- 6. man pages, --help, completions ---------------------------------------------------------
+for page in kechid kechictl kechi.toml; do
+  n=$(tgt_run env MANPAGER=cat MANWIDTH=80 man "$page" 2> /dev/null | grep -c .)
+  if [ "${n:-0}" -gt 20 ]; then ok "man $page ($n lines)"; else bad "man $page"; fi
+done
+if tgt_run kechictl --help | grep -q '^Commands:'; then ok "kechictl --help"; else bad "kechictl --help"; fi
+if tgt_run kechid --help | grep -q 'Exit codes'; then ok "kechid --help"; else bad "kechid --help"; fi
+# shellcheck disable=SC2016
+comp=$(tgt_run bash -c 'source /usr/share/bash-completion/completions/kechictl
+COMP_WORDS=(kechictl st); COMP_CWORD=1; _kechictl; echo "${COMPREPLY[*]}"
+COMP_WORDS=(kechictl status ""); COMP_CWORD=2; _kechictl; echo "${COMPREPLY[*]}"' 2>&1)
+expect_eq "bash completion of 'kechictl st', 'kechictl status '" "$(printf '%s' "$comp" | tr '\n' '|')" "status|$KT_APP"
+if command -v fish > /dev/null; then
+  expect_eq "fish completion of 'kechictl status '" \
+    "$(tgt_run fish -c 'complete -C"kechictl status "' 2>&1 | cut -f1 | tr '\n' ' ')" "$KT_APP "
+fi
+
+# ---- 7. dpkg -r: everything stops --------------------------------------------------------------
+if out=$(tgt_run dpkg -r kechi 2>&1); then ok "dpkg -r kechi"; else
+  printf '%s\n' "$out" | sed 's/^/          | /'; bad "dpkg -r failed"
+fi
+left=$(tgt_run systemctl list-units --all --plain --no-legend 'kechi*' | awk '$3 != "inactive" && $1 != "kechi-test-box.target" { print $1 "=" $3 }' | tr '\n' ' ')
+expect_eq "kechi units still running after dpkg -r" "${left:-none}" none
+expect_eq "processes of user nobody" "$(tgt_run pgrep -u nobody | grep -c .)" 0
+for f in /usr/bin/kechid /usr/bin/kechictl /lib/systemd/system/kechi@.service; do
+  if tgt_run test -e "$f"; then bad "$f still there after dpkg -r"; else ok "$f removed"; fi
+done
+if tgt_run test -e "/etc/kechi/$KT_APP.toml"; then ok "the admin's /etc/kechi/$KT_APP.toml kept"; else bad "/etc/kechi/$KT_APP.toml removed"; fi
+
+# ---- 8. dpkg --purge: nothing left but the admin's files ---------------------------------------
+if out=$(tgt_run dpkg --purge kechi 2>&1); then ok "dpkg --purge kechi"; else
+  printf '%s\n' "$out" | sed 's/^/          | /'; bad "dpkg --purge failed"
+fi
+# shellcheck disable=SC2016
+left=$(tgt_run sh -c 'find /etc /usr /lib /run /var -xdev -path "*kechi*" 2>/dev/null' |
+  grep -v -e "^$KT_INSIDE" -e '^/run/kt-load' -e '^/run/kechi-test' -e '^/etc/systemd/system/kechi-test-box' | sort)
+want=$(printf '%s\n' "/etc/kechi" "/etc/kechi/$KT_APP.toml" "/etc/systemd/system/kechi@$KT_APP.service.d" \
+  "/etc/systemd/system/kechi@$KT_APP.service.d/policy.conf" "/etc/systemd/system/kechi@$KT_APP.socket.d" \
+  "/etc/systemd/system/kechi@$KT_APP.socket.d/listen.conf" | sort)
+if [ "$left" = "$want" ]; then
+  ok "after purge only the admin's files are left: $(printf '%s' "$left" | tr '\n' ' ')"
+else
+  bad "after purge, unexpected files (+) or missing admin files (-):"
+  diff <(printf '%s\n' "$want") <(printf '%s\n' "$left") | grep '^[<>]' | sed 's/^</          -/; s/^>/          +/'
+fi
+
+# ---- the .rpm (on this host) -------------------------------------------------------------------
+if [ -z "$RPM" ] || [ ! -f "$RPM" ]; then
+  info "no .rpm next to the .deb: rpm checks not run"
+elif ! command -v rpm > /dev/null; then
+  info "rpm not installed here: rpm checks not run (apt-get install rpm)"
+else
+  say "package: $RPM"
+  files=$(rpm -qlp "$RPM" 2> /dev/null)
+  for f in /usr/bin/kechid /usr/bin/kechictl /usr/lib/systemd/system/kechi@.service \
+    /usr/lib/systemd/system/kechi@.socket /usr/lib/systemd/system/kechi.slice /etc/kechi/example.toml.sample \
+    /usr/share/man/man8/kechid.8.gz /usr/share/man/man1/kechictl.1.gz /usr/share/man/man5/kechi.toml.5.gz \
+    /usr/share/bash-completion/completions/kechictl /usr/share/zsh/site-functions/_kechictl \
+    /usr/share/fish/vendor_completions.d/kechictl.fish; do
+    if printf '%s\n' "$files" | grep -qx "$f"; then ok "rpm -qlp: $f"; else bad "rpm -qlp: no $f"; fi
+  done
+  req=$(rpm -qp --requires "$RPM" 2> /dev/null)
+  if printf '%s\n' "$req" | grep -qx jemalloc; then ok "rpm requires jemalloc"; else bad "rpm does not require jemalloc"; fi
+  scripts=$(rpm -qp --scripts "$RPM" 2> /dev/null)
+  if printf '%s\n' "$scripts" | grep -q "try-restart 'kechi@\*.service'"; then ok "rpm scriptlets: try-restart on upgrade"; else bad "rpm scriptlets: no try-restart"; fi
+  if printf '%s\n' "$scripts" | grep -v '^ *#' | grep -q "systemctl start\|systemctl enable"; then bad "rpm scriptlets start or enable something"; else ok "rpm scriptlets start nothing"; fi
+  root=$(mktemp -d)
+  # dependencies aside (the root is empty), scriptlets aside (no /bin/sh and no systemd in it)
+  if rpm --root "$root" --dbpath /var/lib/rpm --initdb &&
+     rpm --root "$root" --dbpath /var/lib/rpm -i --nodeps --noscripts "$RPM" 2> /dev/null; then
+    ok "rpm -i --root (--nodeps --noscripts): $(find "$root" -type f ! -path "$root/var/lib/rpm/*" | grep -c .) files"
+    if rpm --root "$root" --dbpath /var/lib/rpm -V --nodeps kechi; then ok "rpm -V in that root"; else bad "rpm -V in that root"; fi
+  else
+    bad "rpm -i --root failed"
+  fi
+  rm -rf "$root"
+fi
+finish
