@@ -351,8 +351,23 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
     }
     if !st.events.is_empty() {
         println!("recent:");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         for e in st.events.iter().rev().take(10) {
-            println!("  {e}");
+            // "UNIXTIME what" -> "12s ago  what"
+            match e
+                .split_once(' ')
+                .and_then(|(t, what)| Some((t.parse::<u64>().ok()?, what)))
+            {
+                Some((t, what)) => {
+                    let ago = kechi::quantity::format_duration(std::time::Duration::from_secs(
+                        now.saturating_sub(t),
+                    ));
+                    println!("  {ago:>8} ago  {what}");
+                }
+                None => println!("  {e}"),
+            }
         }
     }
     Ok(())
