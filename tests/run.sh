@@ -13,6 +13,7 @@
 #   --only NAME      only this scenario (t_NAME.sh, NAME may omit t_ and .sh); repeatable
 #   --jobs N         scenarios at once (default 2, KT_JOBS)
 #   --no-install     never call apt-get
+#   --no-packages    do not build the .deb/.rpm first (t_package then uses what is there, or skips)
 # Environment: KT_TEST_TIMEOUT (s per scenario, default 900), KT_LOGDIR (default
 # target/system-tests), KECHI_BIN_DIR (binaries to test, default target/debug).
 # System scenarios need root; as another user they are reported as SKIP.
@@ -20,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.." || exit 2
 ROOT=$PWD
 
-quick=0 system_only=0 install=1 jobs=${KT_JOBS:-2}
+quick=0 system_only=0 install=1 packages=1 jobs=${KT_JOBS:-2}
 only=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
     --only=*) only+=("${1#--only=}") ;;
     --jobs) [ $# -ge 2 ] || { echo "--jobs needs a number" >&2; exit 2; }; jobs=$2; shift ;;
     --no-install) install=0 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --no-packages) packages=0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -189,6 +191,10 @@ if [ "$system_only" = 0 ]; then
   cargo_steps || build_ok=0
 fi
 if [ "$quick" = 0 ]; then
+  if [ "$build_ok" = 1 ] && [ "$packages" = 1 ] && [ "$(id -u)" = 0 ]; then
+    # the .deb and .rpm for t_package (installs cargo-deb and cargo-generate-rpm when missing)
+    step "packages" bash packaging/build.sh || true
+  fi
   if [ "$build_ok" = 1 ]; then
     system_steps
   else
