@@ -81,7 +81,7 @@ tgt_cgprefix() { if [ "$KT_TIER" = v2 ]; then echo ""; else echo "/$(_box_cgname
 kt() { tgt_run "$KT_INSIDE/kt" "$@"; }
 
 # ---- kechi in the test machine -----------------------------------------------------------------
-kechi_bin_dir() { echo "${KECHI_BIN_DIR:-$KT_ROOT/target/debug}"; }
+kechi_bin_dir() { echo "${KECHI_BIN_DIR:-${CARGO_TARGET_DIR:-$KT_ROOT/target}/debug}"; }
 
 kechi_install() {
   local bin f
