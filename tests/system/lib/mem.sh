@@ -110,3 +110,16 @@ mem_wait_procs() {
     sleep 0.2
   done
 }
+
+# mem_sampler_start NAME: `kechictl status --json` every second, inside the test machine (unit
+# kt-mem-NAME, apps/mem_sampler.py), so that slow round trips from this host never thin the samples
+mem_sampler_start() {
+  tgt_run rm -f "/run/kt-mem-$1.jsonl"
+  tgt_run systemd-run --quiet --unit="kt-mem-$1" --collect --service-type=exec \
+    /usr/bin/python3 "$KT_INSIDE/mem_sampler.py" "$KT_APP" "/run/kt-mem-$1.jsonl" 1
+}
+# mem_sampler_stop NAME: stops it; prints its samples (JSON lines)
+mem_sampler_stop() {
+  tgt_run systemctl stop "kt-mem-$1" 2>/dev/null
+  tgt_run cat "/run/kt-mem-$1.jsonl"
+}
