@@ -20,7 +20,8 @@
 #   kt load-start NAME MODE URL CONNS THREADS   a load generator (wrk) as unit kt-load-NAME, until
 #                               load-stop; MODE keepalive or close (a new connection per request)
 #   kt load-stop NAME           stop it (SIGINT: wrk prints its totals); its output, then one line
-#                               "result: requests=N seconds=S connect=N read=N write=N timeout=N non2xx=N"
+#                               "result: requests=N time=T connect=N read=N write=N timeout=N non2xx=N"
+#                               (T as wrk prints it: 6.92s, 7.06m)
 #   kt envof PID VAR            a variable of a process's environment
 set -uo pipefail
 
@@ -220,10 +221,10 @@ load_stop() {
   done
   cat "$out"
   awk '
-    / requests in / { req = $1; sec = $4; sub(/s,?$/, "", sec) }
+    / requests in / { req = $1; sec = $4; sub(/,$/, "", sec) }
     /Socket errors:/ { gsub(/,/, ""); c = $4; r = $6; w = $8; t = $10 }
     /Non-2xx or 3xx responses:/ { n = $5 }
-    END { printf "result: requests=%d seconds=%s connect=%d read=%d write=%d timeout=%d non2xx=%d\n", req, sec, c, r, w, t, n }
+    END { printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d\n", req, sec, c, r, w, t, n }
   ' "$out"
 }
 

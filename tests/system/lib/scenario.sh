@@ -203,15 +203,15 @@ load_start() {
 # and LOAD_FAILED, and adds a row to the summary that load_summary prints.
 LOAD_ROWS=()
 load_stop() {
-  local name=$1 step=$2 out res requests seconds connect read write timeout non2xx
+  local name=$1 step=$2 out res requests time connect read write timeout non2xx
   out=$(kt load-stop "$name" 2>&1)
   printf '%s\n' "$out" | grep -v '^result: ' | sed 's/^/          | /'
   res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
-  requests=0 seconds=0 connect=0 read=0 write=0 timeout=0 non2xx=0
+  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0
   local kv
   for kv in $res; do
     case "$kv" in
-      requests=*|seconds=*|connect=*|read=*|write=*|timeout=*|non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
   done
   # shellcheck disable=SC2034  # read by the scenarios
@@ -220,11 +220,11 @@ load_stop() {
   LOAD_ROWS+=("$(printf '%-34s %-10s %9s %7s   connect %s, read %s, write %s, timeout %s, non-2xx %s' \
     "$step" "$name" "$requests" "$LOAD_FAILED" "$connect" "$read" "$write" "$timeout" "$non2xx")")
   if [ -z "$res" ] || [ "$requests" = 0 ]; then
-    bad "$step, load $name: no requests served (${seconds}s)"
+    bad "$step, load $name: no requests served ($time)"
   elif [ "$LOAD_FAILED" = 0 ]; then
-    ok "$step, load $name: served $requests in ${seconds}s, failed 0"
+    ok "$step, load $name: served $requests in $time, failed 0"
   else
-    bad "$step, load $name: served $requests in ${seconds}s, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx)"
+    bad "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx)"
   fi
 }
 

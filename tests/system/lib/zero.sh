@@ -17,11 +17,15 @@
 #   ZD_PROCS     processes per worker once it runs (its master and children)
 #   ZD_WORKERS   workers (default 2)
 #   ZD_READY     ready.mode (default accept; KT_READY_MODE overrides, e.g. delay)
+#   ZD_READY_TIMEOUT  ready.timeout (default 60s)
+#   ZD_WAIT      seconds to wait for every worker to be replaced after a recycle or reload (180)
 # and may define zd_after_start, called once the app runs (before any step).
 # shellcheck disable=SC2034  # (ZD_* are set by the scenarios)
 
 ZD_WORKERS=${ZD_WORKERS:-2}
 ZD_READY=${KT_READY_MODE:-${ZD_READY:-accept}}
+ZD_READY_TIMEOUT=${ZD_READY_TIMEOUT:-60s}
+ZD_WAIT=${ZD_WAIT:-180}
 ZD_SETTLE=3   # seconds of load kept after each step is over, to see late failures
 
 zd_config() {  # zd_config GENERATION [EXTRA_TOML_SECTIONS]
@@ -38,7 +42,7 @@ max = "256M"
 [ready]
 mode = "$ZD_READY"
 delay = "1s"
-timeout = "60s"
+timeout = "$ZD_READY_TIMEOUT"
 
 [stop]
 timeout = "60s"
@@ -90,10 +94,10 @@ zd_steady() {  # zd_steady STEP: exactly ZD_WORKERS workers, each whole, no left
 
 zd_wait_new() {  # zd_wait_new STEP ABOVE_SERIAL: every worker replaced; sets ZD_W
   local t0=$SECONDS
-  if ZD_W=$(kt wait-new "$KT_APP" "$ZD_WORKERS" $(($2 + 1)) 180); then
+  if ZD_W=$(kt wait-new "$KT_APP" "$ZD_WORKERS" $(($2 + 1)) "$ZD_WAIT"); then
     ok "$1: all $ZD_WORKERS workers replaced, serials above $2 ($((SECONDS - t0)) s)"
   else
-    bad "$1: not every worker replaced (serial above $2) within 180 s"
+    bad "$1: not every worker replaced (serial above $2) within $ZD_WAIT s"
   fi
   show_workers "$ZD_W"
 }
@@ -133,7 +137,7 @@ zd_step_recycle() {
   top=$(max_serial "$(workers)")
   zd_loads_start || return 0
   t0=$SECONDS
-  out=$(tgt_run timeout 300 kechictl recycle "$KT_APP" --all --wait --timeout 240s 2>&1); rc=$?
+  out=$(tgt_run timeout $((ZD_WAIT + 60)) kechictl recycle "$KT_APP" --all --wait --timeout "${ZD_WAIT}s" 2>&1); rc=$?
   if [ "$rc" = 0 ]; then
     ok "$step: kechictl recycle $KT_APP --all --wait returned after $((SECONDS - t0)) s"
   else
