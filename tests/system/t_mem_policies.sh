@@ -87,6 +87,11 @@ EOF
   expect_eq "part 1: app-budget recycles" "$n" 2
   expect_eq "part 1: first recycled (the largest, 120 MiB)" "$first" 3
   expect_eq "part 1: second recycled (the largest left, 80 MiB)" "$second" 2
+  if [ "$first" != 3 ] || [ "$second" != 2 ]; then
+    info "kechid's journal from the start, with times (readiness against the recycles):"
+    tgt_run journalctl --no-pager -o short-precise --after-cursor="$cursor" | grep -E ' kechid\[[0-9]+\]: ' \
+      | grep -E 'ready|recycl|stopping|started' | head -n 20 | cut -c 8-230 | sed 's/^/          | /'
+  fi
   local u1 u2
   u1=$(jfield "$(printf '%s\n' "$rec" | sed -n 1p)" USS)
   u2=$(jfield "$(printf '%s\n' "$rec" | sed -n 2p)" USS)
