@@ -1118,9 +1118,8 @@ impl<S: Systemd> Driver<S> {
             || pol.min_shared.is_some()
             || pol.child_signal.is_some()
             || pol.recycle_above.is_some_and(|t| rss > t)
-            || pol
-                .app_budget
-                .is_some_and(|b| self.mem_total.is_none_or(|t| t.max(rss) > b / 2));
+            // app-budget compares every worker by the metric: all need the full figures.
+            || pol.app_budget.is_some();
         let mut sample = policy::MemSample {
             detailed: full,
             ..Default::default()
