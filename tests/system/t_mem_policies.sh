@@ -87,11 +87,6 @@ EOF
   expect_eq "part 1: app-budget recycles" "$n" 2
   expect_eq "part 1: first recycled (the largest, 120 MiB)" "$first" 3
   expect_eq "part 1: second recycled (the largest left, 80 MiB)" "$second" 2
-  if [ "$first" != 3 ] || [ "$second" != 2 ]; then
-    info "kechid's journal from the start, with times (readiness against the recycles):"
-    tgt_run journalctl --no-pager -o short-precise --after-cursor="$cursor" | grep -E ' kechid\[[0-9]+\]: ' \
-      | grep -E 'ready|recycl|stopping|started' | head -n 20 | cut -c 8-230 | sed 's/^/          | /'
-  fi
   local u1 u2
   u1=$(jfield "$(printf '%s\n' "$rec" | sed -n 1p)" USS)
   u2=$(jfield "$(printf '%s\n' "$rec" | sed -n 2p)" USS)
@@ -99,6 +94,11 @@ EOF
     ok "part 1: USS of the recycled workers as logged: $(mib "$u1"), then $(mib "$u2")"
   else
     bad "part 1: USS fields of the recycle records: '${u1:-}' then '${u2:-}' (want the first above the second, both above 60 MiB)"
+  fi
+  if [ "$first" != 3 ] || [ "$second" != 2 ] || [ -z "$u1" ] || [ -z "$u2" ] || [ "$u1" -le "$u2" ]; then
+    info "kechid's journal from the start, with times (readiness against the recycles):"
+    tgt_run journalctl --no-pager -o short-precise --after-cursor="$cursor" | grep -E ' kechid\[[0-9]+\]: ' \
+      | grep -E 'ready|recycl|stopping|started' | head -n 20 | cut -c 8-230 | sed 's/^/          | /'
   fi
   other=$(printf '%s\n' "$log" | grep -vE '^REASON=app-budget ' | grep -E 'REASON=(memory|min-shared|oom-kill|crash)')
   [ -z "$other" ] || { bad "part 1: other records:"; printf '%s\n' "$other" | sed 's/^/          | /'; }
