@@ -16,6 +16,22 @@ use crate::control::{self, Reply, Request};
 /// Requests go to the driver with a channel for the reply.
 pub type Inbox = mpsc::UnboundedSender<(Request, oneshot::Sender<Reply>)>;
 
+/// Who besides root may ask: a group id, or none. Shared with the serving task so a reload
+/// that changes `control.group` takes effect for the next connection.
+pub type ControlGroup = std::sync::Arc<std::sync::Mutex<Option<u32>>>;
+
+/// Sets the socket's mode and group for `control_gid`: 0660 and that group, else 0600 (root).
+pub fn set_access(path: &Path, control_gid: Option<u32>) -> std::io::Result<()> {
+    let mode = if control_gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    nix::unistd::chown(
+        path,
+        None,
+        Some(control_gid.map_or_else(nix::unistd::Gid::effective, nix::unistd::Gid::from_raw)),
+    )?;
+    Ok(())
+}
+
 /// Binds the socket: mode 0660 with group `control_gid` if set, else 0600 (root only).
 pub fn bind(
     runtime_dir: &Path,
@@ -26,24 +42,24 @@ pub fn bind(
     let path = control::socket_path(runtime_dir, app.as_str());
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path)?;
-    let mode = if control_gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(g) = control_gid {
-        nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(g)))?;
-    }
+    set_access(&path, control_gid)?;
     Ok(l)
 }
 
 /// Accepts connections forever.
-pub async fn serve(listener: UnixListener, control_gid: Option<u32>, inbox: Inbox) {
+pub async fn serve(listener: UnixListener, control_gid: ControlGroup, inbox: Inbox) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
         let inbox = inbox.clone();
+        let control_gid = control_gid.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle(conn, control_gid, inbox))
-                .await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                handle(conn, control_gid.lock().map(|g| *g).unwrap_or(None), inbox),
+            )
+            .await;
         });
     }
 }

@@ -150,18 +150,14 @@ pub async fn run<S: Systemd>(
     }
     let (exit_tx, exit_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let control_gid = loaded
-        .config
-        .control
-        .group
-        .as_deref()
-        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-        .map(|g| g.gid.as_raw());
+    let control_gid = group_id(&loaded.config);
+    let control_group: crate::control_server::ControlGroup =
+        std::sync::Arc::new(std::sync::Mutex::new(control_gid));
     match crate::control_server::bind(&opts.runtime_dir, &opts.app, control_gid) {
         Ok(listener) => {
             tokio::spawn(crate::control_server::serve(
                 listener,
-                control_gid,
+                control_group.clone(),
                 control_tx,
             ));
         }
@@ -197,6 +193,7 @@ pub async fn run<S: Systemd>(
         last_event: None,
         history: std::collections::VecDeque::new(),
         control_rx,
+        control_group,
         mem_total: None,
         slice_oom_kills: None,
         global_oom_kills: read_vmstat_oom_kills(),
@@ -235,6 +232,8 @@ struct Driver<S: Systemd> {
     last_event: Option<(Instant, String)>,
     /// The last restarts and recycles, `UNIXTIME what`, oldest first.
     history: std::collections::VecDeque<String>,
+    /// Who may use the control socket besides root (follows reloads).
+    control_group: crate::control_server::ControlGroup,
     /// Requests from kechictl, each with where to send the reply.
     control_rx: mpsc::UnboundedReceiver<(
         control::Request,
@@ -1385,6 +1384,14 @@ impl<S: Systemd> Driver<S> {
                     );
                     self.loaded = loaded;
                     self.state.generation += 1;
+                    let gid = group_id(&self.loaded.config);
+                    if let Ok(mut g) = self.control_group.lock() {
+                        *g = gid;
+                    }
+                    let path = control::socket_path(&self.opts.runtime_dir, self.opts.app.as_str());
+                    if let Err(e) = crate::control_server::set_access(&path, gid) {
+                        tracing::warn!(APP = %self.opts.app, "control socket access for control.group: {e}");
+                    }
                 }
                 Err(e) => {
                     tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}")
@@ -1457,6 +1464,15 @@ fn read_vmstat_oom_kills() -> Option<u64> {
 fn tmpdir_used(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some((st.blocks() - st.blocks_free()) * st.fragment_size())
+}
+
+/// The gid of `control.group`, if set and known.
+fn group_id(c: &Config) -> Option<u32> {
+    c.control
+        .group
+        .as_deref()
+        .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        .map(|g| g.gid.as_raw())
 }
 
 fn limit(l: Limit) -> Option<u64> {
