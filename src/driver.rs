@@ -194,6 +194,8 @@ pub async fn run<S: Systemd>(
         history: std::collections::VecDeque::new(),
         control_rx,
         control_group,
+        samples: 0,
+        last_detailed: HashMap::new(),
         mem_total: None,
         slice_oom_kills: None,
         global_oom_kills: read_vmstat_oom_kills(),
@@ -232,6 +234,10 @@ struct Driver<S: Systemd> {
     last_event: Option<(Instant, String)>,
     /// The last restarts and recycles, `UNIXTIME what`, oldest first.
     history: std::collections::VecDeque<String>,
+    /// Memory samples taken so far.
+    samples: u64,
+    /// Each worker's last sample with full figures (PSS, USS, shared), for status and metrics.
+    last_detailed: HashMap<u64, policy::MemSample>,
     /// Who may use the control socket besides root (follows reloads).
     control_group: crate::control_server::ControlGroup,
     /// Requests from kechictl, each with where to send the reply.
@@ -1073,7 +1079,8 @@ impl<S: Systemd> Driver<S> {
             {
                 self.check_jemalloc(serial);
             }
-            let Some(sample) = self.sample_worker(serial, false) else {
+            // Every sixth sample reads the full figures anyway, so status and metrics stay fresh.
+            let Some(sample) = self.sample_worker(serial, self.samples % 6 == 0) else {
                 continue;
             };
             let used = sample.cgroup.unwrap_or(sample.total.pss);
@@ -1089,10 +1096,15 @@ impl<S: Systemd> Driver<S> {
                 tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = p.pid.as_raw(), REASON = "oom-kill", PSS = sample.total.pss, "worker uses {} (PSS) over memory.max {}: killed by kechid's monitor", crate::quantity::Bytes(sample.total.pss).human(), max);
                 let _ = killpg(p.pid, NixSignal::SIGKILL);
             }
+            if sample.detailed {
+                self.last_detailed.insert(serial, sample.clone());
+            }
             if let Some(w) = self.state.workers.get_mut(&serial) {
                 w.mem = Some(sample);
             }
         }
+        self.samples += 1;
+        self.last_detailed.retain(|s, _| self.procs.contains_key(s));
         self.mem_total = any.then_some(total);
         self.write_metrics();
     }
