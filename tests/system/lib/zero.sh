@@ -132,20 +132,23 @@ zd_get_both() {  # zd_get_both STEP: both sockets of kechi@demo.socket answer
 }
 
 zd_step_recycle() {
-  local step="1 kechictl recycle --all" top out rc t0
+  local step="1 kechictl recycle --all" top out rc t0 cursor
   say "step $step, under load"
   top=$(max_serial "$(workers)")
   zd_loads_start || return 0
+  cursor=$(journal_cursor)
   t0=$SECONDS
   out=$(tgt_run timeout $((ZD_WAIT + 60)) kechictl recycle "$KT_APP" --all --wait --timeout "${ZD_WAIT}s" 2>&1); rc=$?
+  printf '%s\n' "$out" | sed 's/^/          | /'
   if [ "$rc" = 0 ]; then
     ok "$step: kechictl recycle $KT_APP --all --wait returned after $((SECONDS - t0)) s"
+    zd_wait_new "$step" "$top"
   else
     bad "$step: kechictl recycle $KT_APP --all --wait: exit status $rc after $((SECONDS - t0)) s"
+    ZD_WAIT=10 zd_wait_new "$step" "$top"  # (kechictl has waited already)
   fi
-  printf '%s\n' "$out" | sed 's/^/          | /'
-  zd_wait_new "$step" "$top"
   zd_loads_stop "$step"
+  journal_unit_after "$cursor" "kechi@$KT_APP.service" fields | head -n 16 | sed 's/^/          | /'
   zd_steady "$step"
 }
 
