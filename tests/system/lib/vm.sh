@@ -34,11 +34,19 @@ vm_up() {  # vm_up NAME: 0 when up; otherwise prints SKIPPED (...) and returns 7
   fi
   _VM_MINE+=("$name")
   _box_install_trap
-  if ! out=$(VMBOX_BOOT_TIMEOUT=${KT_VM_BOOT_TIMEOUT:-180} bash "$tool" up "$name" 2>&1); then
-    vm_skip "boot failed: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')"
-    vm_down "$name"
-    return 77
-  fi
+  # one retry: a boot can die when other VMs are set up or taken down at the same moment
+  local try
+  for try in 1 2; do
+    out=$(VMBOX_BOOT_TIMEOUT=${KT_VM_BOOT_TIMEOUT:-180} bash "$tool" up "$name" 2>&1) && break
+    bash "$tool" down "$name" > /dev/null 2>&1 || true
+    if [ "$try" = 2 ]; then
+      vm_skip "boot failed twice: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')"
+      vm_down "$name"
+      return 77
+    fi
+    echo "vm: boot of $name failed ($(printf '%s\n' "$out" | tail -n 1)); trying once more" >&2
+    sleep 2
+  done
   printf '%s\n' "$out" | tail -n 1 >&2
   return 0
 }
