@@ -13,7 +13,8 @@
 #   kt oomwatch UNIT PID SECS   watch the scope while PID lives: counters, peak, how it ended
 #   kt wait-workers APP N MIN_SERIAL SECS   until N active scopes, one with serial >= MIN_SERIAL
 #   kt wait-gone PID SECS       until PID has exited
-#   kt wait-new APP N MIN_SERIAL SECS   until exactly N active scopes, every one with serial >= MIN_SERIAL
+#   kt wait-new APP N MIN_SERIAL SECS   until exactly N active scopes (N+: at least N), every one
+#                               with serial >= MIN_SERIAL
 #   kt steady APP N PROCS USER SECS     until exactly N kechi-APP-* scopes (in any state, so none
 #                               left over), all active, each with PROCS processes ("-": any), and
 #                               USER running N*PROCS processes in all (no second set); prints why not
@@ -136,11 +137,12 @@ wait_gone() {
 }
 
 wait_new() {
-  local app=$1 n=$2 min=$3 secs=$4 end lines
+  local app=$1 n=$2 min=$3 secs=$4 end lines c
   end=$((SECONDS + secs))
   while :; do
     lines=$(workers "$app")
-    if [ "$(printf '%s\n' "$lines" | grep -c .)" = "$n" ] && ! printf '%s\n' "$lines" | grep -q ' -$' &&
+    c=$(printf '%s\n' "$lines" | grep -c .)
+    if { [ "$c" = "$n" ] || { [ "${n%+}" != "$n" ] && [ "$c" -ge "${n%+}" ]; }; } && ! printf '%s\n' "$lines" | grep -q ' -$' &&
        printf '%s\n' "$lines" | awk -v m="$min" '$1 < m { old = 1 } END { exit old }'; then
       printf '%s\n' "$lines"; return 0
     fi
