@@ -12,6 +12,7 @@ scenario t_mem_shared "copy-on-write sharing of a preforking app: USS far below 
 perl -MPlack::Handler::Starlet -e 1 2> /dev/null || skip "no Starlet (Debian package starlet)"
 tgt_up memshared
 kechi_install
+mem_ready_init
 WORKERS=2
 PROCS=5  # Starlet's master and its 4 children
 kechi_config <<EOF
@@ -23,9 +24,7 @@ workers = $WORKERS
 [memory]
 max = "512M"
 
-[ready]
-mode = "accept"
-timeout = "60s"
+$MEM_READY
 EOF
 kechi_start || abort "kechi@demo did not start"
 if why=$(kt steady "$KT_APP" "$WORKERS" "$PROCS" "$KT_USER" 60); then
@@ -135,16 +134,35 @@ fi
 say "kechictl status $KT_APP (the table)"
 tgt_run kechictl status "$KT_APP" 2>&1 | sed 's/^/          | /'
 
-# the OpenMetrics textfile, rewritten at every memory check: the same per-worker figures
-prom=$(tgt_sh "cat /var/lib/prometheus/node-exporter/kechi-$KT_APP.prom 2>/dev/null || cat /run/kechi/kechi-$KT_APP.prom 2>/dev/null")
+# the OpenMetrics textfile, rewritten at every memory check: the same per-worker figures once a
+# check has seen the workers loaded (within a minute: full figures may be read every few checks)
+say "kechi-$KT_APP.prom (the node exporter's textfile), until its figures match kechictl status"
+want=$(mem_field "$MEM_STATUS" "' '.join('{}={}'.format(w['serial'], w['memory']['rss']) for w in s['workers'])")
+t0=$SECONDS verdict=""
+while :; do
+  prom=$(tgt_sh "cat /var/lib/prometheus/node-exporter/kechi-$KT_APP.prom 2>/dev/null || cat /run/kechi/kechi-$KT_APP.prom 2>/dev/null")
+  verdict=$(printf '%s\n' "$prom" | python3 -c '
+import re, sys
+want = dict(kv.split("=") for kv in sys.argv[1].split())
+got = {}
+for line in sys.stdin:
+    m = re.match(r"kechi_worker_(rss|uss)_bytes\{app=\"[^\"]*\",worker=\"(\d+)\"\} (\d+)", line)
+    if m:
+        got.setdefault(m.group(2), {})[m.group(1)] = int(m.group(3))
+off = [w for w, r in want.items() if not ("uss" in got.get(w, {}) and got.get(w, {}).get("rss", 0) * 2 >= int(r))]
+print("ok" if not off else "workers " + " ".join(off) + ": " + "; ".join(
+    "{} rss {} uss {}".format(w, got.get(w, {}).get("rss"), got.get(w, {}).get("uss")) for w in off))
+' "$want")
+  [ "$verdict" = ok ] && break
+  [ $((SECONDS - t0)) -lt 60 ] || break
+  sleep 1
+done
 series=$(printf '%s\n' "$prom" | grep -E '^kechi_worker_(rss|pss|uss|shared|cgroup)_bytes\{')
-if [ -z "$prom" ]; then
-  bad "no kechi-$KT_APP.prom in /run/kechi or /var/lib/prometheus/node-exporter"
-elif [ "$(printf '%s\n' "$series" | grep -c '^kechi_worker_uss_bytes{')" = "$WORKERS" ]; then
-  ok "kechi-$KT_APP.prom has the memory series of the $WORKERS workers"
+if [ "$verdict" = ok ]; then
+  ok "kechi-$KT_APP.prom has each worker's RSS (at least half of kechictl status's) and USS, after $((SECONDS - t0)) s"
   printf '%s\n' "$series" | sed 's/^/          | /'
 else
-  bad "kechi-$KT_APP.prom: $(printf '%s\n' "$series" | grep -c '^kechi_worker_uss_bytes{') kechi_worker_uss_bytes series for $WORKERS workers; its samples:"
+  bad "kechi-$KT_APP.prom after $((SECONDS - t0)) s: $verdict (kechictl status RSS: $want); its samples:"
   printf '%s\n' "$prom" | grep -v '^#' | sed 's/^/          | /'
 fi
 finish

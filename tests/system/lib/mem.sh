@@ -123,3 +123,20 @@ mem_sampler_stop() {
   tgt_run systemctl stop "kt-mem-$1" 2>/dev/null
   tgt_run cat "/run/kt-mem-$1.jsonl"
 }
+
+# mem_ready_init: sets MEM_READY, the [ready] section for Starlet apps. accept (kechid sees the
+# children waiting in accept) needs /proc/PID/task/TID/syscall, which some kernels lack (User-mode
+# Linux, a backend of the v2 VM): there, delay (8s), and it says so. KT_READY_MODE overrides.
+MEM_READY=""
+mem_ready_init() {
+  local mode=${KT_READY_MODE:-}
+  if [ -z "$mode" ]; then
+    if tgt_run test -e /proc/self/syscall; then
+      mode=accept
+    else
+      mode=delay
+      info "no /proc/PID/syscall in the test machine (kechid cannot see a worker waiting in accept): ready.mode = \"delay\""
+    fi
+  fi
+  MEM_READY=$(printf '[ready]\nmode = "%s"\ndelay = "8s"\ntimeout = "120s"' "$mode")
+}
