@@ -1435,6 +1435,12 @@ fn effective(mut p: Policy, listeners: &[Listener], app: &AppName) -> Policy {
         tracing::warn!(APP = %app, "ready.mode = \"accept\" without a listening socket (no kechi@{app}.socket, no listen = [...]): a worker counts as ready after ready.delay ({})", crate::quantity::format_duration(p.ready_delay));
         p.ready_mode = crate::config::ReadyMode::Delay;
     }
+    // Kernels built without it (e.g. User-mode Linux) have no /proc/PID/syscall to watch.
+    if p.ready_mode == crate::config::ReadyMode::Accept && !Path::new("/proc/self/syscall").exists()
+    {
+        tracing::warn!(APP = %app, "ready.mode = \"accept\" needs /proc/PID/syscall, which this kernel lacks: a worker counts as ready after ready.delay ({})", crate::quantity::format_duration(p.ready_delay));
+        p.ready_mode = crate::config::ReadyMode::Delay;
+    }
     p
 }
 
