@@ -124,19 +124,14 @@ mem_sampler_stop() {
   tgt_run cat "/run/kt-mem-$1.jsonl"
 }
 
-# mem_ready_init: sets MEM_READY, the [ready] section for Starlet apps. accept (kechid sees the
-# children waiting in accept) needs /proc/PID/task/TID/syscall, which some kernels lack (User-mode
-# Linux, a backend of the v2 VM): there, delay (8s), and it says so. KT_READY_MODE overrides.
+# mem_ready_init: sets MEM_READY, the [ready] section for Starlet apps: accept (kechid sees the
+# children waiting in accept), with a delay of 8s for kernels without /proc/PID/syscall (User-mode
+# Linux, a backend of the v2 VM), where kechid falls back to it. KT_READY_MODE overrides the mode.
 MEM_READY=""
 mem_ready_init() {
-  local mode=${KT_READY_MODE:-}
-  if [ -z "$mode" ]; then
-    if tgt_run test -e /proc/self/syscall; then
-      mode=accept
-    else
-      mode=delay
-      info "no /proc/PID/syscall in the test machine (kechid cannot see a worker waiting in accept): ready.mode = \"delay\""
-    fi
+  local mode=${KT_READY_MODE:-accept}
+  if [ "$mode" = accept ] && ! tgt_run test -e /proc/self/syscall; then
+    info "no /proc/PID/syscall in the test machine: kechid cannot see a worker waiting in accept, and should fall back to ready.delay (8s)"
   fi
   MEM_READY=$(printf '[ready]\nmode = "%s"\ndelay = "8s"\ntimeout = "120s"' "$mode")
 }
