@@ -15,6 +15,12 @@
 //! inode (`socket:[INODE]` links under `/proc/PID/fd`), so a worker that dup()s them is still
 //! seen. Prefork servers (Starlet, gunicorn sync, uWSGI) block in accept or poll/select; event
 //! loops (puma, uvicorn, node) in epoll. A worker that is busy loading is in none of these.
+//!
+//! A worker can also be too busy to be caught waiting: under keep-alive load every process of
+//! a new prefork worker takes a queued connection the moment it first calls accept and keeps
+//! it. Such a worker is plainly taking connections, so [`serving_on`] counts it ready too: one
+//! of its processes holds a connection *accepted* from a listening socket, recognised in the
+//! process's `/proc/PID/net/{tcp,tcp6,unix}` by the listener's local port or socket path.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -191,6 +197,122 @@ fn process_waits(proc_root: &Path, pid: u32, inodes: &HashSet<u64>) -> bool {
     false
 }
 
+/// A socket's entry in `/proc/net/{tcp,tcp6,unix}`: what ties an accepted connection to the
+/// listening socket it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketEntry {
+    pub inode: u64,
+    /// The local TCP port, or the bound path of a unix socket.
+    pub local: Local,
+    pub listening: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Local {
+    Port(u16),
+    Path(String),
+}
+
+/// Parses `/proc/net/tcp` or `/proc/net/tcp6` (`sl local rem st ... uid timeout inode ...`).
+pub fn parse_net_tcp(text: &str) -> Vec<SocketEntry> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            Some(SocketEntry {
+                inode: f.get(9)?.parse().ok()?,
+                local: Local::Port(port),
+                listening: state == 0x0A,
+            })
+        })
+        .collect()
+}
+
+/// Parses `/proc/net/unix` (`Num RefCount Protocol Flags Type St Inode Path`); sockets without
+/// a path are left out. An accepted connection carries its listener's path.
+pub fn parse_net_unix(text: &str) -> Vec<SocketEntry> {
+    // __SO_ACCEPTCON: the socket listens.
+    const ACCEPTCON: u32 = 1 << 16;
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.splitn(8, char::is_whitespace).collect();
+            let path = f.get(7)?.trim();
+            if path.is_empty() {
+                return None;
+            }
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            Some(SocketEntry {
+                inode: f.get(6)?.parse().ok()?,
+                local: Local::Path(path.to_owned()),
+                listening: flags & ACCEPTCON != 0,
+            })
+        })
+        .collect()
+}
+
+/// All socket inodes `pid` holds.
+fn all_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
+    let Ok(rd) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return HashSet::new();
+    };
+    rd.filter_map(|e| socket_inode(std::fs::read_link(e.ok()?.path()).ok()?.to_str()?))
+        .collect()
+}
+
+/// Whether one of `pids` holds a connection accepted from one of the listening sockets in
+/// `inodes` (see the module docs). The socket tables are read once, in the network namespace
+/// of the first process that has sockets.
+pub fn serving_on(proc_root: &Path, pids: &[u32], inodes: &HashSet<u64>) -> bool {
+    let held: Vec<(u32, HashSet<u64>)> = pids
+        .iter()
+        .map(|pid| (*pid, all_socket_inodes(proc_root, *pid)))
+        .filter(|(_, s)| s.iter().any(|i| !inodes.contains(i)))
+        .collect();
+    let Some((first, _)) = held.first() else {
+        return false;
+    };
+    let net = proc_root.join(first.to_string()).join("net");
+    let mut entries = Vec::new();
+    for (file, parse) in [
+        ("tcp", parse_net_tcp as fn(&str) -> Vec<SocketEntry>),
+        ("tcp6", parse_net_tcp),
+        ("unix", parse_net_unix),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(net.join(file)) {
+            entries.extend(parse(&text));
+        }
+    }
+    accepted_from(&entries, inodes, held.iter().flat_map(|(_, s)| s))
+}
+
+/// Pure core of [`serving_on`]: whether one of `held` is a non-listening socket on the local
+/// port or path of a listener in `listeners`.
+pub fn accepted_from<'a>(
+    entries: &[SocketEntry],
+    listeners: &HashSet<u64>,
+    held: impl IntoIterator<Item = &'a u64>,
+) -> bool {
+    let locals: HashSet<&Local> = entries
+        .iter()
+        .filter(|e| e.listening && listeners.contains(&e.inode))
+        .map(|e| &e.local)
+        .collect();
+    if locals.is_empty() {
+        return false;
+    }
+    let held: HashSet<u64> = held
+        .into_iter()
+        .filter(|i| !listeners.contains(i))
+        .copied()
+        .collect();
+    entries
+        .iter()
+        .any(|e| !e.listening && held.contains(&e.inode) && locals.contains(&e.local))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +343,96 @@ mod tests {
         assert_eq!(parse_fd_set(&[0b0000_1000, 0b0000_0001]), vec![3, 8]);
         assert_eq!(socket_inode("socket:[1064282]"), Some(1064282));
         assert_eq!(socket_inode("pipe:[5]"), None);
+    }
+
+    #[test]
+    fn accepted_connections_are_tied_to_their_listener() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000    65534        0 101 1 0000000000000000 20 4 30 10 -1\n\
+   2: 0100007F:C351 0100007F:1538 01 00000000:00000000 00:00000000 00000000    65534        0 102 1 0000000000000000 20 4 30 10 -1\n";
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 200 /run/kechi/demo.sock\n\
+0000000000000000: 00000003 00000000 00000000 0001 03 201 /run/kechi/demo.sock\n\
+0000000000000000: 00000003 00000000 00000000 0001 03 202\n";
+        let mut entries = parse_net_tcp(tcp);
+        assert_eq!(
+            entries[1],
+            SocketEntry {
+                inode: 101,
+                local: Local::Port(8080),
+                listening: false
+            }
+        );
+        entries.extend(parse_net_unix(unix));
+        assert_eq!(
+            entries.len(),
+            5,
+            "the unix socket without a path is left out"
+        );
+        let tcp_l: HashSet<u64> = [100].into();
+        let unix_l: HashSet<u64> = [200].into();
+        assert!(accepted_from(&entries, &tcp_l, &[100, 101]));
+        assert!(
+            !accepted_from(&entries, &tcp_l, &[100, 102]),
+            "an outgoing connection"
+        );
+        assert!(
+            !accepted_from(&entries, &tcp_l, &[100]),
+            "only the listener itself"
+        );
+        assert!(accepted_from(&entries, &unix_l, &[201]));
+        assert!(!accepted_from(&entries, &unix_l, &[202]));
+        assert!(
+            !accepted_from(&entries, &[999].into(), &[101, 201]),
+            "unknown listener"
+        );
+    }
+
+    /// A real child holding an accepted connection is serving; one that only listens is not.
+    #[test]
+    fn sees_a_real_accepted_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let ino = socket_inode(
+            std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd()))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let inodes: HashSet<u64> = [ino].into();
+        let fd = l.as_raw_fd();
+        nix::fcntl::fcntl(
+            &l,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        let code = format!(
+            "import socket,sys,time; s=socket.socket(fileno={fd}); c,_=s.accept(); print(1, flush=True); time.sleep(30)"
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(300));
+        let before = serving_on(Path::new("/proc"), &[pid], &inodes);
+        let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut line = [0u8; 2];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut line)
+            .unwrap();
+        let after = serving_on(Path::new("/proc"), &[pid], &inodes);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!before, "listening only");
+        assert!(after, "holding an accepted connection");
     }
 
     /// A real child blocked in accept(2), poll(2) and select(2) on a listening socket is seen;

@@ -1277,7 +1277,8 @@ impl<S: Systemd> Driver<S> {
                 .any(|w| matches!(w.state, WorkerState::Starting { .. }))
     }
 
-    /// Accept mode: a starting worker one of whose processes waits on a listening socket is ready.
+    /// Accept mode: a starting worker one of whose processes waits on a listening socket, or
+    /// already holds a connection accepted from one, is ready.
     fn check_accept(&mut self) {
         let inodes: std::collections::HashSet<u64> = self
             .listeners
@@ -1293,11 +1294,16 @@ impl<S: Systemd> Driver<S> {
             .collect();
         for serial in starting {
             let pids = self.worker_pids(serial);
-            if crate::accept::waiting_on(Path::new("/proc"), &pids, &inodes) {
-                self.apply(serial, Event::BecameReady);
-                self.check_jemalloc(serial);
-                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready (waiting for connections)");
-            }
+            let how = if crate::accept::waiting_on(Path::new("/proc"), &pids, &inodes) {
+                "waiting for connections"
+            } else if crate::accept::serving_on(Path::new("/proc"), &pids, &inodes) {
+                "serving a connection"
+            } else {
+                continue;
+            };
+            self.apply(serial, Event::BecameReady);
+            self.check_jemalloc(serial);
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready ({how})");
         }
     }
 
