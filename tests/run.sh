@@ -200,6 +200,12 @@ if [ "$quick" = 0 ]; then
   else
     for f in $(scenarios); do record "$(basename "$f" .sh)" SKIP 0 "not run: the build failed"; done
   fi
+  # short fuzz runs and the quick benchmarks with their regression bounds (each script records
+  # its own figures; see fuzz/README.md and bench/README.md)
+  if [ "$build_ok" = 1 ] && [ "$system_only" = 0 ] && [ -z "${only[*]:-}" ]; then
+    [ -f fuzz/ci.sh ] && step "fuzz (short)" bash fuzz/ci.sh
+    [ -f bench/ci.sh ] && step "benchmarks (quick)" bash bench/ci.sh
+  fi
 fi
 
 # ---- 4. summary ----------------------------------------------------------------------------------
