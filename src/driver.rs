@@ -201,6 +201,7 @@ pub async fn run<S: Systemd>(
         global_oom_kills: read_vmstat_oom_kills(),
         notify_socket: None,
         listeners,
+        link: crate::link::LinkWatch::default(),
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -254,6 +255,8 @@ struct Driver<S: Systemd> {
     notify_socket: Option<NotifySocket>,
     /// The listening sockets handed to every worker.
     listeners: Vec<Listener>,
+    /// Whether the D-Bus link to systemd is up, and when to retry it.
+    link: crate::link::LinkWatch,
 }
 
 impl<S: Systemd> Driver<S> {
@@ -477,6 +480,8 @@ impl<S: Systemd> Driver<S> {
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
                 _ = accept_tick.tick(), if self.awaiting_accept() => self.check_accept(),
+                _ = link_lost(self.systemd.as_ref()), if self.link.is_up() => self.on_link_lost(),
+                _ = sleep_until_opt(self.link.retry_at()) => { self.reconnect().await; }
             }
         }
     }
@@ -606,8 +611,87 @@ impl<S: Systemd> Driver<S> {
         let _ = std::fs::remove_dir(dir.join(app).join("tmp"));
     }
 
+    /// The bus daemon went away: workers keep running; reconnect with backoff.
+    fn on_link_lost(&mut self) {
+        self.link.lost(Instant::now());
+        if self.systemd.as_ref().is_some_and(|sd| sd.can_reconnect()) {
+            tracing::warn!(APP = %self.opts.app, "lost the D-Bus connection to systemd's manager; the workers keep running; reconnecting");
+        } else {
+            self.link.give_up();
+            tracing::error!(APP = %self.opts.app, "lost the D-Bus connection to systemd's manager and cannot re-establish it");
+        }
+    }
+
+    /// One attempt to re-establish a lost link; on success, stops the scopes that a failed
+    /// stop left behind while the link was down. Returns whether the link is up.
+    async fn reconnect(&mut self) -> bool {
+        let Some(sd) = &self.systemd else { return true };
+        if self.link.is_up() {
+            return true;
+        }
+        match sd.reconnect().await {
+            Ok(()) => {
+                let down = self.link.restored(Instant::now());
+                tracing::info!(APP = %self.opts.app, "reconnected to systemd's manager after {}", crate::quantity::format_duration(down));
+                self.stop_stray_scopes().await;
+                true
+            }
+            Err(e) => {
+                let next = self.link.failed(Instant::now());
+                let msg = format!(
+                    "reconnecting to systemd's manager (attempt {}): {e}; next in {}",
+                    self.link.attempts,
+                    crate::quantity::format_duration(
+                        next.saturating_duration_since(Instant::now())
+                    )
+                );
+                if self.link.attempts == 1 || self.link.attempts % 10 == 0 {
+                    tracing::warn!(APP = %self.opts.app, "{msg}");
+                } else {
+                    tracing::debug!(APP = %self.opts.app, "{msg}");
+                }
+                false
+            }
+        }
+    }
+
+    /// Before a call that matters (a scope for a new worker, asking about a restart): a lost
+    /// link gets one immediate attempt instead of waiting for its next retry.
+    async fn ensure_link(&mut self) -> bool {
+        self.link.is_up() || self.reconnect().await
+    }
+
+    /// Stops this app's scopes that belong to no worker kechid knows: left behind when their
+    /// stop could not reach systemd.
+    async fn stop_stray_scopes(&mut self) {
+        let Some(sd) = &self.systemd else { return };
+        let pattern = format!("kechi-{}-*.scope", self.opts.app);
+        let Ok(units) = sd.list_units(&[pattern.as_str()]).await else {
+            return;
+        };
+        for u in units {
+            let Some(serial) = self.opts.app.parse_scope_serial(&u.name) else {
+                continue;
+            };
+            if self.procs.contains_key(&serial) || u.active_state != "active" {
+                continue;
+            }
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {}: its worker is gone", u.name);
+            if let Err(e) = sd
+                .stop_unit(&u.name, self.policy.stop_timeout + Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(APP = %self.opts.app, "stopping {}: {e}", u.name);
+            }
+        }
+    }
+
     /// Whether this SIGTERM comes from `systemctl restart` (a restart job on kechid's unit).
-    async fn is_restart(&self) -> bool {
+    async fn is_restart(&mut self) -> bool {
+        if !self.ensure_link().await {
+            tracing::warn!(APP = %self.opts.app, "cannot ask systemd whether this is a restart (no D-Bus link); stopping the workers");
+            return false;
+        }
         let (Some(sd), Some(unit)) = (&self.systemd, &self.opts.unit) else {
             return false;
         };
@@ -770,6 +854,9 @@ impl<S: Systemd> Driver<S> {
     }
 
     async fn start_worker(&mut self, serial: u64) -> Result<Proc, String> {
+        if self.systemd.is_some() && !self.ensure_link().await {
+            return Err("systemd's manager is not reachable (the D-Bus link is down)".to_owned());
+        }
         let c = self.loaded.config.clone();
         let id = self.identity.clone();
         let tmpdir = if c.tmpdir.enabled {
@@ -1425,6 +1512,21 @@ impl<S: Systemd> Driver<S> {
         // READY=1 after RELOADING=1 ends the reload for systemd.
         let s = self.status_text();
         self.notifier.ready(&s);
+    }
+}
+
+/// Resolves when the systemd link is lost; never without systemd.
+async fn link_lost<S: Systemd>(sd: Option<&S>) {
+    match sd {
+        Some(sd) => sd.link_lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
