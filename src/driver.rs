@@ -34,6 +34,13 @@ use crate::{monitor, worker_env};
 
 /// How long systemd may take to create a scope before the worker is given up.
 const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one attempt to reconnect to systemd may hold the main loop: a bus daemon that
+/// was just restarted answers at once, but the manager may take a while to come back on it.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(3);
+/// How long to wait for the stop job of an exited worker's scope: its main process is gone,
+/// so the job is quick; if the manager is slow, the scope stops anyway without us waiting
+/// (and a scope left over is stopped when found, see `stop_stray_scopes`).
+const CLEANUP_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// How kechid was started.
 #[derive(Debug, Clone)]
@@ -629,7 +636,14 @@ impl<S: Systemd> Driver<S> {
         if self.link.is_up() {
             return true;
         }
-        match sd.reconnect().await {
+        let attempt = tokio::time::timeout(RECONNECT_DEADLINE, sd.reconnect()).await;
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(crate::systemd::SystemdError::JobTimeout {
+                unit: "the manager (reconnecting)".to_owned(),
+                waited: RECONNECT_DEADLINE,
+            })
+        });
+        match attempt {
             Ok(()) => {
                 let down = self.link.restored(Instant::now());
                 tracing::info!(APP = %self.opts.app, "reconnected to systemd's manager after {}", crate::quantity::format_duration(down));
@@ -658,6 +672,10 @@ impl<S: Systemd> Driver<S> {
     /// Before a call that matters (a scope for a new worker, asking about a restart): a lost
     /// link gets one immediate attempt instead of waiting for its next retry.
     async fn ensure_link(&mut self) -> bool {
+        // The main loop may not have seen the loss yet (it acts before it listens).
+        if self.link.is_up() && self.systemd.as_ref().is_some_and(|sd| sd.link_is_closed()) {
+            self.on_link_lost();
+        }
         self.link.is_up() || self.reconnect().await
     }
 
@@ -1095,11 +1113,11 @@ impl<S: Systemd> Driver<S> {
         if let Some(p) = self.procs.remove(&serial) {
             if let (Some(sd), Some(scope)) = (&self.systemd, &p.scope) {
                 // Children a prefork master left behind must not keep serving on their own.
-                match sd
-                    .stop_unit(scope, self.policy.stop_timeout + Duration::from_secs(5))
-                    .await
-                {
+                match sd.stop_unit(scope, CLEANUP_STOP_WAIT).await {
                     Ok(_) | Err(crate::systemd::SystemdError::NoSuchUnit(_)) => {}
+                    Err(e @ crate::systemd::SystemdError::JobTimeout { .. }) => {
+                        tracing::debug!(APP = %self.opts.app, WORKER = serial, "stopping {scope}: {e}")
+                    }
                     Err(e) => {
                         tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {scope}: {e}")
                     }
@@ -1203,12 +1221,12 @@ impl<S: Systemd> Driver<S> {
     fn sample_worker(&self, serial: u64, detailed: bool) -> Option<policy::MemSample> {
         let p = self.procs.get(&serial)?;
         let proc_root = memory::ProcRoot::new("/proc");
-        let page = memory::page_size();
         let pids = self.worker_pids(serial);
+        // read_proc_statm returns bytes already (it knows the page size).
         let rss: u64 = pids
             .iter()
             .filter_map(|pid| memory::read_proc_statm(&proc_root, *pid).ok())
-            .map(|s| s.resident * page)
+            .map(|s| s.resident)
             .sum();
         let pol = &self.policy;
         let full = detailed

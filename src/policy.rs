@@ -608,8 +608,15 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         }
         if let Some((rank, _, serial, reason)) = due {
             // min-interval spaces automatic recycles only; what an operator asks for goes now.
+            // A replacement that failed to start or crashed counts as a crash: the next one
+            // waits out the crash backoff, or a recycle would retry in a tight loop.
             let not_before = state.last_recycle.map(|t| t + policy.min_interval);
+            let backoff = state
+                .last_crash
+                .map(|t| t + policy.backoff_after(state.consecutive_crashes))
+                .filter(|at| now < *at);
             match not_before {
+                _ if backoff.is_some() => d.wake(backoff.unwrap_or(now)),
                 Some(at) if rank >= 2 && now < at => d.wake(at),
                 _ => d.actions.push(Action::Replace {
                     old: serial,
@@ -981,6 +988,27 @@ mod tests {
         });
         // one in flight: no second one (max-concurrent = 1)
         assert!(replaces(&decide(&s, &p, t)).is_empty());
+    }
+
+    /// A replacement that failed to start counts as a crash; the reload's next replacement
+    /// waits out the crash backoff instead of retrying at once, forever.
+    #[test]
+    fn a_failed_replacement_backs_off_the_next() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.generation += 1;
+        s.last_crash = Some(t);
+        s.consecutive_crashes = 1;
+        let d = decide(&s, &p, t);
+        assert!(replaces(&d).is_empty());
+        let resume = t + p.backoff_after(1);
+        assert!(resume > t);
+        assert_eq!(d.wake_at, Some(resume));
+        assert_eq!(
+            replaces(&decide(&s, &p, resume)),
+            vec![(1, StopReason::Reload)]
+        );
     }
 
     #[test]

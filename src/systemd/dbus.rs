@@ -378,6 +378,10 @@ impl Systemd for DbusSystemd {
         self.connection().closed().await
     }
 
+    fn link_is_closed(&self) -> bool {
+        self.connection().is_closed()
+    }
+
     fn can_reconnect(&self) -> bool {
         self.connector.is_some()
     }

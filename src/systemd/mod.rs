@@ -137,6 +137,10 @@ pub trait Systemd {
     async fn link_lost(&self) {
         std::future::pending::<()>().await
     }
+    /// Whether the link is known to be lost now (without waiting for [`Systemd::link_lost`]).
+    fn link_is_closed(&self) -> bool {
+        false
+    }
     /// Whether [`Systemd::reconnect`] can re-establish a lost link.
     fn can_reconnect(&self) -> bool {
         false
