@@ -636,13 +636,13 @@ impl<S: Systemd> Driver<S> {
         if self.link.is_up() {
             return true;
         }
-        let attempt = tokio::time::timeout(RECONNECT_DEADLINE, sd.reconnect()).await;
-        let attempt = attempt.unwrap_or_else(|_| {
-            Err(crate::systemd::SystemdError::JobTimeout {
-                unit: "the manager (reconnecting)".to_owned(),
-                waited: RECONNECT_DEADLINE,
-            })
-        });
+        let attempt = match tokio::time::timeout(RECONNECT_DEADLINE, sd.reconnect()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                crate::quantity::format_duration(RECONNECT_DEADLINE)
+            )),
+        };
         match attempt {
             Ok(()) => {
                 let down = self.link.restored(Instant::now());

@@ -603,6 +603,7 @@ async fn reconnects_after_the_link_is_lost() {
     tokio::time::timeout(Duration::from_secs(5), sd.link_lost())
         .await
         .expect("link_lost resolves when the connection closes");
+    assert!(sd.link_is_closed());
     assert!(sd.start_scope(&spec(), DEADLINE).await.is_err());
     assert!(matches!(
         sd.reconnect().await,
@@ -610,6 +611,7 @@ async fn reconnects_after_the_link_is_lost() {
     ));
     *servers.refuse.lock().unwrap() = false;
     sd.reconnect().await.unwrap();
+    assert!(!sd.link_is_closed());
     assert_eq!(servers.conns.lock().unwrap().len(), 2);
     assert_eq!(subscribes(&fake), 2, "subscribed again on the new link");
     sd.start_scope(&spec(), DEADLINE).await.unwrap();
