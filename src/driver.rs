@@ -1390,6 +1390,11 @@ impl<S: Systemd> Driver<S> {
             .iter()
             .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
             .collect();
+        let addresses: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(|l| crate::accept::local_address(&l.fd))
+            .collect();
         let starting: Vec<u64> = self
             .state
             .workers
@@ -1401,7 +1406,7 @@ impl<S: Systemd> Driver<S> {
             let pids = self.worker_pids(serial);
             let how = if crate::accept::waiting_on(Path::new("/proc"), &pids, &inodes) {
                 "waiting for connections"
-            } else if crate::accept::serving_on(Path::new("/proc"), &pids, &inodes) {
+            } else if crate::accept::serving_on(Path::new("/proc"), &pids, &inodes, &addresses) {
                 "serving a connection"
             } else {
                 continue;
