@@ -1116,13 +1116,8 @@ impl<S: Systemd> Driver<S> {
     fn sample_worker(&self, serial: u64, detailed: bool) -> Option<policy::MemSample> {
         let p = self.procs.get(&serial)?;
         let proc_root = memory::ProcRoot::new("/proc");
-        let page = memory::page_size();
         let pids = self.worker_pids(serial);
-        let rss: u64 = pids
-            .iter()
-            .filter_map(|pid| memory::read_proc_statm(&proc_root, *pid).ok())
-            .map(|s| s.resident * page)
-            .sum();
+        let rss = memory::processes_rss(&proc_root, &pids);
         let pol = &self.policy;
         let full = detailed
             || self.systemd.is_none()
