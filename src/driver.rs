@@ -128,13 +128,11 @@ pub async fn run<S: Systemd>(
     loaded: Loaded,
     mut inherited: Vec<Listener>,
 ) -> i32 {
-    let identity = match resolve_identity(&loaded.config) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(APP = %opts.app, "{e}");
-            return exitcode::CONFIG;
-        }
-    };
+    // (looked up again for every worker; here a wrong user stops kechid before anything runs)
+    if let Err(e) = resolve_identity(&loaded.config) {
+        tracing::error!(APP = %opts.app, "{e}");
+        return exitcode::CONFIG;
+    }
     let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
         Ok(l) => l,
         Err(e) => {
@@ -180,7 +178,6 @@ pub async fn run<S: Systemd>(
     let mut d = Driver {
         policy: seeded(effective(Policy::from_config(c), &listeners, &opts.app)),
         loaded,
-        identity,
         systemd,
         state: AppState::default(),
         procs: HashMap::new(),
@@ -220,7 +217,6 @@ struct Driver<S: Systemd> {
     opts: Options,
     loaded: Loaded,
     policy: Policy,
-    identity: Identity,
     systemd: Option<S>,
     state: AppState,
     procs: HashMap<u64, Proc>,
@@ -771,7 +767,9 @@ impl<S: Systemd> Driver<S> {
 
     async fn start_worker(&mut self, serial: u64) -> Result<Proc, String> {
         let c = self.loaded.config.clone();
-        let id = self.identity.clone();
+        // Looked up again for every worker: a user deleted since kechid started must not leave
+        // new workers running under a uid that no longer has a name (and may be reused).
+        let id = resolve_identity(&c)?;
         let tmpdir = if c.tmpdir.enabled {
             Some(
                 self.tmpdirs
@@ -1378,7 +1376,7 @@ impl<S: Systemd> Driver<S> {
         };
         match load_config(&self.opts, unit_env.as_ref()) {
             Ok(loaded) => match resolve_identity(&loaded.config) {
-                Ok(identity) => {
+                Ok(_) => {
                     tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
                     self.policy = Policy {
                         seed: self.policy.seed,
@@ -1388,7 +1386,6 @@ impl<S: Systemd> Driver<S> {
                             &self.opts.app,
                         )
                     };
-                    self.identity = identity;
                     self.tmpdirs = TmpDirs::new(
                         &self.opts.app,
                         loaded.config.tmpdir.size.0,
