@@ -1404,7 +1404,8 @@ impl<S: Systemd> Driver<S> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}")
+                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}");
+                    self.record(format!("reload refused: {e}"));
                 }
             },
             Err(errors) => {
@@ -1412,6 +1413,12 @@ impl<S: Systemd> Driver<S> {
                     tracing::error!(APP = %self.opts.app, REASON = "reload", "{e}");
                 }
                 tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration");
+                let first = errors
+                    .errors()
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.record(format!("reload refused: {first}"));
             }
         }
         // READY=1 after RELOADING=1 ends the reload for systemd.
