@@ -85,7 +85,7 @@ t0=$SECONDS
 out=$(KT_RUN_TIMEOUT=$((KILLS * 20 + 60)) tgt_run bash -c "$KILL_LOOP" kill9 "$KT_APP" "$KILLS" "$WORKERS"); rc=$?
 printf '%s\n' "$out" | sed 's/^/          | /'
 done_kills=$(printf '%s\n' "$out" | grep -c '^kill [0-9]* pid')
-mid=$(printf '%s\n' "$out" | awk -v w="$WORKERS" '$1 == "kill" && $11 + 0 > w' | grep -c .)
+mid=$(printf '%s\n' "$out" | awk -v w="$WORKERS" '$1 == "kill" && $10 + 0 > w' | grep -c .)
 starting=$(printf '%s\n' "$out" | grep -c 'unit \(activating\|reloading\)')
 [ "$rc" = 0 ] || bad "the kill loop ended with status $rc"
 expect_eq "kills of kechid" "$done_kills" "$KILLS"

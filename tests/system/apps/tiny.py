@@ -69,7 +69,10 @@ def notify_ready():
     if path.startswith("@"):
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(b"READY=1", path)
+        try:
+            s.sendto(b"READY=1", path)
+        except OSError as e:  # as sd_notify(3): no listener (kechid restarting) is no reason to die
+            print("tiny: cannot notify {}: {}".format(path, e), file=sys.stderr, flush=True)
 
 
 def serve(conn, body):
