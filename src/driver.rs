@@ -135,13 +135,11 @@ pub async fn run<S: Systemd>(
     loaded: Loaded,
     mut inherited: Vec<Listener>,
 ) -> i32 {
-    let identity = match resolve_identity(&loaded.config) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(APP = %opts.app, "{e}");
-            return exitcode::CONFIG;
-        }
-    };
+    // (looked up again for every worker; here a wrong user stops kechid before anything runs)
+    if let Err(e) = resolve_identity(&loaded.config) {
+        tracing::error!(APP = %opts.app, "{e}");
+        return exitcode::CONFIG;
+    }
     let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
         Ok(l) => l,
         Err(e) => {
@@ -187,7 +185,6 @@ pub async fn run<S: Systemd>(
     let mut d = Driver {
         policy: seeded(effective(Policy::from_config(c), &listeners, &opts.app)),
         loaded,
-        identity,
         systemd,
         state: AppState::default(),
         procs: HashMap::new(),
@@ -228,7 +225,6 @@ struct Driver<S: Systemd> {
     opts: Options,
     loaded: Loaded,
     policy: Policy,
-    identity: Identity,
     systemd: Option<S>,
     state: AppState,
     procs: HashMap<u64, Proc>,
@@ -876,7 +872,9 @@ impl<S: Systemd> Driver<S> {
             return Err("systemd's manager is not reachable (the D-Bus link is down)".to_owned());
         }
         let c = self.loaded.config.clone();
-        let id = self.identity.clone();
+        // Looked up again for every worker: a user deleted since kechid started must not leave
+        // new workers running under a uid that no longer has a name (and may be reused).
+        let id = resolve_identity(&c)?;
         let tmpdir = if c.tmpdir.enabled {
             Some(
                 self.tmpdirs
@@ -1222,12 +1220,7 @@ impl<S: Systemd> Driver<S> {
         let p = self.procs.get(&serial)?;
         let proc_root = memory::ProcRoot::new("/proc");
         let pids = self.worker_pids(serial);
-        // read_proc_statm returns bytes already (it knows the page size).
-        let rss: u64 = pids
-            .iter()
-            .filter_map(|pid| memory::read_proc_statm(&proc_root, *pid).ok())
-            .map(|s| s.resident)
-            .sum();
+        let rss = memory::processes_rss(&proc_root, &pids);
         let pol = &self.policy;
         let full = detailed
             || self.systemd.is_none()
@@ -1493,7 +1486,7 @@ impl<S: Systemd> Driver<S> {
         };
         match load_config(&self.opts, unit_env.as_ref()) {
             Ok(loaded) => match resolve_identity(&loaded.config) {
-                Ok(identity) => {
+                Ok(_) => {
                     tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
                     self.policy = Policy {
                         seed: self.policy.seed,
@@ -1503,7 +1496,6 @@ impl<S: Systemd> Driver<S> {
                             &self.opts.app,
                         )
                     };
-                    self.identity = identity;
                     self.tmpdirs = TmpDirs::new(
                         &self.opts.app,
                         loaded.config.tmpdir.size.0,
@@ -1522,7 +1514,8 @@ impl<S: Systemd> Driver<S> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}")
+                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}");
+                    self.record(format!("reload refused: {e}"));
                 }
             },
             Err(errors) => {
@@ -1530,6 +1523,12 @@ impl<S: Systemd> Driver<S> {
                     tracing::error!(APP = %self.opts.app, REASON = "reload", "{e}");
                 }
                 tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration");
+                let first = errors
+                    .errors()
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.record(format!("reload refused: {first}"));
             }
         }
         // READY=1 after RELOADING=1 ends the reload for systemd.

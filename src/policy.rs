@@ -608,16 +608,17 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         }
         if let Some((rank, _, serial, reason)) = due {
             // min-interval spaces automatic recycles only; what an operator asks for goes now.
-            // A replacement that failed to start or crashed counts as a crash: the next one
-            // waits out the crash backoff, or a recycle would retry in a tight loop.
             let not_before = state.last_recycle.map(|t| t + policy.min_interval);
-            let backoff = state
+            // After failed starts (a replacement that crashed, could not exec, never got
+            // ready), the next replacement waits out the crash backoff like any respawn:
+            // otherwise a reload onto a broken command retries as fast as it can fork.
+            let resume = state
                 .last_crash
-                .map(|t| t + policy.backoff_after(state.consecutive_crashes))
-                .filter(|at| now < *at);
-            match not_before {
-                _ if backoff.is_some() => d.wake(backoff.unwrap_or(now)),
-                Some(at) if rank >= 2 && now < at => d.wake(at),
+                .filter(|_| state.consecutive_crashes > 0)
+                .map(|t| t + policy.backoff_after(state.consecutive_crashes));
+            match (not_before, resume) {
+                (_, Some(at)) if now < at => d.wake(at),
+                (Some(at), _) if rank >= 2 && now < at => d.wake(at),
                 _ => d.actions.push(Action::Replace {
                     old: serial,
                     reason,
@@ -990,25 +991,34 @@ mod tests {
         assert!(replaces(&decide(&s, &p, t)).is_empty());
     }
 
-    /// A replacement that failed to start counts as a crash; the reload's next replacement
-    /// waits out the crash backoff instead of retrying at once, forever.
     #[test]
-    fn a_failed_replacement_backs_off_the_next() {
+    fn failed_replacements_are_retried_after_the_crash_backoff() {
         let p = policy();
         let t = Instant::now();
         let mut s = ready_set(&p, 2, t);
         s.generation += 1;
-        s.last_crash = Some(t);
-        s.consecutive_crashes = 1;
-        let d = decide(&s, &p, t);
-        assert!(replaces(&d).is_empty());
-        let resume = t + p.backoff_after(1);
-        assert!(resume > t);
-        assert_eq!(d.wake_at, Some(resume));
+        // the reload's first replacement fails to start
+        s.add_spawning(3, t);
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p)
+            .unwrap();
+        s.reap_gone();
+        let d = decide(&s, &p, t + Duration::from_millis(100));
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert_eq!(d.wake_at, Some(t + p.backoff));
         assert_eq!(
-            replaces(&decide(&s, &p, resume)),
+            replaces(&decide(&s, &p, t + p.backoff)),
             vec![(1, StopReason::Reload)]
         );
+        // a second failure doubles the wait; the old workers serve on meanwhile
+        let t2 = t + p.backoff;
+        s.add_spawning(4, t2);
+        s.apply(4, &Event::SpawnFailed("exec".into()), t2, &p)
+            .unwrap();
+        s.reap_gone();
+        let d = decide(&s, &p, t2 + p.backoff);
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Exit { .. })));
+        assert_eq!(d.wake_at, Some(t2 + p.backoff * 2));
     }
 
     #[test]
