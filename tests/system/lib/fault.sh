@@ -7,14 +7,14 @@
 # The app: tiny.py (tests/system/apps), ready by READY=1, graceful, ~50 ms to start.
 FAULT_APP="[\"/usr/bin/python3\", \"-S\", \"$KT_INSIDE/tiny.py\"]"
 
-# fault_load NAME: load_start NAME keepalive with 8 connections, one thread. load-start waits for
+# fault_load NAME [CONNS]: load_start NAME keepalive with CONNS (8) connections, one thread. load-start waits for
 # wrk to show an established connection, which tiny.py (one request per connection, closed at
 # once) keeps established for well under a millisecond: on a loaded machine ss may never catch one
 # in 10 s. Then wrk still counts as started if its unit runs and sockets to the address exist in
 # any state (TIME-WAIT included); otherwise it is stopped and started once more.
 fault_load() {
-  local out n
-  if out=$(kt load-start "$1" keepalive "http://$KT_LISTEN/" 8 1 2>&1); then return 0; fi
+  local out n c=${2:-8}
+  if out=$(kt load-start "$1" keepalive "http://$KT_LISTEN/" "$c" 1 2>&1); then return 0; fi
   n=$(tgt_run ss -Htan "dst $KT_LISTEN" 2> /dev/null | grep -c .)
   if tgt_run systemctl -q is-active "kt-load-$1" && [ "$n" -gt 0 ]; then
     info "load generator $1: wrk runs, $n sockets to $KT_LISTEN (load-start saw none established)"
@@ -23,7 +23,7 @@ fault_load() {
   info "load generator $1 did not start at the first try: $(printf '%s' "$out" | tr '\n' ' ' | cut -c 1-200)"
   kt load-stop "$1" > /dev/null 2>&1
   sleep 3
-  load_start "$1" keepalive 8 1
+  load_start "$1" keepalive "$c" 1
 }
 
 # fault_load_stop NAME STEP ALLOWED WHY: load_stop, except that up to ALLOWED failed requests are
