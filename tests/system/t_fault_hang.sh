@@ -85,6 +85,7 @@ top=$(max_serial "$w")
 fault_load hang || abort "no load generator"
 sleep 1  # the worker is busy serving when it is stopped
 hprocs=$(kt procs "$hunit" | tr '\n' ' ')
+# shellcheck disable=SC2086  # one argument per process
 tgt_run kill -STOP $hprocs || abort "SIGSTOP to $hprocs"
 nheld=0
 for p in $hprocs; do nheld=$((nheld + $(held "$p"))); done

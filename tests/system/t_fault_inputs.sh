@@ -92,8 +92,8 @@ same_workers() {  # same_workers STEP BEFORE
 # ---- 1 ------------------------------------------------------------------------------------------
 step="1 full temp dir"
 w=$(workers)
-read -r fserial funit fpid <<< "$(printf '%s\n' "$w" | head -1)"
-read -r oserial _ opid <<< "$(printf '%s\n' "$w" | tail -n 1)"
+read -r fserial _ fpid <<< "$(printf '%s\n' "$w" | head -1)"
+read -r _ _ opid <<< "$(printf '%s\n' "$w" | tail -n 1)"
 fdir=$(kt envof "$fpid" TMPDIR)
 odir=$(kt envof "$opid" TMPDIR)
 runuse0=$(tgt_sh "df --output=used /run | tail -1")
@@ -189,7 +189,7 @@ tgt_run useradd --system --no-create-home --shell /usr/sbin/nologin --uid "$uid"
 top=$(max_serial "$(workers)")
 if tgt_run timeout 60 kechictl recycle "$KT_APP" --worker "$userial" --wait --timeout 40s > /dev/null; then ok "$step: with the user back, worker $userial recycled"; else bad "$step: with the user back, recycle of $userial failed"; fi
 load_stop user "$step"
-why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30) && ok "$step: $WORKERS workers, steady" || bad "$step: not steady: $why"
+if why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30); then ok "$step: $WORKERS workers, steady"; else bad "$step: not steady: $why"; fi
 
 # ---- 4 ------------------------------------------------------------------------------------------
 step="4 reload onto a missing command"
