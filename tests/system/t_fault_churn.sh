@@ -15,6 +15,8 @@
 # Prints recycles done, fds and memory before and after, and the samples in between.
 # The full measurement (docs/reliability/churn-10000.txt): KT_CHURN_RECYCLES=10000.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+# shellcheck source=tests/system/lib/fault.sh
+. "$KT_ROOT/tests/system/lib/fault.sh"
 
 scenario t_fault_churn "kechid's fds and memory stay flat through many recycles under load"
 command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
@@ -29,7 +31,7 @@ tgt_up fchurn
 kechi_install
 tgt_copy_in "$KT_ROOT/tests/system/lib/churn-inside.sh" "$KT_INSIDE/churn" || abort "copying churn-inside.sh in"
 kechi_config <<EOF
-command = ["/usr/bin/python3", "-S", "$KT_INSIDE/tiny.py"]
+command = $FAULT_APP
 directory = "$KT_INSIDE"
 user = "$KT_USER"
 workers = $WORKERS
@@ -53,7 +55,7 @@ why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 60) || abort "not steady after
 # churn_run STEP LOAD COUNT EVERY: COUNT recycles under load; keeps the sample lines in CHURN_OUT
 churn_run() {
   local step=$1 name=$2 count=$3 every=$4 rc
-  load_start "$name" keepalive "$CONNS" 1 || abort "$step: no load generator"
+  fault_load "$name" "$CONNS" || abort "$step: no load generator"
   # ~1 s per recycle is slow here; 3 s each is the deadline
   CHURN_OUT=$(KT_RUN_TIMEOUT=$((count * 3 + 120)) tgt_run "$KT_INSIDE/churn" churn "$KT_APP" "$count" "$every"); rc=$?
   printf '%s\n' "$CHURN_OUT" | sed 's/^/          | /'

@@ -16,6 +16,8 @@
 #      restart.burst kechid exits 69 and the unit ends "failed" without being restarted.
 # Start-time crash loops and bad files at start are t_crash and t_config_errors.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+# shellcheck source=tests/system/lib/fault.sh
+. "$KT_ROOT/tests/system/lib/fault.sh"
 
 scenario t_fault_inputs "full temp dir, deleted/unreadable config at reload, deleted user, missing command, crash loop"
 command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
@@ -50,7 +52,7 @@ burst = 3
 size = "8M"
 EOF
 }
-GOOD="[\"/usr/bin/python3\", \"-S\", \"$KT_INSIDE/tiny.py\"]"
+GOOD=$FAULT_APP
 
 tgt_up finputs
 kechi_install
@@ -90,17 +92,24 @@ same_workers() {  # same_workers STEP BEFORE
 # ---- 1 ------------------------------------------------------------------------------------------
 step="1 full temp dir"
 w=$(workers)
-read -r fserial funit fpid <<< "$(printf '%s\n' "$w" | head -1)"
-read -r oserial _ opid <<< "$(printf '%s\n' "$w" | tail -n 1)"
+read -r fserial _ fpid <<< "$(printf '%s\n' "$w" | head -1)"
+read -r _ _ opid <<< "$(printf '%s\n' "$w" | tail -n 1)"
 fdir=$(kt envof "$fpid" TMPDIR)
 odir=$(kt envof "$opid" TMPDIR)
 runuse0=$(tgt_sh "df --output=used /run | tail -1")
 say "$step: worker $fserial fills its TMPDIR $fdir (8M)"
-load_start tmp keepalive 8 1 || abort "no load generator"
+fault_load tmp || abort "no load generator"
 cursor=$(journal_cursor)
 tgt_run kill -USR1 "$fpid"
-wait_journal "$cursor" "tiny: worker $fserial filled" 30 || bad "$step: tiny.py did not report filling its TMPDIR within 30 s"
-journal_has "$step" "$cursor" "the worker's write failed with ENOSPC" "filled $fdir/fill" "No space left on device"
+fill=""
+for _ in $(seq 1 60); do
+  fill=$(fault_journal "$cursor" | grep -F "tiny: worker $fserial filled") && break
+  sleep 0.5
+done
+case "$fill" in
+  *"filled $fdir/fill with "*"No space left on device"*) ok "$step: the worker's writes ended in ENOSPC: $fill" ;;
+  *) bad "$step: no 'tiny: worker $fserial filled $fdir/fill ... No space left on device' in the journal within 30 s" ;;
+esac
 used=$(tgt_sh "df --output=used,size -B1 '$fdir' | tail -1")
 info "df $fdir: used, size (bytes): $used"
 # shellcheck disable=SC2086
@@ -127,7 +136,7 @@ load_stop tmp "$step"
 step="2 reload, config gone or bad"
 w=$(workers)
 gen0=$(tgt_run kechictl status "$KT_APP" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
-load_start conf keepalive 8 1 || abort "no load generator"
+fault_load conf || abort "no load generator"
 # try_reload WHAT PATTERN...: systemctl reload succeeds, the journal has PATTERN... and "reload refused"
 try_reload() {
   local what=$1 cursor
@@ -164,7 +173,7 @@ step="3 user deleted"
 w=$(workers)
 read -r userial _ upid <<< "$(printf '%s\n' "$w" | head -1)"
 uid=$(tgt_run id -u "$KT_USER")
-load_start user keepalive 8 1 || abort "no load generator"
+fault_load user || abort "no load generator"
 say "$step: userdel -f $KT_USER (uid $uid) while its workers run; then kechictl recycle --worker $userial"
 tgt_run userdel -f "$KT_USER" 2>&1 | sed 's/^/          | /'
 tgt_run id "$KT_USER" > /dev/null 2>&1 && abort "$KT_USER still exists"
@@ -180,13 +189,13 @@ tgt_run useradd --system --no-create-home --shell /usr/sbin/nologin --uid "$uid"
 top=$(max_serial "$(workers)")
 if tgt_run timeout 60 kechictl recycle "$KT_APP" --worker "$userial" --wait --timeout 40s > /dev/null; then ok "$step: with the user back, worker $userial recycled"; else bad "$step: with the user back, recycle of $userial failed"; fi
 load_stop user "$step"
-why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30) && ok "$step: $WORKERS workers, steady" || bad "$step: not steady: $why"
+if why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30); then ok "$step: $WORKERS workers, steady"; else bad "$step: not steady: $why"; fi
 
 # ---- 4 ------------------------------------------------------------------------------------------
 step="4 reload onto a missing command"
 w=$(workers)
 config "[\"$MISSING\"]"
-load_start missing keepalive 8 1 || abort "no load generator"
+fault_load missing || abort "no load generator"
 cursor=$(journal_cursor)
 tgt_run timeout 60 systemctl reload "kechi@$KT_APP" || bad "$step: systemctl reload failed"
 sleep 12  # the observation window: how often kechid retries, while the old workers serve

@@ -15,6 +15,8 @@
 # processes only, every worker answers requests, as many temp-dir mounts as workers, and the load
 # saw 0 failed requests. Prints the kills survived and the failed requests.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
+# shellcheck source=tests/system/lib/fault.sh
+. "$KT_ROOT/tests/system/lib/fault.sh"
 
 scenario t_fault_kill9 "kechid killed -9 ${KT_KILLS:-50} times at random moments, mid-recycle too: adopted, no failed request"
 command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
@@ -27,7 +29,7 @@ printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestartSec=200ms\n' \
   | tgt_write "/etc/systemd/system/kechi@$KT_APP.service.d/kill9.conf" || abort "writing the test drop-in"
 tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
 kechi_config <<EOF
-command = ["/usr/bin/python3", "-S", "$KT_INSIDE/tiny.py"]
+command = $FAULT_APP
 directory = "$KT_INSIDE"
 user = "$KT_USER"
 workers = $WORKERS
@@ -80,7 +82,7 @@ done
 '
 
 say "$KILLS kills of kechid under load"
-load_start ka keepalive 8 1 || abort "no load generator"
+fault_load ka || abort "no load generator"
 t0=$SECONDS
 out=$(KT_RUN_TIMEOUT=$((KILLS * 20 + 60)) tgt_run bash -c "$KILL_LOOP" kill9 "$KT_APP" "$KILLS" "$WORKERS"); rc=$?
 printf '%s\n' "$out" | sed 's/^/          | /'
