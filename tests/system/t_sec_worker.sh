@@ -4,7 +4,8 @@
 #    user's and every gid is the group's; its supplementary groups are empty even though the user
 #    is a member of adm and disk in /etc/group (initgroups() would have given them); no
 #    capabilities. With `user` unset the worker runs as nobody, never as root; with
-#    user = "root" written out it runs as root.
+#    user = "root" written out it runs as root; a user named otherwise with uid 0 (toor) is
+#    refused by `kechictl check` and by kechid (exit 78).
 #  - no shell: arguments and environment values holding $(...), `...`, ; and | reach the app
 #    literally (its /proc/PID/cmdline and environ) and run nothing: the files they would touch
 #    do not exist, though the same text through `sh -c` does create them.
@@ -67,6 +68,23 @@ say "user = \"root\" written out: root"
 config 'user = "root"'
 pid=$(restart_one) || abort "kechi@demo did not start with user = root"
 expect_eq "Uid with user = \"root\"" "$(status_of "$pid" Uid)" "0 0 0 0"
+
+say "user = \"toor\", another name for uid 0: refused"
+tgt_run useradd -o -u 0 -g 0 -M -s /usr/sbin/nologin toor || bad "useradd toor"
+expect_eq "id -u toor (setresuid to it would make the worker root)" "$(tgt_run id -u toor)" 0
+config 'user = "toor"'
+out=$(tgt_run kechictl check "$KT_APP" 2>&1); rc=$?
+case "$rc:$out" in
+  1:*'user "toor" has uid 0'*) ok "kechictl check refuses it (exit 1): $(printf '%s' "$out" | head -1 | cut -c1-140)" ;;
+  *) bad "kechictl check with user = \"toor\": exit $rc: $out" ;;
+esac
+tgt_run systemctl stop "kechi@$KT_APP"
+if tgt_run timeout 60 systemctl start "kechi@$KT_APP" 2> /dev/null; then
+  bad "kechi@demo started with user = \"toor\""
+else
+  expect_eq "kechi@demo with user = \"toor\": kechid's exit status" "$(unit_prop "kechi@$KT_APP" ExecMainStatus)" 78
+fi
+tgt_run systemctl reset-failed "kechi@$KT_APP"
 
 say "shell metacharacters in the command and the environment"
 tgt_run rm -f /tmp/pwned-arg /tmp/pwned-semi /tmp/pwned-tick /tmp/pwned-pipe /tmp/pwned-env
