@@ -271,13 +271,28 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply, ClientError> {
     };
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .map_err(io)?;
-    s.write_all(&encode(req)).map_err(io)?;
+    // A kechid that refuses the peer may answer and close before the request is all written:
+    // its answer is still there to read, and says more than the broken pipe.
+    let written = match s.write_all(&encode(req)) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Err(e)
+        }
+        other => Ok(other.map_err(io)?),
+    };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         let n = s.read(&mut chunk).map_err(io)?;
         if n == 0 {
-            return Err(ProtocolError::Truncated.into());
+            return Err(match written {
+                Err(e) => io(e),
+                Ok(()) => ProtocolError::Truncated.into(),
+            });
         }
         if let Some(end) = chunk[..n].iter().position(|b| *b == 0) {
             buf.extend_from_slice(&chunk[..end]);

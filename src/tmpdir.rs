@@ -191,20 +191,199 @@ mod tests {
         t.wipe(3).unwrap();
     }
 
+    /// A file outside every temp dir, and what a wipe must leave exactly as it was.
+    struct Precious {
+        path: PathBuf,
+        content: Vec<u8>,
+        mtime: std::time::SystemTime,
+        ino: u64,
+    }
+
+    impl Precious {
+        /// A root-or-user-owned file with known content and an old mtime (so a touch shows).
+        fn new(path: PathBuf, content: &[u8]) -> Precious {
+            std::fs::write(&path, content).unwrap();
+            let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+            let ino = std::fs::metadata(&path).unwrap().ino();
+            Precious {
+                path,
+                content: content.to_vec(),
+                mtime: old,
+                ino,
+            }
+        }
+
+        /// Same inode, content, mtime, and exactly `nlink` names.
+        fn assert_intact(&self, nlink: u64) {
+            let m = std::fs::symlink_metadata(&self.path)
+                .unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
+            assert!(m.file_type().is_file(), "{} replaced", self.path.display());
+            assert_eq!(m.ino(), self.ino, "{} replaced", self.path.display());
+            assert_eq!(std::fs::read(&self.path).unwrap(), self.content);
+            assert_eq!(
+                m.modified().unwrap(),
+                self.mtime,
+                "{} touched",
+                self.path.display()
+            );
+            assert_eq!(m.nlink(), nlink, "{} link count", self.path.display());
+        }
+    }
+
+    /// Plants in `d` what a hostile worker would: links to `file` and to `outside` (a directory
+    /// holding more files), absolute and relative, nested in subdirectories, a link loop, and
+    /// links whose names look like the temp dir's own parts. Returns how many of them resolve to
+    /// `file` (checked, so the links are known to be real ways out).
+    fn plant(d: &Path, file: &Path, outside: &Path) -> usize {
+        use std::os::unix::fs::symlink;
+        let mut via = vec![d.join("filelink")];
+        symlink(file, &via[0]).unwrap();
+        symlink(outside, d.join("dirlink")).unwrap();
+        let nested = d.join("a/b/c");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join("own"), b"the worker's").unwrap();
+        symlink(outside, nested.join("dirlink")).unwrap();
+        symlink(file, nested.join("filelink")).unwrap();
+        via.push(nested.join("filelink"));
+        // ../../.. out of the temp dir, whatever its depth: as many ".." as components.
+        let ups = "../".repeat(d.components().count() + 3);
+        let rel = PathBuf::from(format!("{ups}{}", file.display()));
+        symlink(&rel, nested.join("rel")).unwrap();
+        via.push(nested.join("rel"));
+        symlink(d.join("loop"), d.join("loop")).unwrap();
+        symlink(".", d.join("a/dot")).unwrap();
+        symlink("..", d.join("a/b/dotdot")).unwrap();
+        for p in &via {
+            assert_eq!(
+                std::fs::canonicalize(p).unwrap(),
+                std::fs::canonicalize(file).unwrap(),
+                "{} does not lead to the target",
+                p.display()
+            );
+        }
+        assert!(d.join("dirlink/inside").is_file());
+        via.len()
+    }
+
     #[test]
-    fn wipe_does_not_follow_planted_links() {
+    fn wipe_leaves_every_link_target_intact() {
+        // Without a mount (kechid without root) the temp dir shares a filesystem with the rest,
+        // so a worker can also hard-link a file it may write: unlinking its name must leave
+        // the file with one link less and nothing else changed.
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let precious = outside.path().join("precious");
-        std::fs::write(&precious, b"keep").unwrap();
+        let secret = Precious::new(outside.path().join("shadow"), b"root:$6$x:19000::::::\n");
+        let inside = Precious::new(outside.path().join("inside"), b"in the linked dir");
         let t = dirs(root.path(), false);
         let d = t.create(1, Uid::current(), Gid::current()).unwrap();
-        std::os::unix::fs::symlink(outside.path(), d.join("dirlink")).unwrap();
-        std::os::unix::fs::symlink(&precious, d.join("filelink")).unwrap();
-        std::fs::hard_link(&precious, d.join("hard")).unwrap();
+        assert!(plant(&d, &secret.path, outside.path()) > 0);
+        std::fs::hard_link(&secret.path, d.join("hard")).unwrap();
+        std::fs::hard_link(&inside.path, d.join("a/b/hard")).unwrap();
+        secret.assert_intact(2);
         t.wipe(1).unwrap();
         assert!(!d.exists());
-        assert_eq!(std::fs::read(&precious).unwrap(), b"keep");
+        secret.assert_intact(1);
+        inside.assert_intact(1);
+        let mut left: Vec<_> = std::fs::read_dir(outside.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["inside", "shadow"]);
+        assert_eq!(t.existing(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn wipe_survives_links_swapped_in_during_it() {
+        // A process of the worker's user that outlives the worker keeps turning an entry of the
+        // temp dir from a directory into a link to a directory outside and back, while kechid
+        // wipes. A wipe that checks an entry and then opens it by name would walk outside.
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = Precious::new(outside.path().join("victim"), b"must stay");
+        let t = dirs(root.path(), false);
+        for round in 0..50 {
+            let d = t.create(round, Uid::current(), Gid::current()).unwrap();
+            for i in 0..20 {
+                std::fs::create_dir_all(d.join(format!("x{i}/y"))).unwrap();
+                std::fs::write(d.join(format!("x{i}/y/f")), b"x").unwrap();
+            }
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let swapper = {
+                let (d, out, stop) = (d.clone(), outside.path().to_owned(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let e = d.join(format!("x{}", i % 20));
+                        let _ = std::fs::remove_dir_all(&e).or_else(|_| std::fs::remove_file(&e));
+                        let _ = std::os::unix::fs::symlink(&out, &e);
+                        let _ = std::fs::remove_file(&e);
+                        let _ = std::fs::create_dir(&e);
+                        let _ = std::os::unix::fs::symlink(&out, e.join("y"));
+                        i += 1;
+                    }
+                })
+            };
+            // The swapper may win a race and add an entry after a directory was emptied: the
+            // wipe then fails (and kechid retries later); it must never reach outside.
+            let _ = t.wipe(round);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            swapper.join().unwrap();
+            t.wipe(round).unwrap();
+            assert!(!d.exists(), "round {round}");
+            victim.assert_intact(1);
+        }
+        let left: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn tmpfs_wipe_with_planted_links_as_root() {
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = Precious::new(outside.path().join("shadow"), b"root:$6$x:19000::::::\n");
+        let inside = Precious::new(outside.path().join("inside"), b"in the linked dir");
+        let t = dirs(root.path(), true);
+        let d = match t.create(1, Uid::current(), Gid::current()) {
+            Ok(d) => d,
+            Err(TmpDirError::Mount {
+                source: nix::Error::EPERM,
+                ..
+            }) => {
+                eprintln!("skipped: mount not permitted here");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        plant(&d, &secret.path, outside.path());
+        // A tmpfs of its own: hard links out of it are impossible (EXDEV), so the only hard
+        // links a worker can make are between its own files, inside it.
+        let e = std::fs::hard_link(&secret.path, d.join("hard")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        std::fs::hard_link(d.join("a/b/c/own"), d.join("hard")).unwrap();
+        assert_eq!(std::fs::metadata(d.join("hard")).unwrap().nlink(), 2);
+        // A file still open in the worker does not hold the wipe up.
+        let held = std::fs::File::open(d.join("hard")).unwrap();
+        t.wipe(1).unwrap();
+        assert!(!d.exists());
+        secret.assert_intact(1);
+        inside.assert_intact(1);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&format!(" {} ", d.display())),
+            "still mounted"
+        );
+        drop(held);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub trait Host {
     /// `Err` when the user database cannot be asked (not the same as "no such user").
     fn user_exists(&self, name: &str) -> Result<bool, String>;
     fn group_exists(&self, name: &str) -> Result<bool, String>;
+    /// Whether the user `name` has uid 0 (root under another name, like BSD's `toor`).
+    fn user_is_uid_zero(&self, _name: &str) -> bool {
+        false
+    }
     /// See [`jemalloc::find_auto`].
     fn find_jemalloc(&self) -> Option<PathBuf>;
     /// See [`jemalloc::check_library`].
@@ -52,6 +56,10 @@ impl Host for RealHost {
             .map_err(|e| e.to_string())
     }
 
+    fn user_is_uid_zero(&self, name: &str) -> bool {
+        nix::unistd::User::from_name(name).is_ok_and(|u| u.is_some_and(|u| u.uid.is_root()))
+    }
+
     fn find_jemalloc(&self) -> Option<PathBuf> {
         jemalloc::find_auto()
     }
@@ -74,8 +82,21 @@ pub fn check(
         errors: Vec::new(),
     };
     match &config.user {
+        // Workers run as root only when the config says "root": another name for uid 0 (an
+        // alias account, a uid edited to 0) would hide it from anyone reading the file.
+        Some(u) if u != "root" && host.user_is_uid_zero(u) => c.fail(
+            "user",
+            format!("user {u:?} has uid 0, so workers would run as root"),
+            "user = \"root\" written out to run workers as root, or a user without uid 0",
+        ),
         Some(u) => c.exists("user", "user", u, host.user_exists(u)),
         None if host.is_root() => match host.user_exists(DEFAULT_USER) {
+            Ok(true) if host.user_is_uid_zero(DEFAULT_USER) => c.fail(
+                "user",
+                format!("not set, so workers would run as {DEFAULT_USER:?}, which has uid 0"),
+                "user = \"NAME\" naming a user without uid 0 (workers run as root only with \
+                 user = \"root\" written out)",
+            ),
             Ok(true) => {}
             Ok(false) => c.fail(
                 "user",
@@ -205,6 +226,8 @@ pub(crate) mod fake {
         pub auto: Option<PathBuf>,
         /// Libraries that pass the safety check (resolved to themselves).
         pub safe: BTreeSet<PathBuf>,
+        /// Users with uid 0 (root is added by `user_is_uid_zero` itself).
+        pub uid_zero: BTreeSet<String>,
     }
 
     impl FakeHost {
@@ -217,6 +240,7 @@ pub(crate) mod fake {
                 groups: ["root", "diary"].map(String::from).into(),
                 auto: Some(lib.clone()),
                 safe: [lib].into(),
+                uid_zero: BTreeSet::new(),
             }
         }
     }
@@ -230,6 +254,9 @@ pub(crate) mod fake {
         }
         fn group_exists(&self, name: &str) -> Result<bool, String> {
             Ok(self.groups.contains(name))
+        }
+        fn user_is_uid_zero(&self, name: &str) -> bool {
+            name == "root" || self.uid_zero.contains(name)
         }
         fn find_jemalloc(&self) -> Option<PathBuf> {
             self.auto.clone()
@@ -289,6 +316,31 @@ mod tests {
         )
         .unwrap();
         run(&format!("{CMD}user = \"root\"\n"), &host).unwrap();
+    }
+
+    #[test]
+    fn root_under_another_name_is_refused() {
+        let mut host = FakeHost::new();
+        host.users.insert("toor".into());
+        host.uid_zero.insert("toor".into());
+        let errs = run(&format!("{CMD}user = \"toor\"\n"), &host).unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "/etc/kechi/demo.toml:2: user: user \"toor\" has uid 0, so workers would run as root; expected user = \"root\" written out to run workers as root, or a user without uid 0"
+            ]
+        );
+        run(&format!("{CMD}user = \"root\"\n"), &host).unwrap();
+        host.uid_zero.insert("nobody".into());
+        let errs = run(CMD, &host).unwrap_err();
+        assert!(errs[0].contains("which has uid 0"), "{errs:?}");
+    }
+
+    #[test]
+    fn real_host_knows_uid_zero() {
+        assert!(RealHost.user_is_uid_zero("root"));
+        assert!(!RealHost.user_is_uid_zero("nobody"));
+        assert!(!RealHost.user_is_uid_zero("no-such-user-kechi"));
     }
 
     #[test]
