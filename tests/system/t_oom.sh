@@ -46,6 +46,10 @@ expect_eq "worker $vpid" "$(fig ended)" gone
 peak=$(fig max_usage)
 if [ "$peak" -gt 0 ] && [ "$peak" -le "$limit" ]; then
   ok "memory peak of the scope $peak <= limit $limit"
+elif [ "$peak" = 0 ] && [ "$(fig ended)" = gone ]; then
+  # a loaded machine: the kill and systemd's removal of the emptied scope came before the first
+  # sample; the kernel's own report below (oom_memcg = this scope) is the evidence then
+  info "memory peak of the scope not sampled: the scope was gone before the first sample"
 else
   bad "memory peak of the scope $peak, limit $limit"
 fi
