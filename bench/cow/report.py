@@ -125,13 +125,19 @@ def doc(rows, by, p, machine):
                         p["visits"], n["start_mean_shared"], n["end_mean_shared"], p["duration"]))
     if "childsig" in by:
         c = by["childsig"]
-        summ.append("kechi's child-level policy (recycle-above on USS + child-signal) kept it at {:.0f}% on average "
-                    "({} children signalled, {} failed requests).".format(c["avg_mean_shared"], c["child_signals"], c["failed"]))
+        summ.append("With recycle-above (USS) + child-signal, kechid signalled {} children one at a time and the mean "
+                    "stayed at {:.0f}% on average (no policy: {:.0f}%), {} failed requests.".format(
+                        c["child_signals"], c["avg_mean_shared"], by["none"]["avg_mean_shared"] if "none" in by else 0,
+                        c["failed"]))
     if "minshared" in by:
         m = by["minshared"]
-        summ.append("`min-shared` + `child-signal` does not signal children: kechid recycles the whole worker "
-                    "instead ({} worker recycles, {} child signals; average {:.0f}%).".format(
-                        m["worker_recycles"], m["child_signals"], m["avg_mean_shared"]))
+        if m["child_signals"] == 0 and m["worker_recycles"] > 0:
+            summ.append("`min-shared` + `child-signal` signalled no child: kechid recycled the whole worker {} times "
+                        "instead (it applies child-signal to recycle-above only); average {:.0f}%.".format(
+                            m["worker_recycles"], m["avg_mean_shared"]))
+        else:
+            summ.append("`min-shared` + `child-signal`: {} child signals, {} worker recycles, average {:.0f}%.".format(
+                m["child_signals"], m["worker_recycles"], m["avg_mean_shared"]))
     lines += [" ".join(summ), ""]
     lines += [
         "Reproduces \"a Starlet box saw shared memory fall from 90% to 60%\": `tests/system/apps/mem_big.psgi` under",
