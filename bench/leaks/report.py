@@ -128,7 +128,7 @@ def doc(rows, by, p, machine):
         "| periodic (max-age) | `[recycle] max-age = \"{}s\"` (jitter 10 %, min-interval 5s) |".format(p["max_age"]),
         "| kechi recycle-above | `[memory] recycle-above = \"{}M\"`, `metric = \"uss\"`, check-interval {}s, min-interval 5s: replacement started first |".format(
             p["limit_mb"], p["poll"]),
-        "| external RSS killer | `bench/leaks/rss_killer.py`, as puma_worker_killer does it: polls each worker's VmRSS every {} s, SIGTERM above {} MiB; kechid sees an exit and restarts the worker (crash backoff 1 s) |".format(
+        "| external RSS killer | `bench/leaks/rss_killer.py`, in the manner of puma_worker_killer: polls each worker's VmRSS every {} s, SIGTERM above {} MiB (puma_worker_killer compares the workers' summed RSS and kills the largest; a per-worker limit is the like-for-like comparison with recycle-above); kechid sees an exit and restarts the worker (crash backoff 1 s) |".format(
             p["poll"], p["limit_mb"]),
         "",
         "Memory is the sum of RSS over every process of the app's user, read from `/proc/PID/smaps_rollup`",
