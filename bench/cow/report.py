@@ -181,6 +181,7 @@ def doc(rows, by, p, machine):
         "kechid's journal, records with a REASON per variant: " + "; ".join(
             "{}: {}".format(r["variant"], r["journal_reasons"] or "none") for r in rows) + ".",
         "",
+    ] + reading(by) + [
         "## Reproduce",
         "",
         "```sh",
@@ -196,6 +197,29 @@ def doc(rows, by, p, machine):
         "",
     ]
     return "\n".join(lines)
+
+
+def reading(by):
+    """What the figures say, where each policy's cost lies (including what does not flatter kechi)."""
+    out = ["Reading it:", ""]
+    if "minshared" in by and "none" in by:
+        m, n = by["minshared"], by["none"]
+        out += ["- `min-shared` judges the worker as a whole and, child-signal or not, replaces the whole worker: the",
+                "  new master loads the preload again and both sets of processes live during the handover (peak USS sum",
+                "  {:.0f} MiB against {:.0f} MiB for the child-level policy), and this run served {:.0f} requests/s against {:.0f}".format(
+                    m["peak_uss_sum_mib"], by.get("childsig", m)["peak_uss_sum_mib"], m["req_per_s"], n["req_per_s"]),
+                "  without a policy (the reloads share 2 busy cores with the app; one run cannot tell them from the",
+                "  machine's other load). In return every child is fresh at once."]
+    if "childsig" in by:
+        c = by["childsig"]
+        out += ["- recycle-above on USS with child-signal replaces one child at a time (the largest by USS, at most one",
+                "  per min-interval): the mean saw-tooths around the threshold, {} requests failed, the throughput".format(c["failed"]),
+                "  stays ({:.0f} requests/s), but the oldest children keep decaying until their turn (lowest child {:.0f}%).".format(
+                    c["req_per_s"], c["lowest_min_shared"]),
+                "  Its threshold is the worker's total private memory, so it has to be set for the number of children."]
+    out += ["- Starlet's own `--max-reqs-per-child` (default 1000) renews children by request count instead; it was",
+            "  set out of reach here so that only the policies under test act.", ""]
+    return out
 
 
 if __name__ == "__main__":
