@@ -152,13 +152,7 @@ def doc(rows, by, p, machine):
         "the killer's SIGTERMs. kechid's journal, all records with a REASON per policy: " + "; ".join(
             "{}: {}".format(r["policy"], r["journal_reasons"] or "none") for r in rows) + ".",
         "",
-        "Reading it: periodic recycling bounds memory only as well as its interval guesses the leak rate;",
-        "it recycles healthy workers too, and a faster leak (more traffic) outruns it. Memory-triggered",
-        "recycling follows the leak whatever the traffic. The external killer bounds memory the same way but",
-        "its SIGTERM is the worker's end, not a handover: until kechid notices the exit, waits out the crash",
-        "backoff and the new worker is ready, the app runs on one worker less, and requests in flight on the",
-        "killed worker are at the app's mercy (this app drains them on SIGTERM; many do not).",
-        "",
+    ] + reading(by, p) + [
         "## Reproduce",
         "",
         "```sh",
@@ -174,6 +168,35 @@ def doc(rows, by, p, machine):
         "",
     ]
     return "\n".join(lines)
+
+
+def reading(by, p):
+    """What the figures say, each policy's cost included (whether it flatters kechi or not)."""
+    out = ["Reading it:", ""]
+    if "age" in by and "memory" in by:
+        a, m = by["age"], by["memory"]
+        verdict = ("the traffic peak outran it: peak {:.0f} MiB against {:.0f} MiB with recycle-above".format(
+            a["peak_rss_mib"], m["peak_rss_mib"]) if a["peak_rss_mib"] > m["peak_rss_mib"] else
+            "it held (peak {:.0f} MiB against {:.0f} MiB with recycle-above)".format(a["peak_rss_mib"], m["peak_rss_mib"]))
+        out += ["- Periodic recycling (max-age {}s, a fixed interval) recycled {} times, healthy".format(
+                    p["max_age"], a["recycles"]),
+                "  workers included, whatever the leak did; {}.".format(verdict),
+                "- recycle-above follows the leak whatever the traffic ({} recycles, each when a worker passed the limit); the".format(
+                    m["recycles"]),
+                "  replacement starts first, so for a moment the old and the new worker both count."]
+    if "killer" in by and "memory" in by:
+        k, m = by["killer"], by["memory"]
+        out += ["- The external killer kept memory {} (peak {:.0f} MiB, mean {:.0f} against {:.0f}): it measures RSS, which".format(
+                    "lower" if k["mean_rss_mib"] < m["mean_rss_mib"] else "no lower", k["peak_rss_mib"], k["mean_rss_mib"],
+                    m["mean_rss_mib"]),
+                "  is above USS, and a killed worker's memory goes at once, with no replacement beside it. Its cost is",
+                "  capacity: after each SIGTERM the app runs a worker short until kechid notices the exit, waits out",
+                "  the crash backoff and the new worker is ready: {:.0f} requests/s against {:.0f} with recycle-above.".format(
+                    k["req_per_s"], m["req_per_s"]),
+                "  {} requests failed: this app finishes the requests in flight on SIGTERM; an app that exits at".format(k["failed"]),
+                "  once fails them, and kechid logs every kill as a crash ({} here).".format(k["crash_restarts"])]
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
