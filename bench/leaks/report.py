@@ -99,19 +99,23 @@ def doc(rows, by, p, machine):
     lines = ["# Benchmark: leaks — a leaking app, four recycling policies", ""]
     summ = []
     if "none" in by:
-        summ.append("A worker leaking {} KiB per request, 2 workers, {} s of load: unchecked, the app grew "
-                    "to {:.0f} MiB (RSS sum).".format(p["leak_kb"], p["duration"], by["none"]["peak_rss_mib"]))
-    parts = ["{} peaked at {:.0f} MiB with {} failed requests".format(LABELS[k], by[k]["peak_rss_mib"], by[k]["failed"])
-             for k in ("age", "memory", "killer") if k in by]
+        summ.append("A worker leaking {} KiB per request, 2 workers, {} s of load with a traffic peak: unchecked, "
+                    "the app grew to {:.0f} MiB (RSS sum).".format(p["leak_kb"], p["duration"], by["none"]["peak_rss_mib"]))
+    parts = ["{} peaked at {:.0f} MiB".format(LABELS[k], by[k]["peak_rss_mib"]) for k in ("age", "memory", "killer") if k in by]
     if parts:
         text = "; ".join(parts)
         summ.append(text[0].upper() + text[1:] + ".")
+    failed = {k: by[k]["failed"] for k in by}
+    summ.append("Failed requests: " + ", ".join("{} {}".format(k, v) for k, v in failed.items()) + ".")
     if "memory" in by and "killer" in by:
         m, k = by["memory"], by["killer"]
-        summ.append("kechi's recycle-above starts the replacement first ({} recycles, {} failed); the external "
-                    "killer's SIGTERM leaves the worker's slot empty until kechid restarts it ({} kills, {} failed, "
-                    "{:.0f} vs {:.0f} requests/s).".format(m["recycles"], m["failed"], k["kills"], k["failed"],
-                                                          k["req_per_s"], m["req_per_s"]))
+        if k["req_per_s"] < 0.95 * m["req_per_s"]:
+            summ.append("The killer's SIGTERMs cost throughput ({:.0f} against {:.0f} requests/s with recycle-above, which "
+                        "starts the replacement first).".format(k["req_per_s"], m["req_per_s"]))
+        else:
+            summ.append("The killer cost no measurable throughput here ({:.0f} against {:.0f} requests/s with "
+                        "recycle-above): this app starts in milliseconds and drains on SIGTERM.".format(
+                            k["req_per_s"], m["req_per_s"]))
     lines += [" ".join(summ), ""]
     lines += [
         "Reproduces \"a wiki's workers grew to 1.2 GB a day; hourly restarts fixed it\" in minutes: the app",
@@ -186,15 +190,20 @@ def reading(by, p):
                 "  replacement starts first, so for a moment the old and the new worker both count."]
     if "killer" in by and "memory" in by:
         k, m = by["killer"], by["memory"]
-        out += ["- The external killer kept memory {} (peak {:.0f} MiB, mean {:.0f} against {:.0f}): it measures RSS, which".format(
-                    "lower" if k["mean_rss_mib"] < m["mean_rss_mib"] else "no lower", k["peak_rss_mib"], k["mean_rss_mib"],
-                    m["mean_rss_mib"]),
-                "  is above USS, and a killed worker's memory goes at once, with no replacement beside it. Its cost is",
-                "  capacity: after each SIGTERM the app runs a worker short until kechid notices the exit, waits out",
-                "  the crash backoff and the new worker is ready: {:.0f} requests/s against {:.0f} with recycle-above.".format(
-                    k["req_per_s"], m["req_per_s"]),
-                "  {} requests failed: this app finishes the requests in flight on SIGTERM; an app that exits at".format(k["failed"]),
-                "  once fails them, and kechid logs every kill as a crash ({} here).".format(k["crash_restarts"])]
+        if k["mean_rss_mib"] < m["mean_rss_mib"]:
+            out += ["- The external killer kept memory lower (peak {:.0f} MiB, mean {:.0f} against {:.0f}): it measures".format(
+                        k["peak_rss_mib"], k["mean_rss_mib"], m["mean_rss_mib"]),
+                    "  RSS, which is above USS, and a killed worker's memory goes at once, with no replacement beside it."]
+        else:
+            out += ["- The external killer kept memory no lower (peak {:.0f} MiB, mean {:.0f} against {:.0f}).".format(
+                k["peak_rss_mib"], k["mean_rss_mib"], m["mean_rss_mib"])]
+        out += ["- Its cost is capacity: after each SIGTERM the app runs a worker short until kechid notices the",
+                "  exit, waits out the crash backoff and the new worker is ready; kechid logs each kill as a crash",
+                "  ({} here). Measured: {:.0f} requests/s against {:.0f} with recycle-above, {} failed requests.".format(
+                    k["crash_restarts"], k["req_per_s"], m["req_per_s"], k["failed"])]
+        if k["req_per_s"] >= 0.95 * m["req_per_s"] and k["failed"] == 0:
+            out += ["  That cost did not show here: this app is ready in milliseconds and finishes the requests in",
+                    "  flight on SIGTERM. An app that loads for seconds, or exits at once on SIGTERM, would pay it."]
     out.append("")
     return out
 
