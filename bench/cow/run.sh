@@ -35,14 +35,14 @@ CHILDREN=4
 CONNS=8
 VARIANTS=${BENCH_COW_VARIANTS:-none minshared childsig}
 OUT=$BENCH_ROOT/bench/results/cow
-RAW=$(mktemp -d /tmp/bench-cow.XXXXXX)
-box_on_exit "rm -rf '$RAW'"
 
 scenario bench-cow "copy-on-write decay of Starlet children, with and without kechi's child-level policy ($MODE: ${DURATION}s each)"
 bench_need wrk=wrk pl:Plack::Handler::Starlet=starlet py:matplotlib=python3-matplotlib
 bench_build
 MACHINE=$(bench_machine)
 bench_up bcow
+RAW=$(mktemp -d /tmp/bench-cow.XXXXXX)  # raw samples; removed at exit with the box
+box_on_exit "rm -rf '$RAW'"
 mem_ready_init
 ABOVE_MB=""
 

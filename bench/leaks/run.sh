@@ -36,14 +36,14 @@ PEAK_CONNS=8
 WORKERS=2
 POLICIES=${BENCH_LEAKS_POLICIES:-none age memory killer}
 OUT=$BENCH_ROOT/bench/results/leaks
-RAW=$(mktemp -d /tmp/bench-leaks.XXXXXX)
-box_on_exit "rm -rf '$RAW'"
 
 scenario bench-leaks "a leaking app under 4 policies ($MODE: ${DURATION}s each)"
 bench_need wrk=wrk py:matplotlib=python3-matplotlib
 bench_build
 MACHINE=$(bench_machine)
 bench_up bleaks
+RAW=$(mktemp -d /tmp/bench-leaks.XXXXXX)  # raw samples; removed at exit with the box
+box_on_exit "rm -rf '$RAW'"
 bench_copy_in "$HERE/rss_killer.py"
 
 config() {  # config POLICY: the app's TOML for that policy
