@@ -9,6 +9,11 @@
 #                     decay: its pages become private to the child), then waits MEM_TOUCH_WAIT
 #                     seconds (default 1) so that concurrent requests land on different children
 # GET /fat?mb=M       this child allocates M MiB more (written) and keeps it
+# GET /visit?n=K&ms=D takes a reference to K random elements (default 100) and drops it, then
+#                     sleeps D ms (default 0: the rest of a request's work): reading data the way
+#                     Perl code does writes each element's reference count, so every page it lands
+#                     on becomes private to this child (gradual copy-on-write decay, as under real
+#                     traffic; bench/cow)
 use strict;
 use warnings;
 use Time::HiRes ();
@@ -28,6 +33,14 @@ my $app = sub {
     if ($path eq '/touch') {
         $_++ for @big;
         Time::HiRes::sleep($ENV{MEM_TOUCH_WAIT} // 1);
+    } elsif ($path eq '/visit') {
+        my ($n) = ($env->{QUERY_STRING} // '') =~ /n=(\d+)/;
+        $n //= 100;
+        for (1 .. $n) {
+            my $ref = \$big[rand @big];
+        }
+        my ($ms) = ($env->{QUERY_STRING} // '') =~ /ms=(\d+)/;
+        Time::HiRes::sleep($ms / 1000) if $ms;
     } elsif ($path eq '/fat') {
         my ($mb) = ($env->{QUERY_STRING} // '') =~ /mb=(\d+)/;
         $mb //= 100;
