@@ -1251,6 +1251,14 @@ impl<S: Systemd> Driver<S> {
                 {
                     sample.largest_child = Some((pid, m));
                 }
+                if pid != p.pid.as_raw()
+                    && m.rss > 0
+                    && sample.least_shared_child.is_none_or(|(_, c)| {
+                        (m.shared as f64 / m.rss as f64) < (c.shared as f64 / c.rss.max(1) as f64)
+                    })
+                {
+                    sample.least_shared_child = Some((pid, m));
+                }
             }
         }
         if sample.processes == 0 {

@@ -104,13 +104,17 @@ fn splitmix64(x: u64) -> u64 {
 }
 
 /// A worker's memory as last sampled: the sum over its processes, its cgroup's charge, and
-/// its largest process other than the main one (a prefork master's child).
+/// its largest and its least-shared process other than the main one (a prefork master's
+/// children).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemSample {
     pub total: ProcMem,
     pub cgroup: Option<u64>,
     pub processes: usize,
     pub largest_child: Option<(i32, ProcMem)>,
+    /// Its child process with the smallest shared part of its RSS (for `min-shared` with
+    /// `child-signal`: the child that un-shared most goes, the master forks a fresh one).
+    pub least_shared_child: Option<(i32, ProcMem)>,
     /// Whether PSS/USS/shared were read (else only RSS, from statm).
     pub detailed: bool,
 }
@@ -586,6 +590,20 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
                 Some((2, w.started, StopReason::Memory))
             } else if budget_pick == Some(w.serial) {
                 Some((3, w.started, StopReason::Budget))
+            } else if lost_sharing(w, policy)
+                && policy.child_signal.is_some()
+                && let Some((pid, _)) = w.mem.as_ref().and_then(|m| m.least_shared_child)
+            {
+                // The child that un-shared most goes; its fresh replacement shares again.
+                match w.child_signaled.map(|t| t + policy.min_interval) {
+                    Some(at) if now < at => d.wake(at),
+                    _ => d.actions.push(Action::SignalChild {
+                        serial: w.serial,
+                        pid,
+                        signal: policy.child_signal.unwrap_or(libc::SIGTERM),
+                    }),
+                }
+                None
             } else if lost_sharing(w, policy) {
                 Some((4, w.started, StopReason::Sharing))
             } else {
@@ -1103,6 +1121,7 @@ mod tests {
             cgroup: Some(uss + shared),
             processes,
             largest_child: None,
+            least_shared_child: None,
             detailed: true,
         }
     }
@@ -1189,5 +1208,29 @@ mod tests {
                 .any(|a| matches!(a, Action::SignalChild { .. }))
         );
         assert_eq!(d.wake_at, Some(t + p.min_interval));
+    }
+
+    /// `min-shared` with `child-signal`: the least-shared child is signalled, the worker stays.
+    #[test]
+    fn min_shared_with_child_signal_signals_the_least_shared_child() {
+        let mut p = policy();
+        p.min_shared = Some(0.5);
+        p.child_signal = Some(libc::SIGTERM);
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        // 40% of RSS shared, below min-shared
+        let mut m = mem(300, 500, 200, 3);
+        m.least_shared_child = Some((777, ProcMem::default()));
+        s.workers.get_mut(&1).unwrap().mem = Some(m.clone());
+        let d = decide(&s, &p, t);
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert!(d.actions.contains(&Action::SignalChild {
+            serial: 1,
+            pid: 777,
+            signal: libc::SIGTERM
+        }));
+        // without child-signal the whole worker is recycled, as before
+        p.child_signal = None;
+        assert_eq!(replaces(&decide(&s, &p, t)), vec![(1, StopReason::Sharing)]);
     }
 }
