@@ -188,13 +188,16 @@ load_start() {
   local name=$1 mode=$2 url=$3 conns=$4 threads=$5 unit="kt-load-$1" end
   mkdir -p /run/kt-load
   rm -f "$(load_out "$name")"
+  # a load of this name left over from a step that failed must not block this one
+  systemctl stop "$unit" 2> /dev/null
   systemd-run --quiet --unit="$unit" --collect --service-type=exec \
     "$0" load-run "$name" "$mode" "$url" "$conns" "$threads" || return 1
   # wrk buffers its output until it ends: it runs once it has connections to the address
-  end=$((SECONDS + 10))
+  # (30 s: on a loaded machine wrk itself can take that long to get going)
+  end=$((SECONDS + 30))
   until [ "$(ss -Htnp state established "dst $(load_hostport "$url")" 2>/dev/null | grep -c '"wrk"')" -ge 1 ]; do
     systemctl -q is-active "$unit" || { echo "$unit ended at once:"; cat "$(load_out "$name")"; return 1; }
-    [ "$SECONDS" -lt "$end" ] || { echo "$unit has no connection to $url after 10 s"; return 1; }
+    [ "$SECONDS" -lt "$end" ] || { echo "$unit has no connection to $url after 30 s"; systemctl stop "$unit"; return 1; }
     sleep 0.05
   done
 }
