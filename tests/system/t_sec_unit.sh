@@ -2,7 +2,7 @@
 # t_sec_unit: the sandboxing of kechi@.service, and which of it reaches the workers (see
 # docs/SANDBOXING.md). Contract:
 #  - `systemd-analyze security kechi@demo.service` rates the shipped unit at most 6.9 (8.4 before
-#    its hardening): dropping a directive shows here;
+#    its hardening) with systemd 252: dropping a directive shows here;
 #  - process attributes reach the workers: each worker has the same seccomp filters as kechid
 #    (Seccomp: 2, same filter count) and a bounding set without CAP_SYS_MODULE, CAP_SYS_RAWIO and
 #    CAP_SYS_TIME, while a process started outside kechi has no filter and a full set;
@@ -38,7 +38,11 @@ say "systemd-analyze security kechi@$KT_APP.service"
 out=$(tgt_run systemd-analyze security --no-pager "kechi@$KT_APP.service" 2>&1)
 printf '%s\n' "$out" | grep '✗' | sed 's/^/          | /' | head -n 60
 score=$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
-if [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 6.9) }'; then
+# the weights change between systemd versions: the figure is held for the one it was measured on
+sdver=$(tgt_run systemctl --version | awk 'NR == 1 { print $2 }')
+if [ "$sdver" != 252 ]; then
+  info "exposure $score with systemd $sdver (6.9 is the figure for systemd 252; not compared)"
+elif [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 6.9) }'; then
   ok "exposure $score (at most 6.9; 8.4 before hardening)"
 else
   bad "exposure '$score', want at most 6.9"
