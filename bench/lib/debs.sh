@@ -14,9 +14,11 @@ bench_need_debs() {
   [ "$(id -u)" = 0 ] || { echo "bench: missing Debian packages:$missing (run as root to install them)" >&2; return 1; }
   echo "bench: installing:$missing" >&2
   # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq > /dev/null &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing > /dev/null ||
-    { echo "bench: apt-get install failed for:$missing" >&2; return 1; }
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq > /dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing > /dev/null; }; then
+    echo "bench: apt-get install failed for:$missing" >&2
+    return 1
+  fi
 }
 
 # bench_machine: one line naming the machine, for reports

@@ -12,6 +12,7 @@
 #   krestart  systemctl restart kechi@demo; over once kechid is active again (it adopts the workers)
 #   kill9     kill -9 of kechid; over once systemd has restarted it and it is active again
 
+# shellcheck disable=SC2034  # ACT_SECS is read by run.sh
 _now() { date +%s.%N; }
 
 act() {

@@ -19,6 +19,7 @@ wrk_start() {
   rm -f "$OUT/$name.out"
   args=(-c "$conns" -t 1 -d "${secs}s" --timeout 5s -s "$LUA")
   [ "$mode" = close ] && args+=(-H "Connection: close")
+  # shellcheck disable=SC2016  # expanded by that sh: $0 is the output file
   systemd-run --quiet --unit="bench-wrk-$name" --collect --service-type=exec \
     sh -c 'exec wrk "$@" > "$0" 2>&1' "$OUT/$name.out" "${args[@]}" "$url"
 }
