@@ -58,7 +58,7 @@ pkgs="python3 python3-matplotlib"
 bench_need_debs $pkgs || exit 1
 if [ "$kechi_only" = 0 ] && [ ! -x "$FP_CIRCUS/bin/circusd" ]; then
   echo "footprint: installing circus into $FP_CIRCUS" >&2
-  if ! { python3 -m venv "$FP_CIRCUS" && "$FP_CIRCUS/bin/pip" install -q circus; }; then
+  if ! { /usr/bin/python3 -m venv "$FP_CIRCUS" && "$FP_CIRCUS/bin/pip" install -q circus; }; then
     echo "footprint: circus did not install" >&2
     exit 1
   fi
@@ -130,8 +130,8 @@ done
   echo "kechid: $(kechi_bin_dir)/kechid ($(tgt_run kechid --version 2> /dev/null || echo '?'))"
   echo "versions: $(dpkg-query -W -f='${Package} ${Version}, ' supervisor libserver-starter-perl starlet python3 systemd 2> /dev/null | sed 's/, $//')$([ -x "$FP_CIRCUS/bin/circusd" ] && echo ", circus $("$FP_CIRCUS/bin/circusd" --version)")"
 } > "$out/meta.txt"
-python3 "$HERE/report.py" --text "$CSV"
+/usr/bin/python3 "$HERE/report.py" --text "$CSV"
 if [ "$quick" = 0 ] && [ "$kechi_only" = 0 ]; then
-  python3 "$HERE/report.py" --markdown "$CSV" --meta "$out/meta.txt" --docs "$ROOT/docs/benchmarks" && say "wrote docs/benchmarks/footprint.md"
+  /usr/bin/python3 "$HERE/report.py" --markdown "$CSV" --meta "$out/meta.txt" --docs "$ROOT/docs/benchmarks" && say "wrote docs/benchmarks/footprint.md"
 fi
 finish

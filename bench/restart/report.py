@@ -7,7 +7,8 @@
 
 Per case (server, restart kind, load) the repetitions are combined: failed and served requests are
 summed, latency percentiles and the action's duration are the median over repetitions, max is the
-largest. "p99 x" is the case's p99 over the same server's steady p99 (same load, no restart).
+largest. "p99 x steady" is the window's p99 over the p99 of the same server's steady window (same load, no
+restart) in the same repetition, the median over repetitions.
 """
 import argparse
 import csv
@@ -16,38 +17,45 @@ import sys
 from collections import OrderedDict
 
 LABEL = {
-    ("starlet", "restart"): "Starlet alone: systemctl restart (binds its own port)",
-    ("start_server", "hup"): "start_server + Starlet: SIGHUP",
-    ("gunicorn", "restart"): "gunicorn alone: systemctl restart (binds its own port)",
-    ("gunicorn", "hup"): "gunicorn: SIGHUP",
-    ("recycle",): "kechi: kechictl recycle --all --wait",
-    ("reload",): "kechi: systemctl reload",
-    ("krestart",): "kechi: systemctl restart kechi@demo",
-    ("kill9",): "kechi: kill -9 kechid",
+    ("restart",): "systemctl restart",
+    ("hup",): "SIGHUP",
+    ("recycle",): "kechictl recycle --all --wait",
+    ("reload",): "systemctl reload",
+    ("krestart",): "systemctl restart kechi@demo",
+    ("kill9",): "kill -9 kechid",
     ("steady",): "steady (no restart)",
+
 }
 SERVER = {
-    "starlet": "Starlet (systemd service)",
+    "starlet": "Starlet, binding its own port",
     "start_server": "start_server + Starlet",
     "kechi-starlet": "kechi + Starlet",
-    "gunicorn": "gunicorn (systemd service)",
+    "gunicorn": "gunicorn, binding its own port",
     "kechi-gunicorn": "kechi + gunicorn",
 }
 
 
 def label(server, action):
-    return LABEL.get((server, action)) or LABEL.get((action,)) or "{} {}".format(server, action)
+    if (server, action) in LABEL:
+        return LABEL[(server, action)]
+    return "{}: {}".format(SERVER.get(server, server), LABEL.get((action,), action))
 
 
 def load(path):
     cases = OrderedDict()
+    steady = {}
     with open(path) as f:
         for r in csv.DictReader(f):
             cases.setdefault((r["app"], r["server"], r["action"], r["load"]), []).append(r)
+            if r["action"] == "steady":
+                steady[(r["server"], r["load"], r["rep"])] = float(r["p99_ms"])
     out = []
     for (app, server, action, ld), rows in cases.items():
         med = lambda k: statistics.median(float(r[k]) for r in rows)  # noqa: E731
         ops = [float(r["action_s"]) for r in rows if r["action_s"]]
+        # each window over the steady window of the same repetition: the machine's load drifts
+        ratios = [float(r["p99_ms"]) / steady[k] for r in rows
+                  for k in [(r["server"], r["load"], r["rep"])] if steady.get(k)]
         out.append(dict(
             app=app, server=server, action=action, load=ld, reps=len(rows),
             requests=sum(int(r["requests"]) for r in rows),
@@ -55,11 +63,8 @@ def load(path):
             kinds={k: sum(int(r[k]) for r in rows) for k in ("connect", "read", "write", "timeout", "non2xx")},
             p50=med("p50_ms"), p99=med("p99_ms"), p999=med("p999_ms"),
             max=max(float(r["max_ms"]) for r in rows),
-            op=statistics.median(ops) if ops else None))
-    steady = {(c["server"], c["load"]): c for c in out if c["action"] == "steady"}
-    for c in out:
-        s = steady.get((c["server"], c["load"]))
-        c["ratio"] = c["p99"] / s["p99"] if s and s["p99"] > 0 else None
+            op=statistics.median(ops) if ops else None,
+            ratio=statistics.median(ratios) if ratios else None))
     return out
 
 
@@ -77,7 +82,7 @@ COLS = ["case", "load", "served", "failed", "failures by kind", "p50 ms", "p99 m
 
 def rows_for(cases):
     for c in cases:
-        yield [label(c["server"], c["action"]) if c["action"] != "steady" else "{}: steady".format(SERVER.get(c["server"], c["server"])),
+        yield [label(c["server"], c["action"]),
                c["load"], str(c["requests"]), str(c["failed"]), kinds(c), fmt(c["p50"], "{:.2f}"),
                fmt(c["p99"], "{:.2f}"), fmt(c["ratio"], "{:.2f}"), fmt(c["p999"]), fmt(c["max"]), fmt(c["op"], "{:.2f}")]
 
@@ -181,7 +186,8 @@ inside one throwaway box with a real systemd 252 (`tests/system/lib/box.sh`), on
 Each case is one load window of {window}: two wrk runs at once for the whole window, one with
 keep-alive connections and one sending `Connection: close` (a new connection per request), the
 restart issued some seconds into it. A window with no restart ("steady") gives each server's
-baseline; "p99 x steady" divides by it (same server, same load). **Failed** is every socket error wrk
+baseline; "p99 x steady" divides by it (same server, same load, same repetition; the median over
+repetitions). **Failed** is every socket error wrk
 counts (connect, read, write, timeout) plus every non-2xx response. "action s" is how long the
 restart took to be over: until the app answered again (systemctl restart of a plain service),
 until every process of the old generation had exited (SIGHUP, reload), until `kechictl recycle

@@ -123,8 +123,8 @@ done
   echo "kechid: $(kechi_bin_dir)/kechid ($(tgt_run kechid --version 2> /dev/null || echo '?'))"
   echo "versions: $(dpkg-query -W -f='${Package} ${Version}, ' wrk starlet libserver-starter-perl gunicorn systemd | sed 's/, $//')"
 } > "$out/meta.txt"
-python3 "$HERE/report.py" --text "$CSV"
+/usr/bin/python3 "$HERE/report.py" --text "$CSV"
 if [ "$quick" = 0 ] && [ "$kechi_only" = 0 ]; then
-  python3 "$HERE/report.py" --markdown "$CSV" --meta "$out/meta.txt" --docs "$ROOT/docs/benchmarks" && say "wrote docs/benchmarks/restart.md"
+  /usr/bin/python3 "$HERE/report.py" --markdown "$CSV" --meta "$out/meta.txt" --docs "$ROOT/docs/benchmarks" && say "wrote docs/benchmarks/restart.md"
 fi
 finish
