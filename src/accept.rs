@@ -19,12 +19,20 @@
 //! A worker can also be too busy to be caught waiting: under keep-alive load every process of
 //! a new prefork worker takes a queued connection the moment it first calls accept and keeps
 //! it. Such a worker is plainly taking connections, so [`serving_on`] counts it ready too: one
-//! of its processes holds a connection *accepted* from a listening socket, recognised in the
-//! process's `/proc/PID/net/{tcp,tcp6,unix}` by the listener's local port or socket path.
+//! of its processes holds a connection *accepted* from a listening socket. kechid borrows each
+//! of the process's other sockets with `pidfd_getfd(2)` (root may) and compares its local
+//! address with the listeners': an accepted connection has its listener's address (port or
+//! path), an outgoing one an ephemeral port. Asking the sockets themselves costs a few system
+//! calls per socket, where reading `/proc/net/tcp` costs the kernel a walk over every socket
+//! of the host (tens of thousands in TIME_WAIT on a busy server).
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+
+use nix::sys::socket::{SockaddrStorage, getsockname, getsockopt, sockopt};
+use nix::unistd::Pid;
 
 /// The system calls that mean "waiting for connections", by architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,120 +205,85 @@ fn process_waits(proc_root: &Path, pid: u32, inodes: &HashSet<u64>) -> bool {
     false
 }
 
-/// A socket's entry in `/proc/net/{tcp,tcp6,unix}`: what ties an accepted connection to the
-/// listening socket it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketEntry {
-    pub inode: u64,
-    /// The local TCP port, or the bound path of a unix socket.
-    pub local: Local,
-    pub listening: bool,
+/// The local address of a socket, for comparing sockets.
+pub fn local_address(fd: &impl AsFd) -> Option<SockaddrStorage> {
+    getsockname::<SockaddrStorage>(fd.as_fd().as_raw_fd()).ok()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Local {
-    Port(u16),
-    Path(String),
-}
-
-/// Parses `/proc/net/tcp` or `/proc/net/tcp6` (`sl local rem st ... uid timeout inode ...`).
-pub fn parse_net_tcp(text: &str) -> Vec<SocketEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
-            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
-            Some(SocketEntry {
-                inode: f.get(9)?.parse().ok()?,
-                local: Local::Port(port),
-                listening: state == 0x0A,
-            })
-        })
-        .collect()
-}
-
-/// Parses `/proc/net/unix` (`Num RefCount Protocol Flags Type St Inode Path`); sockets without
-/// a path are left out. An accepted connection carries its listener's path.
-pub fn parse_net_unix(text: &str) -> Vec<SocketEntry> {
-    // __SO_ACCEPTCON: the socket listens.
-    const ACCEPTCON: u32 = 1 << 16;
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.splitn(8, char::is_whitespace).collect();
-            let path = f.get(7)?.trim();
-            if path.is_empty() {
-                return None;
-            }
-            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
-            Some(SocketEntry {
-                inode: f.get(6)?.parse().ok()?,
-                local: Local::Path(path.to_owned()),
-                listening: flags & ACCEPTCON != 0,
-            })
-        })
-        .collect()
-}
-
-/// All socket inodes `pid` holds.
-fn all_socket_inodes(proc_root: &Path, pid: u32) -> HashSet<u64> {
-    let Ok(rd) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
-        return HashSet::new();
-    };
-    rd.filter_map(|e| socket_inode(std::fs::read_link(e.ok()?.path()).ok()?.to_str()?))
-        .collect()
-}
-
-/// Whether one of `pids` holds a connection accepted from one of the listening sockets in
-/// `inodes` (see the module docs). The socket tables are read once, in the network namespace
-/// of the first process that has sockets.
-pub fn serving_on(proc_root: &Path, pids: &[u32], inodes: &HashSet<u64>) -> bool {
-    let held: Vec<(u32, HashSet<u64>)> = pids
-        .iter()
-        .map(|pid| (*pid, all_socket_inodes(proc_root, *pid)))
-        .filter(|(_, s)| s.iter().any(|i| !inodes.contains(i)))
-        .collect();
-    let Some((first, _)) = held.first() else {
-        return false;
-    };
-    let net = proc_root.join(first.to_string()).join("net");
-    let mut entries = Vec::new();
-    for (file, parse) in [
-        ("tcp", parse_net_tcp as fn(&str) -> Vec<SocketEntry>),
-        ("tcp6", parse_net_tcp),
-        ("unix", parse_net_unix),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(net.join(file)) {
-            entries.extend(parse(&text));
+/// Whether a connection whose local address is `conn` can have been accepted from a socket
+/// listening on `listener`: the same path (unix), or the same port and, unless the listener
+/// is bound to every address, the same IP (a connection's local IP is the one it reached).
+pub fn accepted_from(listener: &SockaddrStorage, conn: &SockaddrStorage) -> bool {
+    if let (Some(l), Some(c)) = (listener.as_unix_addr(), conn.as_unix_addr()) {
+        return l.path().is_some() && l.path() == c.path();
+    }
+    let ip_port = |a: &SockaddrStorage| -> Option<(std::net::IpAddr, u16)> {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some((std::net::IpAddr::V4(v4.ip()), v4.port()))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| (std::net::IpAddr::V6(v6.ip()), v6.port()))
         }
+    };
+    match (ip_port(listener), ip_port(conn)) {
+        (Some((lip, lport)), Some((cip, cport))) => {
+            lport == cport
+                && (lip.is_unspecified() || lip == cip || lip.to_canonical() == cip.to_canonical())
+        }
+        _ => false,
     }
-    accepted_from(&entries, inodes, held.iter().flat_map(|(_, s)| s))
 }
 
-/// Pure core of [`serving_on`]: whether one of `held` is a non-listening socket on the local
-/// port or path of a listener in `listeners`.
-pub fn accepted_from<'a>(
-    entries: &[SocketEntry],
+/// The fds of `pid` that are sockets other than `listeners` (by inode).
+fn other_socket_fds(proc_root: &Path, pid: u32, listeners: &HashSet<u64>) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+        let ino = socket_inode(std::fs::read_link(e.path()).ok()?.to_str()?)?;
+        (!listeners.contains(&ino)).then_some(fd)
+    })
+    .collect()
+}
+
+/// A copy of `fd` of the process behind `pidfd` (`pidfd_getfd(2)`, Linux 5.6).
+fn borrow_fd(pidfd: &OwnedFd, fd: i32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; on success it returns a new fd we own.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    // SAFETY: the fd was just returned by the kernel and is not owned elsewhere.
+    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Whether one of `pids` holds a connection accepted from a listening socket: a socket that
+/// does not listen and whose local address is one of `addresses` (the listeners' own).
+/// `listeners` are the listening sockets' inodes, skipped without a look.
+pub fn serving_on(
+    proc_root: &Path,
+    pids: &[u32],
     listeners: &HashSet<u64>,
-    held: impl IntoIterator<Item = &'a u64>,
+    addresses: &[SockaddrStorage],
 ) -> bool {
-    let locals: HashSet<&Local> = entries
-        .iter()
-        .filter(|e| e.listening && listeners.contains(&e.inode))
-        .map(|e| &e.local)
-        .collect();
-    if locals.is_empty() {
+    if addresses.is_empty() {
         return false;
     }
-    let held: HashSet<u64> = held
-        .into_iter()
-        .filter(|i| !listeners.contains(i))
-        .copied()
-        .collect();
-    entries
-        .iter()
-        .any(|e| !e.listening && held.contains(&e.inode) && locals.contains(&e.local))
+    pids.iter().any(|pid| {
+        let fds = other_socket_fds(proc_root, *pid, listeners);
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(pidfd) = crate::spawn::pidfd_open(Pid::from_raw(*pid as i32)) else {
+            return false;
+        };
+        fds.iter().any(|fd| {
+            borrow_fd(&pidfd, *fd).is_some_and(|sock| {
+                !getsockopt(&sock, sockopt::AcceptConn).unwrap_or(true)
+                    && local_address(&sock)
+                        .is_some_and(|a| addresses.iter().any(|l| accepted_from(l, &a)))
+            })
+        })
+    })
 }
 
 #[cfg(test)]
@@ -346,52 +319,52 @@ mod tests {
     }
 
     #[test]
-    fn accepted_connections_are_tied_to_their_listener() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0000000000000000 100 0 0 10 0\n\
-   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000    65534        0 101 1 0000000000000000 20 4 30 10 -1\n\
-   2: 0100007F:C351 0100007F:1538 01 00000000:00000000 00:00000000 00000000    65534        0 102 1 0000000000000000 20 4 30 10 -1\n";
-        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 200 /run/kechi/demo.sock\n\
-0000000000000000: 00000003 00000000 00000000 0001 03 201 /run/kechi/demo.sock\n\
-0000000000000000: 00000003 00000000 00000000 0001 03 202\n";
-        let mut entries = parse_net_tcp(tcp);
-        assert_eq!(
-            entries[1],
-            SocketEntry {
-                inode: 101,
-                local: Local::Port(8080),
-                listening: false
-            }
-        );
-        entries.extend(parse_net_unix(unix));
-        assert_eq!(
-            entries.len(),
-            5,
-            "the unix socket without a path is left out"
-        );
-        let tcp_l: HashSet<u64> = [100].into();
-        let unix_l: HashSet<u64> = [200].into();
-        assert!(accepted_from(&entries, &tcp_l, &[100, 101]));
+    fn accepted_from_compares_port_path_and_bound_ip() {
+        let inet = |s: &str| SockaddrStorage::from(s.parse::<std::net::SocketAddr>().unwrap());
+        let unix = |p: &str| {
+            use nix::sys::socket::SockaddrLike;
+            let ua = nix::sys::socket::UnixAddr::new(p).unwrap();
+            // SAFETY: the pointer and length describe `ua`, alive for the call.
+            unsafe { SockaddrStorage::from_raw(ua.as_ptr().cast(), Some(ua.len())) }.unwrap()
+        };
+        assert!(accepted_from(
+            &inet("127.0.0.1:8080"),
+            &inet("127.0.0.1:8080")
+        ));
+        assert!(accepted_from(&inet("0.0.0.0:8080"), &inet("10.0.0.5:8080")));
+        assert!(accepted_from(
+            &inet("[::]:8080"),
+            &inet("[::ffff:127.0.0.1]:8080")
+        ));
         assert!(
-            !accepted_from(&entries, &tcp_l, &[100, 102]),
-            "an outgoing connection"
+            !accepted_from(&inet("127.0.0.1:8080"), &inet("127.0.0.1:43210")),
+            "ephemeral"
         );
         assert!(
-            !accepted_from(&entries, &tcp_l, &[100]),
-            "only the listener itself"
+            !accepted_from(&inet("127.0.0.1:8080"), &inet("10.0.0.5:8080")),
+            "another IP"
         );
-        assert!(accepted_from(&entries, &unix_l, &[201]));
-        assert!(!accepted_from(&entries, &unix_l, &[202]));
-        assert!(
-            !accepted_from(&entries, &[999].into(), &[101, 201]),
-            "unknown listener"
-        );
+        assert!(accepted_from(
+            &unix("/run/kechi/demo.sock"),
+            &unix("/run/kechi/demo.sock")
+        ));
+        assert!(!accepted_from(
+            &unix("/run/kechi/demo.sock"),
+            &unix("/run/other.sock")
+        ));
+        assert!(!accepted_from(
+            &unix("/run/kechi/demo.sock"),
+            &inet("127.0.0.1:8080")
+        ));
     }
 
     /// A real child holding an accepted connection is serving; one that only listens is not.
     #[test]
     fn sees_a_real_accepted_connection() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: pidfd_getfd on another process needs root");
+            return;
+        }
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let ino = socket_inode(
@@ -419,7 +392,8 @@ mod tests {
             .unwrap();
         let pid = child.id();
         std::thread::sleep(Duration::from_millis(300));
-        let before = serving_on(Path::new("/proc"), &[pid], &inodes);
+        let addrs = vec![local_address(&l).unwrap()];
+        let before = serving_on(Path::new("/proc"), &[pid], &inodes, &addrs);
         let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let mut line = [0u8; 2];
         child
@@ -428,11 +402,16 @@ mod tests {
             .unwrap()
             .read_exact(&mut line)
             .unwrap();
-        let after = serving_on(Path::new("/proc"), &[pid], &inodes);
+        let after = serving_on(Path::new("/proc"), &[pid], &inodes, &addrs);
+        // An outgoing connection of the same process is not an accepted one.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = vec![local_address(&elsewhere).unwrap()];
+        let unrelated = serving_on(Path::new("/proc"), &[pid], &inodes, &other);
         let _ = child.kill();
         let _ = child.wait();
         assert!(!before, "listening only");
         assert!(after, "holding an accepted connection");
+        assert!(!unrelated, "a connection from another listener");
     }
 
     /// A real child blocked in accept(2), poll(2) and select(2) on a listening socket is seen;

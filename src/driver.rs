@@ -34,6 +34,13 @@ use crate::{monitor, worker_env};
 
 /// How long systemd may take to create a scope before the worker is given up.
 const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one attempt to reconnect to systemd may hold the main loop: a bus daemon that
+/// was just restarted answers at once, but the manager may take a while to come back on it.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(3);
+/// How long to wait for the stop job of an exited worker's scope: its main process is gone,
+/// so the job is quick; if the manager is slow, the scope stops anyway without us waiting
+/// (and a scope left over is stopped when found, see `stop_stray_scopes`).
+const CLEANUP_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// How kechid was started.
 #[derive(Debug, Clone)]
@@ -128,13 +135,11 @@ pub async fn run<S: Systemd>(
     loaded: Loaded,
     mut inherited: Vec<Listener>,
 ) -> i32 {
-    let identity = match resolve_identity(&loaded.config) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(APP = %opts.app, "{e}");
-            return exitcode::CONFIG;
-        }
-    };
+    // (looked up again for every worker; here a wrong user stops kechid before anything runs)
+    if let Err(e) = resolve_identity(&loaded.config) {
+        tracing::error!(APP = %opts.app, "{e}");
+        return exitcode::CONFIG;
+    }
     let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
         Ok(l) => l,
         Err(e) => {
@@ -180,7 +185,6 @@ pub async fn run<S: Systemd>(
     let mut d = Driver {
         policy: seeded(effective(Policy::from_config(c), &listeners, &opts.app)),
         loaded,
-        identity,
         systemd,
         state: AppState::default(),
         procs: HashMap::new(),
@@ -201,6 +205,7 @@ pub async fn run<S: Systemd>(
         global_oom_kills: read_vmstat_oom_kills(),
         notify_socket: None,
         listeners,
+        link: crate::link::LinkWatch::default(),
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -220,7 +225,6 @@ struct Driver<S: Systemd> {
     opts: Options,
     loaded: Loaded,
     policy: Policy,
-    identity: Identity,
     systemd: Option<S>,
     state: AppState,
     procs: HashMap<u64, Proc>,
@@ -254,6 +258,8 @@ struct Driver<S: Systemd> {
     notify_socket: Option<NotifySocket>,
     /// The listening sockets handed to every worker.
     listeners: Vec<Listener>,
+    /// Whether the D-Bus link to systemd is up, and when to retry it.
+    link: crate::link::LinkWatch,
 }
 
 impl<S: Systemd> Driver<S> {
@@ -477,6 +483,8 @@ impl<S: Systemd> Driver<S> {
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 _ = sample_tick.tick() => self.sample().await,
                 _ = accept_tick.tick(), if self.awaiting_accept() => self.check_accept(),
+                _ = link_lost(self.systemd.as_ref()), if self.link.is_up() => self.on_link_lost(),
+                _ = sleep_until_opt(self.link.retry_at()) => { self.reconnect().await; }
             }
         }
     }
@@ -606,8 +614,98 @@ impl<S: Systemd> Driver<S> {
         let _ = std::fs::remove_dir(dir.join(app).join("tmp"));
     }
 
+    /// The bus daemon went away: workers keep running; reconnect with backoff.
+    fn on_link_lost(&mut self) {
+        self.link.lost(Instant::now());
+        if self.systemd.as_ref().is_some_and(|sd| sd.can_reconnect()) {
+            tracing::warn!(APP = %self.opts.app, "lost the D-Bus connection to systemd's manager; the workers keep running; reconnecting");
+        } else {
+            self.link.give_up();
+            tracing::error!(APP = %self.opts.app, "lost the D-Bus connection to systemd's manager and cannot re-establish it");
+        }
+    }
+
+    /// One attempt to re-establish a lost link; on success, stops the scopes that a failed
+    /// stop left behind while the link was down. Returns whether the link is up.
+    async fn reconnect(&mut self) -> bool {
+        let Some(sd) = &self.systemd else { return true };
+        if self.link.is_up() {
+            return true;
+        }
+        let attempt = match tokio::time::timeout(RECONNECT_DEADLINE, sd.reconnect()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                crate::quantity::format_duration(RECONNECT_DEADLINE)
+            )),
+        };
+        match attempt {
+            Ok(()) => {
+                let down = self.link.restored(Instant::now());
+                tracing::info!(APP = %self.opts.app, "reconnected to systemd's manager after {}", crate::quantity::format_duration(down));
+                self.stop_stray_scopes().await;
+                true
+            }
+            Err(e) => {
+                let next = self.link.failed(Instant::now());
+                let msg = format!(
+                    "reconnecting to systemd's manager (attempt {}): {e}; next in {}",
+                    self.link.attempts,
+                    crate::quantity::format_duration(
+                        next.saturating_duration_since(Instant::now())
+                    )
+                );
+                if self.link.attempts == 1 || self.link.attempts % 10 == 0 {
+                    tracing::warn!(APP = %self.opts.app, "{msg}");
+                } else {
+                    tracing::debug!(APP = %self.opts.app, "{msg}");
+                }
+                false
+            }
+        }
+    }
+
+    /// Before a call that matters (a scope for a new worker, asking about a restart): a lost
+    /// link gets one immediate attempt instead of waiting for its next retry.
+    async fn ensure_link(&mut self) -> bool {
+        // The main loop may not have seen the loss yet (it acts before it listens).
+        if self.link.is_up() && self.systemd.as_ref().is_some_and(|sd| sd.link_is_closed()) {
+            self.on_link_lost();
+        }
+        self.link.is_up() || self.reconnect().await
+    }
+
+    /// Stops this app's scopes that belong to no worker kechid knows: left behind when their
+    /// stop could not reach systemd.
+    async fn stop_stray_scopes(&mut self) {
+        let Some(sd) = &self.systemd else { return };
+        let pattern = format!("kechi-{}-*.scope", self.opts.app);
+        let Ok(units) = sd.list_units(&[pattern.as_str()]).await else {
+            return;
+        };
+        for u in units {
+            let Some(serial) = self.opts.app.parse_scope_serial(&u.name) else {
+                continue;
+            };
+            if self.procs.contains_key(&serial) || u.active_state != "active" {
+                continue;
+            }
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {}: its worker is gone", u.name);
+            if let Err(e) = sd
+                .stop_unit(&u.name, self.policy.stop_timeout + Duration::from_secs(5))
+                .await
+            {
+                tracing::warn!(APP = %self.opts.app, "stopping {}: {e}", u.name);
+            }
+        }
+    }
+
     /// Whether this SIGTERM comes from `systemctl restart` (a restart job on kechid's unit).
-    async fn is_restart(&self) -> bool {
+    async fn is_restart(&mut self) -> bool {
+        if !self.ensure_link().await {
+            tracing::warn!(APP = %self.opts.app, "cannot ask systemd whether this is a restart (no D-Bus link); stopping the workers");
+            return false;
+        }
         let (Some(sd), Some(unit)) = (&self.systemd, &self.opts.unit) else {
             return false;
         };
@@ -770,8 +868,13 @@ impl<S: Systemd> Driver<S> {
     }
 
     async fn start_worker(&mut self, serial: u64) -> Result<Proc, String> {
+        if self.systemd.is_some() && !self.ensure_link().await {
+            return Err("systemd's manager is not reachable (the D-Bus link is down)".to_owned());
+        }
         let c = self.loaded.config.clone();
-        let id = self.identity.clone();
+        // Looked up again for every worker: a user deleted since kechid started must not leave
+        // new workers running under a uid that no longer has a name (and may be reused).
+        let id = resolve_identity(&c)?;
         let tmpdir = if c.tmpdir.enabled {
             Some(
                 self.tmpdirs
@@ -1008,11 +1111,11 @@ impl<S: Systemd> Driver<S> {
         if let Some(p) = self.procs.remove(&serial) {
             if let (Some(sd), Some(scope)) = (&self.systemd, &p.scope) {
                 // Children a prefork master left behind must not keep serving on their own.
-                match sd
-                    .stop_unit(scope, self.policy.stop_timeout + Duration::from_secs(5))
-                    .await
-                {
+                match sd.stop_unit(scope, CLEANUP_STOP_WAIT).await {
                     Ok(_) | Err(crate::systemd::SystemdError::NoSuchUnit(_)) => {}
+                    Err(e @ crate::systemd::SystemdError::JobTimeout { .. }) => {
+                        tracing::debug!(APP = %self.opts.app, WORKER = serial, "stopping {scope}: {e}")
+                    }
                     Err(e) => {
                         tracing::warn!(APP = %self.opts.app, WORKER = serial, "stopping {scope}: {e}")
                     }
@@ -1116,13 +1219,8 @@ impl<S: Systemd> Driver<S> {
     fn sample_worker(&self, serial: u64, detailed: bool) -> Option<policy::MemSample> {
         let p = self.procs.get(&serial)?;
         let proc_root = memory::ProcRoot::new("/proc");
-        let page = memory::page_size();
         let pids = self.worker_pids(serial);
-        let rss: u64 = pids
-            .iter()
-            .filter_map(|pid| memory::read_proc_statm(&proc_root, *pid).ok())
-            .map(|s| s.resident * page)
-            .sum();
+        let rss = memory::processes_rss(&proc_root, &pids);
         let pol = &self.policy;
         let full = detailed
             || self.systemd.is_none()
@@ -1285,6 +1383,11 @@ impl<S: Systemd> Driver<S> {
             .iter()
             .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
             .collect();
+        let addresses: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(|l| crate::accept::local_address(&l.fd))
+            .collect();
         let starting: Vec<u64> = self
             .state
             .workers
@@ -1296,7 +1399,7 @@ impl<S: Systemd> Driver<S> {
             let pids = self.worker_pids(serial);
             let how = if crate::accept::waiting_on(Path::new("/proc"), &pids, &inodes) {
                 "waiting for connections"
-            } else if crate::accept::serving_on(Path::new("/proc"), &pids, &inodes) {
+            } else if crate::accept::serving_on(Path::new("/proc"), &pids, &inodes, &addresses) {
                 "serving a connection"
             } else {
                 continue;
@@ -1383,7 +1486,7 @@ impl<S: Systemd> Driver<S> {
         };
         match load_config(&self.opts, unit_env.as_ref()) {
             Ok(loaded) => match resolve_identity(&loaded.config) {
-                Ok(identity) => {
+                Ok(_) => {
                     tracing::info!(APP = %self.opts.app, REASON = "reload", "configuration reloaded from {}", self.opts.config_path.display());
                     self.policy = Policy {
                         seed: self.policy.seed,
@@ -1393,7 +1496,6 @@ impl<S: Systemd> Driver<S> {
                             &self.opts.app,
                         )
                     };
-                    self.identity = identity;
                     self.tmpdirs = TmpDirs::new(
                         &self.opts.app,
                         loaded.config.tmpdir.size.0,
@@ -1412,7 +1514,8 @@ impl<S: Systemd> Driver<S> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}")
+                    tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration: {e}");
+                    self.record(format!("reload refused: {e}"));
                 }
             },
             Err(errors) => {
@@ -1420,11 +1523,32 @@ impl<S: Systemd> Driver<S> {
                     tracing::error!(APP = %self.opts.app, REASON = "reload", "{e}");
                 }
                 tracing::error!(APP = %self.opts.app, REASON = "reload", "reload refused, keeping the running configuration");
+                let first = errors
+                    .errors()
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.record(format!("reload refused: {first}"));
             }
         }
         // READY=1 after RELOADING=1 ends the reload for systemd.
         let s = self.status_text();
         self.notifier.ready(&s);
+    }
+}
+
+/// Resolves when the systemd link is lost; never without systemd.
+async fn link_lost<S: Systemd>(sd: Option<&S>) {
+    match sd {
+        Some(sd) => sd.link_lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod driver;
 pub mod exitcode;
 pub mod jemalloc;
 pub mod lifecycle;
+pub mod link;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

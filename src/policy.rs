@@ -609,8 +609,16 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         if let Some((rank, _, serial, reason)) = due {
             // min-interval spaces automatic recycles only; what an operator asks for goes now.
             let not_before = state.last_recycle.map(|t| t + policy.min_interval);
-            match not_before {
-                Some(at) if rank >= 2 && now < at => d.wake(at),
+            // After failed starts (a replacement that crashed, could not exec, never got
+            // ready), the next replacement waits out the crash backoff like any respawn:
+            // otherwise a reload onto a broken command retries as fast as it can fork.
+            let resume = state
+                .last_crash
+                .filter(|_| state.consecutive_crashes > 0)
+                .map(|t| t + policy.backoff_after(state.consecutive_crashes));
+            match (not_before, resume) {
+                (_, Some(at)) if now < at => d.wake(at),
+                (Some(at), _) if rank >= 2 && now < at => d.wake(at),
                 _ => d.actions.push(Action::Replace {
                     old: serial,
                     reason,
@@ -981,6 +989,36 @@ mod tests {
         });
         // one in flight: no second one (max-concurrent = 1)
         assert!(replaces(&decide(&s, &p, t)).is_empty());
+    }
+
+    #[test]
+    fn failed_replacements_are_retried_after_the_crash_backoff() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.generation += 1;
+        // the reload's first replacement fails to start
+        s.add_spawning(3, t);
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p)
+            .unwrap();
+        s.reap_gone();
+        let d = decide(&s, &p, t + Duration::from_millis(100));
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert_eq!(d.wake_at, Some(t + p.backoff));
+        assert_eq!(
+            replaces(&decide(&s, &p, t + p.backoff)),
+            vec![(1, StopReason::Reload)]
+        );
+        // a second failure doubles the wait; the old workers serve on meanwhile
+        let t2 = t + p.backoff;
+        s.add_spawning(4, t2);
+        s.apply(4, &Event::SpawnFailed("exec".into()), t2, &p)
+            .unwrap();
+        s.reap_gone();
+        let d = decide(&s, &p, t2 + p.backoff);
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::Exit { .. })));
+        assert_eq!(d.wake_at, Some(t2 + p.backoff * 2));
     }
 
     #[test]

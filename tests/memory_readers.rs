@@ -212,6 +212,19 @@ fn statm_through_the_proc_root() {
 }
 
 #[test]
+fn rss_of_processes_is_statm_resident_in_bytes() {
+    if kechi::memory::page_size() != 4096 {
+        return;
+    }
+    let proc = ProcRoot::new(fixtures("proc/host-statm"));
+    // 20048 is a zombie, 1 is not in the fixture: both count 0, not 4096 times anything
+    assert_eq!(
+        kechi::memory::processes_rss(&proc, &[19611, 20048, 1]),
+        5455 * 4096
+    );
+}
+
+#[test]
 fn slabinfo_through_the_proc_root() {
     let s = read_slabinfo(&ProcRoot::new(fixtures("proc/sd252-hybrid"))).unwrap();
     assert_eq!(s.dentry_bytes(), Some(75012 * 192));

@@ -583,3 +583,45 @@ async fn deadline_bounds_a_call_that_is_not_answered() {
         t0.elapsed()
     );
 }
+
+/// The bus daemon going away closes the link: `link_lost` says so, calls fail, `reconnect`
+/// fails while nothing answers and then connects and subscribes again, and calls work.
+#[tokio::test]
+async fn reconnects_after_the_link_is_lost() {
+    let (fake, sd, servers) = Fake::start_reconnectable().await;
+    assert!(sd.can_reconnect());
+    sd.start_scope(&spec(), DEADLINE).await.unwrap();
+    // Not lost yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sd.link_lost())
+            .await
+            .is_err()
+    );
+    *servers.refuse.lock().unwrap() = true;
+    let first = servers.conns.lock().unwrap()[0].clone();
+    first.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sd.link_lost())
+        .await
+        .expect("link_lost resolves when the connection closes");
+    assert!(sd.link_is_closed());
+    assert!(sd.start_scope(&spec(), DEADLINE).await.is_err());
+    assert!(matches!(
+        sd.reconnect().await,
+        Err(SystemdError::Connect { .. })
+    ));
+    *servers.refuse.lock().unwrap() = false;
+    sd.reconnect().await.unwrap();
+    assert!(!sd.link_is_closed());
+    assert_eq!(servers.conns.lock().unwrap().len(), 2);
+    assert_eq!(subscribes(&fake), 2, "subscribed again on the new link");
+    sd.start_scope(&spec(), DEADLINE).await.unwrap();
+    sd.stop_unit("kechi-demo-1.scope", DEADLINE).await.unwrap();
+}
+
+/// A link made from a bare connection cannot be re-established, and says so.
+#[tokio::test]
+async fn a_bare_connection_cannot_reconnect() {
+    let (_fake, sd) = Fake::start().await;
+    assert!(!sd.can_reconnect());
+    assert!(sd.reconnect().await.is_err());
+}

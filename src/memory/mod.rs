@@ -35,9 +35,9 @@ pub use cgroup::{
 };
 pub use error::{MemError, Op};
 pub use read::{
-    CgroupRoot, ProcRoot, WorkerMem, locate_pid, page_size, probe_layout, read_cgroup_mem,
-    read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem, read_proc_statm,
-    read_slabinfo, scope_dir, worker_mem,
+    CgroupRoot, ProcRoot, WorkerMem, locate_pid, page_size, probe_layout, processes_rss,
+    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,
+    read_proc_statm, read_slabinfo, scope_dir, worker_mem,
 };
 pub use slab::{SlabCache, SlabInfo};
 pub use smaps::ProcMem;

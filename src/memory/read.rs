@@ -169,6 +169,15 @@ pub fn read_proc_statm(proc: &ProcRoot, pid: u32) -> Result<Statm, MemError> {
         .ok_or(MemError::ProcessGone { pid, path })
 }
 
+/// The resident bytes of some processes together, from `/proc/PID/statm` (already in bytes: no
+/// page size to apply). Processes that are gone count 0.
+pub fn processes_rss(proc: &ProcRoot, pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| read_proc_statm(proc, *pid).ok())
+        .map(|s| s.resident)
+        .sum()
+}
+
 /// The size of the pages `/proc/PID/statm` counts in.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.

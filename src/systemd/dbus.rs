@@ -4,6 +4,9 @@
 //! `JobRemoved` *before* issuing the call (so a job that finishes before the reply arrives is
 //! not missed), then wait for the signal naming our job path, with a deadline.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -31,43 +34,80 @@ impl Bus {
     }
 }
 
-/// A connection to systemd's manager.
+/// How a new connection is made: called at start and again after the link is lost.
+pub type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Connection, SystemdError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// One connection and the manager proxy on it.
 #[derive(Debug, Clone)]
-pub struct DbusSystemd {
+struct Link {
     conn: Connection,
     manager: ManagerProxy<'static>,
+}
+
+/// A connection to systemd's manager that can be re-established.
+///
+/// The D-Bus daemon can be restarted under kechid; the link is then gone for good and every
+/// call on it fails at once. [`Systemd::link_lost`] tells the driver, which calls
+/// [`Systemd::reconnect`] until a new connection is up: the workers do not depend on the link
+/// and keep running meanwhile. A `daemon-reload` or `daemon-reexec` of the manager keeps the
+/// link (the bus daemon stays); calls made while the manager re-executes fail and are retried
+/// by the driver's own logic.
+#[derive(Clone)]
+pub struct DbusSystemd {
+    link: Arc<Mutex<Link>>,
+    connector: Option<Connector>,
+    what: &'static str,
+}
+
+impl std::fmt::Debug for DbusSystemd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbusSystemd")
+            .field("what", &self.what)
+            .field("reconnects", &self.connector.is_some())
+            .finish()
+    }
 }
 
 impl DbusSystemd {
     /// Connects to the manager on `bus` and subscribes to its job signals.
     pub async fn connect(bus: Bus) -> Result<Self, SystemdError> {
-        // Calls without a job of their own (KillUnit, ListUnits...) are bounded too.
-        let builder = match bus {
-            Bus::System => zbus::connection::Builder::system(),
-            Bus::User => zbus::connection::Builder::session(),
-        };
-        let conn = match builder {
-            Ok(b) => b.method_timeout(Duration::from_secs(25)).build().await,
-            Err(e) => Err(e),
-        }
-        .map_err(|source| SystemdError::Connect {
-            bus: bus.name(),
-            source,
-        })?;
-        Self::on_connection(conn, bus.name()).await
+        let connector: Connector = Arc::new(move || Box::pin(open_bus(bus)));
+        Self::with_connector(connector, bus.name()).await
     }
 
-    /// Uses an existing connection (a peer-to-peer one in tests).
+    /// Connects with `connector`, and again with it whenever the link is lost.
+    pub async fn with_connector(
+        connector: Connector,
+        what: &'static str,
+    ) -> Result<Self, SystemdError> {
+        let link = open_link(connector().await?, what).await?;
+        Ok(DbusSystemd {
+            link: Arc::new(Mutex::new(link)),
+            connector: Some(connector),
+            what,
+        })
+    }
+
+    /// Uses an existing connection (a peer-to-peer one in tests); it cannot be re-established.
     pub async fn on_connection(conn: Connection, what: &'static str) -> Result<Self, SystemdError> {
-        let manager = ManagerProxy::new(&conn)
-            .await
-            .map_err(|source| SystemdError::Connect { bus: what, source })?;
-        // Without Subscribe() the manager does not emit JobRemoved to us.
-        manager
-            .subscribe()
-            .await
-            .map_err(|source| SystemdError::Connect { bus: what, source })?;
-        Ok(DbusSystemd { conn, manager })
+        let link = open_link(conn, what).await?;
+        Ok(DbusSystemd {
+            link: Arc::new(Mutex::new(link)),
+            connector: None,
+            what,
+        })
+    }
+
+    fn link(&self) -> Link {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn manager(&self) -> ManagerProxy<'static> {
+        self.link().manager
     }
 
     /// Runs `call`, which returns a job path, and waits for that job's `JobRemoved`.
@@ -93,7 +133,11 @@ impl DbusSystemd {
             unit: unit.to_owned(),
             waited: deadline,
         };
-        let mut removed = self.manager.receive_job_removed().await.map_err(call_err)?;
+        let mut removed = self
+            .manager()
+            .receive_job_removed()
+            .await
+            .map_err(call_err)?;
         let job = tokio::time::timeout_at(until, call)
             .await
             .map_err(|_| timed_out())?
@@ -126,9 +170,50 @@ impl DbusSystemd {
         }
     }
 
-    /// The underlying connection, e.g. to watch for its loss.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// The current connection.
+    pub fn connection(&self) -> Connection {
+        self.link().conn
+    }
+}
+
+async fn open_bus(bus: Bus) -> Result<Connection, SystemdError> {
+    // Calls without a job of their own (KillUnit, ListUnits...) are bounded too.
+    let builder = match bus {
+        Bus::System => zbus::connection::Builder::system(),
+        Bus::User => zbus::connection::Builder::session(),
+    };
+    match builder {
+        Ok(b) => b.method_timeout(Duration::from_secs(25)).build().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|source| SystemdError::Connect {
+        bus: bus.name(),
+        source,
+    })
+}
+
+async fn open_link(conn: Connection, what: &'static str) -> Result<Link, SystemdError> {
+    let manager = ManagerProxy::new(&conn)
+        .await
+        .map_err(|source| SystemdError::Connect { bus: what, source })?;
+    subscribe(&manager, what).await?;
+    Ok(Link { conn, manager })
+}
+
+/// Without Subscribe() the manager does not emit JobRemoved to us. Subscribing twice is
+/// harmless: the manager answers that we already are.
+async fn subscribe(
+    manager: &ManagerProxy<'static>,
+    what: &'static str,
+) -> Result<(), SystemdError> {
+    match manager.subscribe().await {
+        Ok(()) => Ok(()),
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(SystemdError::Connect { bus: what, source }),
     }
 }
 
@@ -140,9 +225,8 @@ impl Systemd for DbusSystemd {
     async fn start_scope(&self, spec: &ScopeSpec, deadline: Duration) -> Result<(), SystemdError> {
         let props = props::scope_properties(spec);
         let aux: &[(&str, &[(&str, Value<'_>)])] = &[];
-        let call = self
-            .manager
-            .start_transient_unit(&spec.unit, "fail", &props, aux);
+        let manager = self.manager();
+        let call = manager.start_transient_unit(&spec.unit, "fail", &props, aux);
         match self
             .run_job("StartTransientUnit", &spec.unit, deadline, call)
             .await?
@@ -156,7 +240,8 @@ impl Systemd for DbusSystemd {
     }
 
     async fn stop_unit(&self, unit: &str, deadline: Duration) -> Result<JobResult, SystemdError> {
-        let call = self.manager.stop_unit(unit, "replace");
+        let manager = self.manager();
+        let call = manager.stop_unit(unit, "replace");
         self.run_job("StopUnit", unit, deadline, call).await
     }
 
@@ -165,7 +250,7 @@ impl Systemd for DbusSystemd {
             KillWho::Main => "main",
             KillWho::All => "all",
         };
-        self.manager
+        self.manager()
             .kill_unit(unit, whom, signal)
             .await
             .map_err(|e| {
@@ -183,7 +268,7 @@ impl Systemd for DbusSystemd {
 
     async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitInfo>, SystemdError> {
         let rows = self
-            .manager
+            .manager()
             .list_units_by_patterns(&[], patterns)
             .await
             .map_err(|source| SystemdError::Call {
@@ -202,7 +287,7 @@ impl Systemd for DbusSystemd {
     }
 
     async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
-        match self.manager.get_unit_processes(unit).await {
+        match self.manager().get_unit_processes(unit).await {
             Ok(rows) => Ok(rows.into_iter().map(|(_, pid, _)| pid).collect()),
             Err(e) if is_no_such_unit(&e) => Err(SystemdError::NoSuchUnit(unit.to_owned())),
             Err(source) => Err(SystemdError::Call {
@@ -219,14 +304,14 @@ impl Systemd for DbusSystemd {
             unit: unit.to_owned(),
             source,
         };
-        let path = self.manager.get_unit(unit).await.map_err(|e| {
+        let path = self.manager().get_unit(unit).await.map_err(|e| {
             if is_no_such_unit(&e) {
                 SystemdError::NoSuchUnit(unit.to_owned())
             } else {
                 err(e)
             }
         })?;
-        let svc = ServiceProxy::builder(&self.conn)
+        let svc = ServiceProxy::builder(&self.connection())
             .path(path)
             .map_err(err)?
             .build()
@@ -247,14 +332,14 @@ impl Systemd for DbusSystemd {
             unit: unit.to_owned(),
             source,
         };
-        let path = self.manager.get_unit(unit).await.map_err(|e| {
+        let path = self.manager().get_unit(unit).await.map_err(|e| {
             if is_no_such_unit(&e) {
                 SystemdError::NoSuchUnit(unit.to_owned())
             } else {
                 err("GetUnit", e)
             }
         })?;
-        let u = UnitProxy::builder(&self.conn)
+        let u = UnitProxy::builder(&self.connection())
             .path(path)
             .map_err(|e| err("Unit", e))?
             .build()
@@ -264,7 +349,7 @@ impl Systemd for DbusSystemd {
         if id == 0 {
             return Ok(None);
         }
-        let j = JobProxy::builder(&self.conn)
+        let j = JobProxy::builder(&self.connection())
             .path(job)
             .map_err(|e| err("Job", e))?
             .build()
@@ -278,7 +363,7 @@ impl Systemd for DbusSystemd {
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        match self.manager.reset_failed_unit(unit).await {
+        match self.manager().reset_failed_unit(unit).await {
             Ok(()) => Ok(()),
             Err(e) if is_no_such_unit(&e) => Ok(()),
             Err(source) => Err(SystemdError::Call {
@@ -287,5 +372,29 @@ impl Systemd for DbusSystemd {
                 source,
             }),
         }
+    }
+
+    async fn link_lost(&self) {
+        self.connection().closed().await
+    }
+
+    fn link_is_closed(&self) -> bool {
+        self.connection().is_closed()
+    }
+
+    fn can_reconnect(&self) -> bool {
+        self.connector.is_some()
+    }
+
+    async fn reconnect(&self) -> Result<(), SystemdError> {
+        let Some(connector) = &self.connector else {
+            return Err(SystemdError::Connect {
+                bus: self.what,
+                source: zbus::Error::Failure("this connection cannot be re-established".into()),
+            });
+        };
+        let link = open_link(connector().await?, self.what).await?;
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ mod proxy;
 
 use std::time::Duration;
 
-pub use dbus::{Bus, DbusSystemd};
+pub use dbus::{Bus, Connector, DbusSystemd};
 
 /// What a worker's transient scope is made of.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,4 +132,21 @@ pub trait Systemd {
     async fn unit_job_type(&self, unit: &str) -> Result<Option<String>, SystemdError>;
     /// Forgets a failed unit so its name can be reused and `--failed` stays clean.
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Resolves once the link to the manager is lost (the bus daemon went away); a link that
+    /// cannot be lost never resolves.
+    async fn link_lost(&self) {
+        std::future::pending::<()>().await
+    }
+    /// Whether the link is known to be lost now (without waiting for [`Systemd::link_lost`]).
+    fn link_is_closed(&self) -> bool {
+        false
+    }
+    /// Whether [`Systemd::reconnect`] can re-establish a lost link.
+    fn can_reconnect(&self) -> bool {
+        false
+    }
+    /// Replaces a lost link with a new one (connect and subscribe again).
+    async fn reconnect(&self) -> Result<(), SystemdError> {
+        Ok(())
+    }
 }

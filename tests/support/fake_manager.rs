@@ -395,6 +395,29 @@ pub fn unit_path(name: &str) -> OwnedObjectPath {
     OwnedObjectPath::try_from(p).unwrap()
 }
 
+/// A manager on `state`, served on one end of a fresh socket pair: (server end, client end).
+async fn serve(state: Arc<Mutex<State>>) -> (Connection, Connection) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let manager = Manager { state };
+    let server = async {
+        connection::Builder::unix_stream(a)
+            .server(Guid::generate())?
+            .p2p()
+            .serve_at(MANAGER_PATH, manager)?
+            .build()
+            .await
+    };
+    let client = async { connection::Builder::unix_stream(b).p2p().build().await };
+    tokio::try_join!(server, client).unwrap()
+}
+
+/// The server ends of a reconnecting fake's connections, and whether to refuse new ones.
+#[derive(Clone, Default)]
+pub struct Reconnects {
+    pub conns: Arc<Mutex<Vec<Connection>>>,
+    pub refuse: Arc<Mutex<bool>>,
+}
+
 /// The test's side of the fake: its script, its record, and the server connection.
 #[derive(Debug, Clone)]
 pub struct Fake {
@@ -410,22 +433,42 @@ impl Fake {
 
     pub async fn start_with(state: State) -> (Fake, DbusSystemd) {
         let state = Arc::new(Mutex::new(state));
-        let (a, b) = UnixStream::pair().unwrap();
-        let manager = Manager {
-            state: state.clone(),
-        };
-        let server = async {
-            connection::Builder::unix_stream(a)
-                .server(Guid::generate())?
-                .p2p()
-                .serve_at(MANAGER_PATH, manager)?
-                .build()
-                .await
-        };
-        let client = async { connection::Builder::unix_stream(b).p2p().build().await };
-        let (server, client) = tokio::try_join!(server, client).unwrap();
+        let (server, client) = serve(state.clone()).await;
         let sd = DbusSystemd::on_connection(client, "test").await.unwrap();
         (Fake { state, server }, sd)
+    }
+
+    /// Like [`Fake::start`], but `DbusSystemd` reconnects through a connector that serves the
+    /// same state on a fresh socket pair each time (like a bus daemon coming back). The
+    /// returned list holds each connection's server end, the newest last; while `refuse` is
+    /// set, connecting fails.
+    pub async fn start_reconnectable() -> (Fake, DbusSystemd, Reconnects) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let servers = Reconnects::default();
+        let connector: kechi::systemd::Connector = {
+            let state = state.clone();
+            let servers = servers.clone();
+            Arc::new(move || {
+                let state = state.clone();
+                let servers = servers.clone();
+                Box::pin(async move {
+                    if *servers.refuse.lock().unwrap() {
+                        return Err(kechi::systemd::SystemdError::Connect {
+                            bus: "test",
+                            source: zbus::Error::Failure("refused".into()),
+                        });
+                    }
+                    let (server, client) = serve(state).await;
+                    servers.conns.lock().unwrap().push(server);
+                    Ok(client)
+                })
+            })
+        };
+        let sd = DbusSystemd::with_connector(connector, "test")
+            .await
+            .unwrap();
+        let server = servers.conns.lock().unwrap()[0].clone();
+        (Fake { state, server }, sd, servers)
     }
 
     /// The script and record, to read or change.
