@@ -4,12 +4,15 @@
   report.py --text CSV                       the tables, on stdout
   report.py --markdown CSV --meta META --docs DIR
       DIR/footprint.md (summary, tables, the command, the machine, the date) and DIR/footprint.png
+      (bench/footprint/notes.md, when present, goes in as "Observations": what the committed run
+      shows, written by hand; the rest is generated)
 
 Memory in MiB (the CSV has KiB); "x kechid" is a supervisor's USS over kechid's, both supervising
 8 processes. CPU is the supervisor's own user + system time, per minute of wall-clock time, and as
 a share of one core.
 """
 import argparse
+import os
 import csv
 import sys
 
@@ -147,7 +150,7 @@ ticks (10 ms), so small figures are coarse.
 
 {mon}
 
-## How to run it
+{notes}## How to run it
 
     {command}
 
@@ -160,10 +163,15 @@ ticks (10 ms), so small figures are coarse.
 - {timing}
 - {versions}
 - kechid: {kechid}
-""".format(summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
+""".format(notes="{notes}", summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
            mon=md_table(MON_COLS, mon_rows(mon), left=(1,)), command=m.get("command", "?"),
            date=m.get("date", "?"), machine=m.get("machine", "?"), timing="timing: " + m.get("timing", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"))
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+    if os.path.exists(notes):  # observations on the committed run, written by hand
+        doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
+    else:
+        doc = doc.replace("{notes}", "", 1)
     with open(docs + "/footprint.md", "w") as f:
         f.write(doc)
 

@@ -4,6 +4,8 @@
   report.py --text CSV                           the table, on stdout
   report.py --markdown CSV --meta META --docs DIR
       DIR/restart.md (summary, tables, the command, the machine, the date) and DIR/restart.png
+      (bench/restart/notes.md, when present, goes in as "Observations": what the committed run
+      shows, written by hand; the rest is generated)
 
 Per case (server, restart kind, load) the repetitions are combined: failed and served requests are
 summed, latency percentiles and the action's duration are the median over repetitions, max is the
@@ -11,6 +13,7 @@ largest. "p99 x steady" is the window's p99 over the p99 of the same server's st
 restart) in the same repetition, the median over repetitions.
 """
 import argparse
+import os
 import csv
 import statistics
 import sys
@@ -201,7 +204,7 @@ until every process of the old generation had exited (SIGHUP, reload), until `ke
 
 {py}
 
-## Reading the figures
+{notes}## Reading the figures
 
 - wrk is a closed-loop generator: a connection waits for its answer before it sends the next
   request, so a stall of one second delays only the few requests in flight (one per connection)
@@ -228,10 +231,15 @@ and load), `bench/results/restart/meta.txt`.
 - load: {window_line}
 - {versions}
 - kechid: {kechid}
-""".format(summary="\n".join(summary(cases)), window=m.get("window", "?").split(",")[0],
+""".format(notes="{notes}", summary="\n".join(summary(cases)), window=m.get("window", "?").split(",")[0],
            perl=md_table(perl), py=md_table(py), command=m.get("command", "?"), date=m.get("date", "?"),
            machine=m.get("machine", "?"), window_line=m.get("window", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"))
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+    if os.path.exists(notes):  # observations on the committed run, written by hand
+        doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
+    else:
+        doc = doc.replace("{notes}", "", 1)
     with open(docs + "/restart.md", "w") as f:
         f.write(doc)
 
