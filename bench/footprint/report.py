@@ -140,7 +140,7 @@ span.
 
 ## What monitoring costs kechid
 
-kechid alone, with 2, 8 and 32 workers of hello.py. "on": `memory.app-budget = "64G"`,
+kechid alone, with 2, 8 and 32 workers of hello.py (policies off: 32 workers only). "on": `memory.app-budget = "64G"`,
 `recycle-above = "200M"`, `min-shared = "1%"` (none ever fires here) and `recycle.check-interval =
 "1s"`: every second kechid reads `statm` and `smaps_rollup` of every worker process and each
 scope's cgroup memory (app-budget needs every worker's full figures). "off": no memory policy, the

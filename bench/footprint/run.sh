@@ -8,9 +8,9 @@
 #                      supervisor's RSS, PSS and USS (/proc/PID/smaps_rollup, the median of one
 #                      sample a second) and its CPU time per minute over the same span
 #   part "monitoring"  kechid alone with 2, 8 and 32 workers, memory policies on (full figures of
-#                      every worker every second), and off: CPU per minute and memory
+#                      every worker every second), and with 32 workers off: CPU per minute, memory
 #
-#   full (default)  settle 20 s, measure 30 s (monitoring: 60 s); writes
+#   full (default)  settle 15 s, measure 30 s (monitoring: 45 s); writes
 #                   bench/results/footprint/footprint.csv and meta.txt, then
 #                   docs/benchmarks/footprint.md and its plot (report.py)
 #   --quick         settle 5 s, measure 5 s; monitoring only with 8 workers, 15 s (about a minute
@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$quick" = 1 ]; then SETTLE=5 SECS=5 MON_SECS=15 MON_PLAN="8:on" out=${out:-/tmp/kechi-bench/footprint}
-else SETTLE=20 SECS=30 MON_SECS=60 MON_PLAN="2:on 8:on 32:on 2:off 8:off 32:off" out=${out:-$ROOT/bench/results/footprint}; fi
+else SETTLE=15 SECS=30 MON_SECS=45 MON_PLAN="2:on 8:on 32:on 32:off" out=${out:-$ROOT/bench/results/footprint}; fi
 PEERS="kechid"
 [ "$kechi_only" = 1 ] || PEERS="kechid supervisord circusd start_server"
 
