@@ -111,6 +111,7 @@ def summary(peers, mon):
 
 def markdown(peers, mon, meta, docs):
     m = dict(line.split(": ", 1) for line in open(meta).read().splitlines() if ": " in line)
+    os.makedirs(docs, exist_ok=True)
     plot(peers, docs + "/footprint.png")
     doc = """# Footprint: the supervisor's own memory and CPU
 

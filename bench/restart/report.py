@@ -163,6 +163,7 @@ def summary(cases):
 
 def markdown(cases, meta, docs):
     m = dict(line.split(": ", 1) for line in open(meta).read().splitlines() if ": " in line)
+    os.makedirs(docs, exist_ok=True)
     plot(cases, docs + "/restart.png")
     perl = [c for c in cases if c["app"] == "perl"]
     py = [c for c in cases if c["app"] == "python"]
