@@ -6,6 +6,8 @@
 #                      Private_Dirty + Private_Hugetlb: the pages only this process maps)
 #   cpu-ms PID         user + system CPU time the process has used so far, in ms (/proc/PID/stat)
 #   threads PID        its thread count
+#   uss-by-mapping PID "KiB,NAME" lines, largest first: the process's USS per mapped file, or
+#                      [heap], [stack], [anon] (anonymous memory), from /proc/PID/smaps
 #   count USER         how many processes USER runs
 #   wait-count USER N SECS   until USER runs exactly N processes; exit 1 after SECS
 set -uo pipefail
@@ -14,6 +16,12 @@ mem() {
   awk '$1 == "Rss:" { r = $2 } $1 == "Pss:" { p = $2 }
        $1 == "Private_Clean:" || $1 == "Private_Dirty:" || $1 == "Private_Hugetlb:" { u += $2 }
        END { if (r == "") exit 1; printf "%d %d %d\n", r, p, u }' "/proc/$1/smaps_rollup"
+}
+
+uss_by_mapping() {
+  awk '$1 ~ /^[0-9a-f]+-[0-9a-f]+$/ { name = (NF >= 6 ? $6 : "[anon]"); next }
+       $1 == "Private_Clean:" || $1 == "Private_Dirty:" || $1 == "Private_Hugetlb:" { u[name] += $2 }
+       END { for (n in u) if (u[n] > 0) printf "%d,%s\n", u[n], n }' "/proc/$1/smaps" | sort -t, -k1,1nr
 }
 
 cpu_ms() {
@@ -38,8 +46,9 @@ shift || true
 case "$cmd" in
   mem) mem "$1" ;;
   cpu-ms) cpu_ms "$1" ;;
+  uss-by-mapping) uss_by_mapping "$1" ;;
   threads) awk '$1 == "Threads:" { print $2 }' "/proc/$1/status" ;;
   count) count "$1" ;;
   wait-count) wait_count "$1" "$2" "$3" ;;
-  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
 esac

@@ -109,7 +109,24 @@ def summary(peers, mon):
     return lines
 
 
-def markdown(peers, mon, meta, docs):
+def by_mapping(csv_path, name, top=8):
+    """The largest parts of a supervisor's USS, by mapping (uss-by-mapping-NAME.csv beside the CSV)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(csv_path)), "uss-by-mapping-{}.csv".format(name))
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        rows = [(int(r["kib"]), r["mapping"]) for r in csv.DictReader(f)]
+    total = sum(k for k, _ in rows)
+    lines = [(m, "{:.2f}".format(k / 1024), "{:.0f}%".format(100 * k / total)) for k, m in rows[:top]]
+    rest = sum(k for k, _ in rows[top:])
+    if rest:
+        lines.append(("{} other mappings".format(len(rows) - top), "{:.2f}".format(rest / 1024), "{:.0f}%".format(100 * rest / total)))
+    return ("Where {}'s USS is ({:.2f} MiB in all, from `/proc/PID/smaps` in the same run, "
+            "private pages per mapping):\n\n".format(name, total / 1024)
+            + md_table(["mapping", "USS MiB", "share"], lines) + "\n\n")
+
+
+def markdown(peers, mon, meta, docs, csv_path):
     m = dict(line.split(": ", 1) for line in open(meta).read().splitlines() if ": " in line)
     os.makedirs(docs, exist_ok=True)
     plot(peers, docs + "/footprint.png")
@@ -131,7 +148,7 @@ span.
 
 {peers}
 
-- kechid: `kechi@demo` with `workers = 8`, `ready.mode = "notify"`, `memory.max = "256M"`, no memory
+{mappings}- kechid: `kechi@demo` with `workers = 8`, `ready.mode = "notify"`, `memory.max = "256M"`, no memory
   policy (it reads each worker's `statm` and cgroup memory every `check-interval`, 5 s).
 - supervisord: Debian's package, its default configuration (control socket, RPC interface) plus
   `[program:hello]` with `numprocs=8`.
@@ -157,14 +174,15 @@ ticks (10 ms), so small figures are coarse.
 
 (`bench/run.sh footprint --quick`: 5 s spans, written under /tmp; `--kechi-only` is what
 `bench/ci.sh` runs, which fails when kechid's USS exceeds its bound.) Raw figures:
-`bench/results/footprint/footprint.csv`, `bench/results/footprint/meta.txt`.
+`bench/results/footprint/footprint.csv`, `uss-by-mapping-*.csv` (each supervisor's USS per
+mapping), `meta.txt`.
 
 - date: {date}
 - machine: {machine}
 - {timing}
 - {versions}
 - kechid: {kechid}
-""".format(notes="{notes}", summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
+""".format(notes="{notes}", mappings=by_mapping(csv_path, "kechid"), summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
            mon=md_table(MON_COLS, mon_rows(mon), left=(1,)), command=m.get("command", "?"),
            date=m.get("date", "?"), machine=m.get("machine", "?"), timing="timing: " + m.get("timing", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"))
@@ -189,7 +207,7 @@ def main():
     if not peers and not mon:
         sys.exit("report: no rows in " + a.csv)
     if a.markdown:
-        markdown(peers, mon, a.meta, a.docs)
+        markdown(peers, mon, a.meta, a.docs, a.csv)
         return
     if peers:
         text_table(PEER_COLS, peer_rows(peers))

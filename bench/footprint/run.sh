@@ -90,6 +90,9 @@ measure() {
     sleep 1
   done
   c1=$(tgt_run "$FP_IN" cpu-ms "$pid")
+  if [ "$part" = peers ]; then  # where the supervisor's USS is
+    { echo "kib,mapping"; tgt_run "$FP_IN" uss-by-mapping "$pid"; } > "$out/uss-by-mapping-$name.csv"
+  fi
   t1=$(date +%s.%N)
   row=$(awk -v p="$part" -v s="$name" -v n="$n" -v pol="$pol" \
     -v r="$(printf '%s' "$samples" | awk '{ print $1 }' | median)" \
