@@ -14,9 +14,11 @@
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.." || exit 1
 
-# The bound on kechid's USS: twice the design target of 2 MiB (DESIGN.md), so that noise and small
-# growth pass but a regression that doubles kechid's private memory does not.
-KECHID_USS_MAX_KIB=4096
+# The bound on kechid's USS (release build, 8 workers). The design target is 2 MiB (DESIGN.md), not
+# met yet: 3.8 MiB was measured on 2026-11-23 (docs/benchmarks/footprint.md). 6 MiB lets that and
+# some noise pass but catches a regression that grows kechid's private memory by half or more.
+# Lower it as kechid gets leaner.
+KECHID_USS_MAX_KIB=6144
 
 OUT=${BENCH_CI_OUT:-/tmp/kechi-bench/ci}
 rm -rf "$OUT"
