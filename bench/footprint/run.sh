@@ -56,6 +56,11 @@ pkgs="python3 python3-matplotlib"
 [ "$kechi_only" = 1 ] || pkgs="$pkgs supervisor starlet libserver-starter-perl python3-venv"
 # shellcheck disable=SC2086  # a list of names
 bench_need_debs $pkgs || exit 1
+# circus on Debian's python3, like supervisord: another interpreter (a shared libpython) would
+# change circusd's USS by megabytes
+if [ "$kechi_only" = 0 ] && [ -e "$FP_CIRCUS" ] && [[ $(readlink -f "$FP_CIRCUS/bin/python3") != /usr/bin/python3* ]]; then
+  rm -rf "$FP_CIRCUS"
+fi
 if [ "$kechi_only" = 0 ] && [ ! -x "$FP_CIRCUS/bin/circusd" ]; then
   echo "footprint: installing circus into $FP_CIRCUS" >&2
   if ! { /usr/bin/python3 -m venv "$FP_CIRCUS" && "$FP_CIRCUS/bin/pip" install -q circus; }; then
