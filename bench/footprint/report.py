@@ -39,12 +39,25 @@ def cpu(r):
     return "{:.0f}".format(per_min), "{:.3f}".format(per_min / 60000 * 100)
 
 
+ANON = {}  # supervisor -> KiB of its USS in anonymous memory ([heap], [stack], [anon]), when known
+
+
+def load_anon(csv_path):
+    d = os.path.dirname(os.path.abspath(csv_path))
+    for f in os.listdir(d):
+        if f.startswith("uss-by-mapping-") and f.endswith(".csv"):
+            with open(os.path.join(d, f)) as fh:
+                ANON[f[len("uss-by-mapping-"):-4]] = sum(int(r["kib"]) for r in csv.DictReader(fh) if r["mapping"].startswith("["))
+
+
 def peer_rows(peers):
     k = next((r for r in peers if r["supervisor"] == "kechid"), None)
     for r in peers:
         ratio = "{:.1f}".format(int(r["uss_kib"]) / int(k["uss_kib"])) if k and int(k["uss_kib"]) else "-"
+        anon = ANON.get(r["supervisor"])
+        aratio = "{:.0f}".format(anon / ANON["kechid"]) if anon is not None and ANON.get("kechid") else "-"
         yield [WHAT.get(r["supervisor"], r["supervisor"]), mib(r["rss_kib"]), mib(r["pss_kib"]), mib(r["uss_kib"]),
-               ratio, r["threads"], *cpu(r)]
+               ratio, "-" if anon is None else mib(anon), aratio, r["threads"], *cpu(r)]
 
 
 def mon_rows(mon):
@@ -52,7 +65,8 @@ def mon_rows(mon):
         yield [r["app_processes"], r["policies"], *cpu(r), mib(r["rss_kib"]), mib(r["pss_kib"]), mib(r["uss_kib"]), r["threads"]]
 
 
-PEER_COLS = ["supervisor", "RSS MiB", "PSS MiB", "USS MiB", "USS x kechid", "threads", "CPU ms/min", "% of a core"]
+PEER_COLS = ["supervisor", "RSS MiB", "PSS MiB", "USS MiB", "USS x kechid", "anonymous USS MiB", "x kechid",
+             "threads", "CPU ms/min", "% of a core"]
 MON_COLS = ["workers", "memory policies", "CPU ms/min", "% of a core", "RSS MiB", "PSS MiB", "USS MiB", "threads"]
 
 
@@ -102,6 +116,11 @@ def summary(peers, mon):
             s += "; the smallest peer, {}, has {} MiB of USS ({:.1f}x kechid's)".format(
                 small["supervisor"], mib(small["uss_kib"]), int(small["uss_kib"]) / int(k["uss_kib"]))
         lines.append(s + ".")
+        if ANON.get("kechid") and others and all(r["supervisor"] in ANON for r in others):
+            lines.append("Most of kechid's USS is its own executable's pages; its heap, stacks and anonymous memory "
+                         "are {} MiB, {:.0f}-{:.0f}x less than the peers'.".format(
+                             mib(ANON["kechid"]), min(ANON[r["supervisor"]] for r in others) / ANON["kechid"],
+                             max(ANON[r["supervisor"]] for r in others) / ANON["kechid"]))
     on = [r for r in mon if r["policies"] == "on"]
     if on:
         lines.append("Sampling every worker's full figures every second costs kechid " + ", ".join(
@@ -144,7 +163,9 @@ with 8 children serving tests/system/apps/hello.psgi), one at a time, in the sam
 a real systemd. Figures are the supervisor's own process only, not its app: RSS, PSS and USS
 (Private_Clean + Private_Dirty, the pages no other process maps) from `/proc/PID/smaps_rollup`, the
 median of one sample a second, after a settling time; CPU is its user + system time over the same
-span.
+span. "Anonymous USS" is the part of USS in heap, stacks and anonymous mappings (from
+`/proc/PID/smaps`); the rest is file pages (the program and its libraries) that no other process
+maps.
 
 {peers}
 
@@ -181,11 +202,11 @@ mapping), `meta.txt`.
 - machine: {machine}
 - {timing}
 - {versions}
-- kechid: {kechid}
+- kechid: {kechid} (commit {commit})
 """.format(notes="{notes}", mappings=by_mapping(csv_path, "kechid"), summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
            mon=md_table(MON_COLS, mon_rows(mon), left=(1,)), command=m.get("command", "?"),
            date=m.get("date", "?"), machine=m.get("machine", "?"), timing="timing: " + m.get("timing", "?"),
-           versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"))
+           versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"), commit=m.get("commit", "?"))
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(notes):  # observations on the committed run, written by hand
         doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
@@ -204,6 +225,7 @@ def main():
     ap.add_argument("--docs")
     a = ap.parse_args()
     peers, mon = load(a.csv)
+    load_anon(a.csv)
     if not peers and not mon:
         sys.exit("report: no rows in " + a.csv)
     if a.markdown:

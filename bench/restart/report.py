@@ -231,11 +231,11 @@ and load), `bench/results/restart/meta.txt`.
 - machine: {machine}
 - load: {window_line}
 - {versions}
-- kechid: {kechid}
+- kechid: {kechid} (commit {commit})
 """.format(notes="{notes}", summary="\n".join(summary(cases)), window=m.get("window", "?").split(",")[0],
            perl=md_table(perl), py=md_table(py), command=m.get("command", "?"), date=m.get("date", "?"),
            machine=m.get("machine", "?"), window_line=m.get("window", "?"),
-           versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"))
+           versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"), commit=m.get("commit", "?"))
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(notes):  # observations on the committed run, written by hand
         doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
