@@ -181,10 +181,10 @@ inside one throwaway box with a real systemd 252 (`tests/system/lib/box.sh`), on
 
 | server | how it runs | restart kinds |
 | --- | --- | --- |
-| Starlet alone | `plackup -s Starlet --max-workers=4 --listen 127.0.0.1:8081`, a plain systemd service, no socket activation | `systemctl restart` |
+| Starlet, binding its own port | `plackup -s Starlet --max-workers=4 --listen 127.0.0.1:8081`, a plain systemd service, no socket activation | `systemctl restart` |
 | start_server + Starlet | `start_server --port=127.0.0.1:8081 -- plackup -s Starlet --max-workers=4` (Server::Starter defaults: `--interval=1`, no kill-old delay) | SIGHUP (`systemctl reload` = `kill -HUP $MAINPID`) |
 | kechi + Starlet | `kechi@demo`: 2 workers of `plackup -s Starlet --max-workers=2`, `ready.mode = "accept"`, sockets from `kechi@demo.socket` | `kechictl recycle demo --all --wait`, `systemctl reload kechi@demo`, `systemctl restart kechi@demo`, `kill -9` of kechid |
-| gunicorn alone | `gunicorn --bind 127.0.0.1:8081 --workers 4`, a plain systemd service | `systemctl restart`, SIGHUP |
+| gunicorn, binding its own port | `gunicorn --bind 127.0.0.1:8081 --workers 4`, a plain systemd service | `systemctl restart`, SIGHUP |
 | kechi + gunicorn | `kechi@demo`: 2 workers of `gunicorn --workers 2` (sockets through `LISTEN_FDS`) | as kechi + Starlet |
 
 Each case is one load window of {window}: two wrk runs at once for the whole window, one with
@@ -212,9 +212,10 @@ until every process of the old generation had exited (SIGHUP, reload), until `ke
   and hardly moves p99 over a window of tens of thousands of requests (coordinated omission). The
   p99.9 and max columns show stalls better than p99 does; "failed" is exact.
 - A plain `systemctl restart` of a server that binds its own port closes the listening socket: every
-  connection attempt until the new process listens is refused (connect errors), and keep-alive
-  connections open at the stop are cut (read errors). In the close load wrk retries at once, so
-  the connect count is a rate times the gap, not a count of users turned away.
+  connection attempt until the new process listens is refused (wrk's non-blocking connect reports
+  it as a write error), and the connections open at the stop are cut (read errors). wrk opens a
+  new connection at once after a failure, so that count is a rate times the gap, not a count of
+  users turned away.
 - kechi keeps the listening sockets in systemd (`kechi@demo.socket`) and replaces a worker only
   once its replacement is ready; kechid's own restart and kill -9 leave the workers serving.
 - Timings are noisy: the machine has 2 cores shared with other work; compare ratios within one run.
