@@ -54,6 +54,7 @@ fi
 
 pkgs="python3 python3-matplotlib"
 [ "$kechi_only" = 1 ] || pkgs="$pkgs supervisor starlet libserver-starter-perl python3-venv"
+[ "$(id -u)" = 0 ] || skip "needs root (it boots a systemd in a throwaway box)"
 # shellcheck disable=SC2086  # a list of names
 bench_need_debs $pkgs || exit 1
 # circus on Debian's python3, like supervisord: another interpreter (a shared libpython) would

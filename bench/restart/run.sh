@@ -49,6 +49,7 @@ if [ "$quick" = 1 ]; then W=6 A=2 reps=${reps:-1} out=${out:-/tmp/kechi-bench/re
 else W=20 A=6 reps=${reps:-2} out=${out:-$ROOT/bench/results/restart}; fi
 CONNS=8   # per wrk run; two runs (keep-alive and close) at once
 
+[ "$(id -u)" = 0 ] || skip "needs root (it boots a systemd in a throwaway box)"
 bench_need_debs wrk starlet libserver-starter-perl gunicorn curl python3-matplotlib || exit 1
 mkdir -p "$out"
 CSV=$out/restart.csv
