@@ -1,6 +1,6 @@
 #!/bin/bash
 # bench/ci.sh — the benchmarks' part of CI (tests/run.sh runs it after the system scenarios):
-# the quick, kechi-only modes of bench/restart and bench/footprint (about 3.5 minutes on 2 cores),
+# the quick, kechi-only modes of bench/restart and bench/footprint (about 3 minutes on 2 cores),
 # their figures printed, and two regression bounds:
 #   - kechi drops no request: 0 failed requests in every kechi window (kechictl recycle --all,
 #     systemctl reload, systemctl restart, kill -9 of kechid; Starlet and gunicorn; steady too)
