@@ -60,6 +60,8 @@ pub struct Options {
 struct Proc {
     pid: Pid,
     scope: Option<String>,
+    /// The fingerprint of the configuration it was started with (see `config_fingerprint`).
+    config: u64,
     jemalloc: Option<bool>,
     /// Set when kechid's monitor killed it for memory (foreground mode).
     monitor_oom: bool,
@@ -271,6 +273,12 @@ impl<S: Systemd> Driver<S> {
         &self.loaded.config
     }
 
+    /// The fingerprint of the configuration workers start with now (the config as loaded,
+    /// overlay included), recorded per worker in the workers file.
+    fn config_fingerprint(&self) -> u64 {
+        crate::workers_file::fingerprint(&format!("{:?}", self.loaded.config))
+    }
+
     fn serial_file(&self) -> PathBuf {
         self.opts
             .runtime_dir
@@ -316,17 +324,21 @@ impl<S: Systemd> Driver<S> {
     /// Records `SERIAL PID` of every worker, so a restarted kechid knows each scope's main
     /// process (the one it started) among the processes in it.
     fn save_workers(&self) {
-        let mut text = String::new();
-        for (serial, p) in &self.procs {
-            // A draining worker must stay draining for the next kechid, not count as capacity.
-            let state = match self.state.workers.get(serial).map(|w| &w.state) {
-                Some(WorkerState::Draining { reason, .. }) => {
-                    format!("draining:{}", reason.as_str())
-                }
-                _ => "live".to_owned(),
-            };
-            text.push_str(&format!("{serial} {} {state}\n", p.pid));
-        }
+        let entries: Vec<crate::workers_file::Entry> = self
+            .procs
+            .iter()
+            .map(|(serial, p)| crate::workers_file::Entry {
+                serial: *serial,
+                pid: p.pid.as_raw(),
+                // A draining worker must stay draining for the next kechid, not count as capacity.
+                draining: match self.state.workers.get(serial).map(|w| &w.state) {
+                    Some(WorkerState::Draining { reason, .. }) => Some(reason.clone()),
+                    _ => None,
+                },
+                config: Some(p.config),
+            })
+            .collect();
+        let text = crate::workers_file::render(&entries);
         let path = self.workers_file();
         let tmp = path.with_extension("tmp");
         if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
@@ -347,23 +359,19 @@ impl<S: Systemd> Driver<S> {
                 return;
             }
         };
-        let mut draining: HashMap<u64, StopReason> = HashMap::new();
-        let recorded: HashMap<u64, i32> = std::fs::read_to_string(self.workers_file())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let serial: u64 = f.next()?.parse().ok()?;
-                let pid: i32 = f.next()?.parse().ok()?;
-                if let Some(reason) = f.next().and_then(|s| s.strip_prefix("draining:")) {
-                    draining.insert(
-                        serial,
-                        StopReason::parse(reason).unwrap_or(StopReason::Manual),
-                    );
-                }
-                Some((serial, pid))
-            })
+        let entries = crate::workers_file::parse(
+            &std::fs::read_to_string(self.workers_file()).unwrap_or_default(),
+        );
+        let mut draining: HashMap<u64, StopReason> = entries
+            .iter()
+            .filter_map(|e| Some((e.serial, e.draining.clone()?)))
             .collect();
+        let recorded: HashMap<u64, i32> = entries.iter().map(|e| (e.serial, e.pid)).collect();
+        let configs: HashMap<u64, u64> = entries
+            .iter()
+            .filter_map(|e| Some((e.serial, e.config?)))
+            .collect();
+        let current = self.config_fingerprint();
         let mut adopted = Vec::new();
         let mut stale = Vec::new();
         for u in units {
@@ -408,11 +416,21 @@ impl<S: Systemd> Driver<S> {
             let started = process_start(pid).map_or(now, |age| now.checked_sub(age).unwrap_or(now));
             self.state
                 .adopt(serial, started, draining.remove(&serial), now);
+            let config = configs.get(&serial).copied().unwrap_or(current);
+            if config != current
+                && let Some(w) = self.state.workers.get_mut(&serial)
+            {
+                // Started with another configuration (a reload roll cut short, or the file
+                // edited before this start): replaced as the reload would have.
+                w.generation = self.state.generation.saturating_sub(1);
+                tracing::info!(APP = %self.opts.app, WORKER = serial, "worker {serial} runs an older configuration: it will be replaced");
+            }
             self.procs.insert(
                 serial,
                 Proc {
                     pid,
                     scope: Some(scope),
+                    config,
                     jemalloc: None,
                     monitor_oom: false,
                 },
@@ -950,6 +968,7 @@ impl<S: Systemd> Driver<S> {
         Ok(Proc {
             pid,
             scope: self.systemd.as_ref().map(|_| scope),
+            config: self.config_fingerprint(),
             jemalloc: None,
             monitor_oom: false,
         })
@@ -1439,6 +1458,13 @@ impl<S: Systemd> Driver<S> {
             tracing::debug!(APP = %self.opts.app, "notify message from pid {pid}, which is no worker of this app: ignored");
             return;
         };
+        // READY=1 counts in notify mode only: in accept and delay modes the operator chose
+        // another sign, and some servers send READY=1 before they take connections (gunicorn's
+        // arbiter sends it before its workers have loaded the app).
+        if msg.ready && self.policy.ready_mode != crate::config::ReadyMode::Notify {
+            tracing::debug!(APP = %self.opts.app, WORKER = serial, PID = pid, "READY=1 ignored: ready.mode is not notify");
+            return;
+        }
         if msg.ready
             && self
                 .state

@@ -34,3 +34,4 @@ pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;
 pub mod worker_env;
+pub mod workers_file;

@@ -18,6 +18,7 @@
 #   ZD_WORKERS   workers (default 2)
 #   ZD_READY     ready.mode (default accept; KT_READY_MODE overrides, e.g. delay)
 #   ZD_READY_TIMEOUT  ready.timeout (default 60s)
+#   ZD_READY_DELAY    ready.delay (default 1s; what accept falls back to without /proc/PID/syscall)
 #   ZD_WAIT      seconds to wait for every worker to be replaced after a recycle or reload (180)
 #   ZD_SKIP      steps not to run, of: recycle reload age restart kill
 # and may define zd_after_start, called once the app runs (before any step).
@@ -26,6 +27,7 @@
 ZD_WORKERS=${ZD_WORKERS:-2}
 ZD_READY=${KT_READY_MODE:-${ZD_READY:-accept}}
 ZD_READY_TIMEOUT=${ZD_READY_TIMEOUT:-60s}
+ZD_READY_DELAY=${ZD_READY_DELAY:-1s}
 ZD_WAIT=${ZD_WAIT:-180}
 ZD_SETTLE=3   # seconds of load kept after each step is over, to see late failures
 
@@ -42,7 +44,7 @@ max = "256M"
 
 [ready]
 mode = "$ZD_READY"
-delay = "1s"
+delay = "$ZD_READY_DELAY"
 timeout = "$ZD_READY_TIMEOUT"
 
 [stop]
