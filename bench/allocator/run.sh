@@ -7,9 +7,9 @@
 # LD_PRELOAD and MALLOC_CONF, mounts the worker's tmpfs TMPDIR, and passes the listening socket.
 # For each interpreter and allocator variant, sample.py drives wrk (16 connections, so 16 worker
 # threads) for a fixed number of requests, then samples 15 s more without load.
-# Full mode: 7 variants x 2 interpreters x 2 rounds (the second in reverse order), ~30 min.
-# --quick: 3 variants (glibc, jemalloc defaults, kechi's default) x 2 interpreters, fewer
-# requests, 1 round, ~3 min; it writes to bench/results/allocator-quick/ and leaves the report
+# Full mode: 6 variants x 2 interpreters x 2 rounds (the second in reverse order), 30-40 min on
+# a busy 2-core machine. --quick: 3 variants (glibc, jemalloc defaults, kechi's default) x 2
+# interpreters, fewer requests, 1 round, ~3 min; it writes to bench/results/allocator-quick/ and leaves the report
 # alone.
 # Writes bench/results/allocator/{machine.txt,runs.csv,raw/*.csv}, then report.py makes
 # docs/benchmarks/allocator-*.png and the generated tables of docs/benchmarks/allocator.md.
@@ -40,18 +40,17 @@ VARIANTS=(
   "kechi-default|true|"
   "narenas1|true|background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1"
   "decay0|true|background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0,narenas:2"
-  "decay5s|true|background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:0,narenas:2"
   "no-bg-thread|true|dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2"
 )
 ROUNDS=2
 IDLE=15
-declare -A REQUESTS=([python]=30000 [ruby]=20000)
+declare -A REQUESTS=([python]=12000 [ruby]=8000)
 OUT=bench/results/allocator
 if [ "$QUICK" = 1 ]; then
   VARIANTS=("${VARIANTS[@]:0:3}")
   ROUNDS=1
-  IDLE=8
-  REQUESTS=([python]=6000 [ruby]=4000)
+  IDLE=6
+  REQUESTS=([python]=4000 [ruby]=2500)
   OUT=bench/results/allocator-quick
 fi
 declare -A COMMAND=(

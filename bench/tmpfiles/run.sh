@@ -111,7 +111,7 @@ EOF
   # Where each worker's TMPDIR really is: the check that the setup is what it claims.
   for w in $(cat /proc/"$KPID"/task/*/children 2> /dev/null); do
     d=$(tr '\0' '\n' < /proc/"$w"/environ | sed -n 's/^TMPDIR=//p')
-    fstypes="$fstypes $w:$d:$(stat -f -c %T "$d")"
+    fstypes="$fstypes $w:$d:$(findmnt -no FSTYPE -T "$d")"
   done
   if [ -z "$fstypes" ] || ! curl -sf -o /dev/null "http://127.0.0.1:$port/"; then
     echo "bench/tmpfiles: $setup: the workers did not start; kechid said:" >&2
