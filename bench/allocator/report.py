@@ -61,8 +61,9 @@ def tables(runs):
                    % (interp, int(med(base, "requests")) if base else 0, len(base)))
         out.append("| variant | MALLOC_CONF | peak RSS | end-of-load RSS | end-of-load USS "
                    "| after idle RSS | after idle USS | after idle USS / glibc | peak RSS / glibc "
-                   "| req/s / glibc | p99 ms |")
-        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                   "| CPU ms / request | CPU / glibc | page faults / request | req/s / glibc | p99 ms |")
+        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                   "| ---: | ---: |")
         for v in variants:
             rows = by.get((interp, v))
             if not rows:
@@ -72,11 +73,13 @@ def tables(runs):
             def ratio(key):
                 return "%.2f" % (med(rows, key) / med(base, key)) if base else "-"
             out.append("| %s | `%s` | %.0f MiB | %.0f MiB | %.0f MiB | %.0f MiB | %.0f MiB "
-                       "| **%s** | %s | %s | %.0f |" % (
+                       "| **%s** | %s | %.2f | %s | %.0f | %s | %.0f |" % (
                            v, conf, mib(med(rows, "peak_rss_kib")),
                            mib(med(rows, "final_rss_kib")), mib(med(rows, "final_uss_kib")),
                            mib(med(rows, "idle_rss_kib")), mib(med(rows, "idle_uss_kib")),
-                           ratio("idle_uss_kib"), ratio("peak_rss_kib"), ratio("req_per_s"),
+                           ratio("idle_uss_kib"), ratio("peak_rss_kib"),
+                           med(rows, "cpu_ms_per_req"), ratio("cpu_ms_per_req"),
+                           med(rows, "minflt_per_req"), ratio("req_per_s"),
                            med(rows, "p99_ms")))
         out.append("")
     out.append("Every run, as measured: `bench/results/allocator/runs.csv`.")

@@ -60,10 +60,12 @@ declare -A COMMAND=(
 
 rm -rf "$OUT"
 mkdir -p "$OUT/raw"
-bench_machine > "$OUT/machine.txt"
-echo "jemalloc: $(dpkg-query -W -f='${Package} ${Version}' libjemalloc2)" >> "$OUT/machine.txt"
-echo "python: $(/usr/bin/python3 --version 2>&1)" >> "$OUT/machine.txt"
-echo "ruby: $(/usr/bin/ruby --version)" >> "$OUT/machine.txt"
+{
+  bench_machine
+  echo "jemalloc: $(dpkg-query -W -f='${Package} ${Version}' libjemalloc2)"
+  echo "python: $(/usr/bin/python3 --version 2>&1)"
+  echo "ruby: $(/usr/bin/ruby --version)"
+} > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
 RUN=$(mktemp -d /tmp/kechi-bench-alloc.XXXXXX)

@@ -13,7 +13,8 @@ seconds of no load: what the allocator gives back after a burst, and when.
 CSV columns: t_s (since wrk started), phase (load | idle), requests, rss_kib, pss_kib, uss_kib
 (Private_Clean + Private_Dirty, kechi's USS), anon_huge_kib (AnonHugePages: transparent huge
 pages backing the heap).
-Prints one JSON object on stdout: requests, load_s, req_per_s, wrk's p50/p99 latency in ms, peak
+Prints one JSON object on stdout: requests, load_s, req_per_s, wrk's p50/p99 latency in ms, the
+worker's CPU time (user + system) and minor page faults per request during the load, peak
 and final (end of load) and after-idle RSS/USS in KiB, and whether libjemalloc was mapped; with
 --summary, the same as a row appended to RUNS_CSV (header written when the file is new), after
 the --tag columns.
@@ -42,6 +43,15 @@ def read_mem(pid):
                 out[FIELDS[key]] = int(rest.split()[0])
     out["uss_kib"] = out.pop("pc") + out.pop("pd")
     return out
+
+
+def read_cpu(pid):
+    """(user + system CPU seconds, minor page faults) of the process, all its threads."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, minflt 10, utime 14, stime 15 (proc(5)).
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[7])
 
 
 def read_count(path):
@@ -81,6 +91,8 @@ def main():
     a = ap.parse_args()
 
     rows = []
+    cpu0, flt0 = read_cpu(a.pid)
+    cpu1, flt1 = cpu0, flt0
     t0 = time.monotonic()
     wrk = subprocess.Popen(["wrk"] + a.wrk, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -95,6 +107,7 @@ def main():
             if load_s is None:
                 if n >= a.requests:
                     load_s = now
+                    cpu1, flt1 = read_cpu(a.pid)
                     wrk.send_signal(signal.SIGINT)
                 elif wrk.poll() is not None:
                     ok = False
@@ -125,6 +138,11 @@ def main():
         "req_per_s": round(end_of_load["requests"] / load_s, 1) if load_s else None,
         "p50_ms": wrk_latency_ms(wrk_out, 50),
         "p99_ms": wrk_latency_ms(wrk_out, 99),
+        # CPU time per request: unlike req/s, hardly moved by what else runs on the machine.
+        "cpu_ms_per_req": round((cpu1 - cpu0) * 1000 / end_of_load["requests"], 3)
+        if end_of_load["requests"] else None,
+        "minflt_per_req": round((flt1 - flt0) / end_of_load["requests"], 1)
+        if end_of_load["requests"] else None,
         "peak_rss_kib": max(r["rss_kib"] for r in rows),
         "peak_uss_kib": max(r["uss_kib"] for r in rows),
         "final_rss_kib": end_of_load["rss_kib"],

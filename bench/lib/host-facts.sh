@@ -32,7 +32,7 @@ bench_machine() {
   [ "$(stat -f -c %T /sys/fs/cgroup 2> /dev/null)" = cgroup2fs ] && cg=v2
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "kernel: $(uname -r)"
-  echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "os: $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
   echo "cpu: $(nproc) x $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
   echo "memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "swap: $(awk '/^SwapTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
