@@ -50,7 +50,7 @@ mkdir -p "$OUT/raw"
 bench_machine > "$OUT/machine.txt"
 {
   echo "python: $(/usr/bin/python3 --version 2>&1)"
-  echo "root_fs: $(stat -f -c %T /)"
+  echo "root_fs: $(findmnt -no FSTYPE -T /)"
   echo "vfs_cache_pressure: $(cat /proc/sys/vm/vfs_cache_pressure)"
 } >> "$OUT/machine.txt"
 cat "$OUT/machine.txt"
@@ -109,7 +109,7 @@ EOF
     sleep 0.2
   done
   # Where each worker's TMPDIR really is: the check that the setup is what it claims.
-  for w in $(cat /proc/"$KPID"/task/*/children 2> /dev/null); do
+  for w in $(cat /proc/"$KPID"/task/*/children 2> /dev/null | tr ' ' '\n'); do
     d=$(tr '\0' '\n' < /proc/"$w"/environ | sed -n 's/^TMPDIR=//p')
     fstypes="$fstypes $w:$d:$(findmnt -no FSTYPE -T "$d")"
   done
