@@ -23,8 +23,10 @@ use std::process::Command;
 ///
 /// Chosen so a worker gives memory back soon after a burst instead of keeping it: a background
 /// thread purges, dirty pages decay within a second, muzzy pages are released at once, and two
-/// arenas keep per-thread fragmentation down on small boxes. These values are a starting point
-/// to be re-tuned from the benchmarks in `bench/`.
+/// arenas keep per-thread fragmentation down on small boxes. Measured in
+/// `docs/benchmarks/allocator.md` (`bench/allocator`): `dirty_decay_ms:0` costs about twice the
+/// CPU per request in page faults, no background thread keeps more memory once the load stops,
+/// and one arena saves little and only under load.
 pub const DEFAULT_CONF: &str =
     "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2";
 
