@@ -222,7 +222,9 @@ impl fmt::Display for Signal {
     }
 }
 
-/// Formats a duration the way the config takes it: `1h30m`, `250ms`, `0`.
+/// Formats a duration the way the config takes it: `1h30m`, `250ms`, `1ms500us`, `0`. Exact
+/// down to the microsecond (the finest unit [`parse_duration`] takes), so what is shown parses
+/// back to the same value; nanoseconds, which no config value carries, are dropped.
 pub fn format_duration(d: Duration) -> String {
     if d.is_zero() {
         return "0".into();
@@ -245,6 +247,10 @@ pub fn format_duration(d: Duration) -> String {
     }
     if ms > 0 {
         out.push_str(&format!("{ms}ms"));
+    }
+    let us = d.subsec_micros() % 1000;
+    if us > 0 {
+        out.push_str(&format!("{us}us"));
     }
     out
 }
@@ -294,6 +300,19 @@ mod tests {
         for s in ["512M", "1G", "1536K", "1000"] {
             assert_eq!(parse_bytes(s).unwrap().to_string(), s);
         }
+    }
+
+    #[test]
+    fn format_duration_keeps_microseconds() {
+        // Found by fuzz/fuzz_targets/quantity.rs: "1500us" was shown as "1ms".
+        let d = parse_duration("1500us").unwrap();
+        assert_eq!(format_duration(d), "1ms500us");
+        for s in ["1ms500us", "1s1us", "1h999us", "999us"] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(format_duration(d), s);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        assert_eq!(format_duration(Duration::from_nanos(1_000_999)), "1ms");
     }
 
     #[test]
