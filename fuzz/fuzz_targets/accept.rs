@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_epoll_targets(text);
     for l in text.lines() {
         if let Some(i) = socket_inode(l) {
-            assert!(l.starts_with("socket:[") && l.ends_with(']'), "inode {i} of {l:?}");
+            assert!(
+                l.starts_with("socket:[") && l.ends_with(']'),
+                "inode {i} of {l:?}"
+            );
         }
     }
 

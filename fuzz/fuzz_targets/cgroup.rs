@@ -28,7 +28,10 @@ fn check_line<T>(what: &str, text: &str, r: &Result<T, MemError>) {
 
 fn check_path(what: &str, p: &Result<String, MemError>) {
     if let Ok(p) = p {
-        assert!(p.is_empty() || p.starts_with('/'), "{what}: {p:?} is not absolute");
+        assert!(
+            p.is_empty() || p.starts_with('/'),
+            "{what}: {p:?} is not absolute"
+        );
         assert!(
             p.split('/').all(|c| c != ".." && c != "."),
             "{what}: {p:?} leaves the hierarchy"
@@ -52,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     let procs = parse_cgroup_procs(text);
     check_line("cgroup.procs", text, &procs);
     if let Ok(p) = &procs {
-        assert_eq!(p.len(), text.lines().filter(|l| !l.trim().is_empty()).count());
+        assert_eq!(
+            p.len(),
+            text.lines().filter(|l| !l.trim().is_empty()).count()
+        );
     }
 
     let n = parse_u64(text);
@@ -63,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
     check_line("v2 limit", text, &v2);
     if let Ok(n) = n {
         assert_eq!(v2.ok(), Some(Some(n)), "v2 limit of {text:?}");
-        assert_eq!(v1.ok(), Some((n < 1 << 62).then_some(n)), "v1 limit of {text:?}");
+        assert_eq!(
+            v1.ok(),
+            Some((n < 1 << 62).then_some(n)),
+            "v1 limit of {text:?}"
+        );
     }
 
     // Unit names: the text as a slice, and as a unit inside a fixed slice.

@@ -113,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
                         "{shown}: line outside the file's {lines} lines"
                     ),
                     None => {
-                        assert_ne!(e.kind, ErrorKind::Syntax, "{shown}: syntax error without a line");
+                        assert_ne!(
+                            e.kind,
+                            ErrorKind::Syntax,
+                            "{shown}: syntax error without a line"
+                        );
                         let key = e.key.as_deref();
                         assert!(key.is_some(), "{shown}: neither line nor key");
                         if let (Some(doc), Some(key)) = (&doc, key) {

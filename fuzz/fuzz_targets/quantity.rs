@@ -6,9 +6,7 @@
 //! shows can be pasted into a config file and means the same).
 #![no_main]
 
-use kechi::quantity::{
-    format_duration, parse_bytes, parse_duration, parse_percent, parse_signal,
-};
+use kechi::quantity::{format_duration, parse_bytes, parse_duration, parse_percent, parse_signal};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,10 +29,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = parse_percent(s) {
         assert!(p.0 <= 10_000, "percent {s:?} above 100%: {p:?}");
         let shown = p.to_string();
-        assert_eq!(parse_percent(&shown), Ok(p), "percent {s:?} shown as {shown:?}");
+        assert_eq!(
+            parse_percent(&shown),
+            Ok(p),
+            "percent {s:?} shown as {shown:?}"
+        );
     }
     if let Ok(sig) = parse_signal(s) {
         let shown = sig.to_string();
-        assert_eq!(parse_signal(&shown), Ok(sig), "signal {s:?} shown as {shown:?}");
+        assert_eq!(
+            parse_signal(&shown),
+            Ok(sig),
+            "signal {s:?} shown as {shown:?}"
+        );
     }
 });
