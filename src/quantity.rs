@@ -103,6 +103,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = t.parse().map_err(|_| bad())?;
+        // The same ceiling as with units (u64 nanoseconds, ~584 years), so that every duration
+        // accepted can be written back with units, and deadlines computed from it never
+        // overflow an Instant.
+        secs.checked_mul(1_000_000_000).ok_or_else(bad)?;
         return Ok(Duration::from_secs(secs));
     }
     let mut total = Duration::ZERO;
@@ -313,6 +317,17 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
         assert_eq!(format_duration(Duration::from_nanos(1_000_999)), "1ms");
+    }
+
+    #[test]
+    fn bare_seconds_have_the_same_ceiling_as_units() {
+        // Found by fuzz/fuzz_targets/quantity.rs: "99090099090" (3140 years) was accepted, but
+        // the "1146876d3h31m30s" it is shown as was refused.
+        assert!(parse_duration("99090099090").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        let max = parse_duration("18446744073").unwrap();
+        assert_eq!(parse_duration(&format_duration(max)).unwrap(), max);
+        assert!(parse_duration("18446744074").is_err());
     }
 
     #[test]
