@@ -109,7 +109,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
         secs.checked_mul(1_000_000_000).ok_or_else(bad)?;
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
+    // In nanoseconds: the sum has the same ceiling as each part (u64 nanoseconds, ~584
+    // years), so every duration accepted can be written back with units.
+    let mut total: u64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
         rest = rest.trim_start();
@@ -138,11 +140,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
         };
         let add = u128::from(n).checked_mul(nanos_per).ok_or_else(bad)?;
         let add = u64::try_from(add).map_err(|_| bad())?;
-        total = total
-            .checked_add(Duration::from_nanos(add))
-            .ok_or_else(bad)?;
+        total = total.checked_add(add).ok_or_else(bad)?;
     }
-    Ok(total)
+    Ok(Duration::from_nanos(total))
 }
 
 /// Parses `"50%"`, `"12.5%"`.
@@ -328,6 +328,17 @@ mod tests {
         let max = parse_duration("18446744073").unwrap();
         assert_eq!(parse_duration(&format_duration(max)).unwrap(), max);
         assert!(parse_duration("18446744074").is_err());
+    }
+
+    #[test]
+    fn a_sum_of_parts_has_the_same_ceiling_as_each_part() {
+        // Found by fuzz/fuzz_targets/quantity.rs: parts that each fit in u64 nanoseconds were
+        // summed past it, and the total was then shown as text that did not parse.
+        assert!(parse_duration("200000d200000d").is_err());
+        assert!(parse_duration("213503d23h34m33s709ms551us").is_ok());
+        assert!(parse_duration("213503d23h34m33s709ms552us").is_err());
+        let d = parse_duration("100000d100000d").unwrap();
+        assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
     }
 
     #[test]
