@@ -254,7 +254,7 @@ pub enum ClientError {
 
 /// Sends one request and waits for its reply (blocking; for kechictl).
 pub fn request(path: &Path, req: &Request) -> Result<Reply, ClientError> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut s =
         std::os::unix::net::UnixStream::connect(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::PermissionDenied => ClientError::Denied {
@@ -284,23 +284,32 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply, ClientError> {
         }
         other => Ok(other.map_err(io)?),
     };
+    read_message_blocking(&mut s).map_err(|e| match (e, written) {
+        (ProtocolError::Truncated, Err(write)) => io(write),
+        (ProtocolError::Io(source), _) => io(source),
+        (other, _) => other.into(),
+    })
+}
+
+/// Reads one NUL-terminated message from a blocking reader: the client's side of
+/// [`read_message`], split from the socket so any reader (a test's byte slice) can drive it.
+pub fn read_message_blocking<R: std::io::Read, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> Result<T, ProtocolError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let n = s.read(&mut chunk).map_err(io)?;
+        let n = r.read(&mut chunk)?;
         if n == 0 {
-            return Err(match written {
-                Err(e) => io(e),
-                Ok(()) => ProtocolError::Truncated.into(),
-            });
+            return Err(ProtocolError::Truncated);
         }
         if let Some(end) = chunk[..n].iter().position(|b| *b == 0) {
             buf.extend_from_slice(&chunk[..end]);
-            return Ok(decode(&buf)?);
+            return decode(&buf);
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_MESSAGE {
-            return Err(ProtocolError::TooLarge.into());
+            return Err(ProtocolError::TooLarge);
         }
     }
 }

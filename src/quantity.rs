@@ -103,9 +103,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = t.parse().map_err(|_| bad())?;
+        // The same ceiling as with units (u64 nanoseconds, ~584 years), so that every duration
+        // accepted can be written back with units, and deadlines computed from it never
+        // overflow an Instant.
+        secs.checked_mul(1_000_000_000).ok_or_else(bad)?;
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
+    // In nanoseconds: the sum has the same ceiling as each part (u64 nanoseconds, ~584
+    // years), so every duration accepted can be written back with units.
+    let mut total: u64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
         rest = rest.trim_start();
@@ -134,11 +140,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, QuantityError> {
         };
         let add = u128::from(n).checked_mul(nanos_per).ok_or_else(bad)?;
         let add = u64::try_from(add).map_err(|_| bad())?;
-        total = total
-            .checked_add(Duration::from_nanos(add))
-            .ok_or_else(bad)?;
+        total = total.checked_add(add).ok_or_else(bad)?;
     }
-    Ok(total)
+    Ok(Duration::from_nanos(total))
 }
 
 /// Parses `"50%"`, `"12.5%"`.
@@ -222,7 +226,9 @@ impl fmt::Display for Signal {
     }
 }
 
-/// Formats a duration the way the config takes it: `1h30m`, `250ms`, `0`.
+/// Formats a duration the way the config takes it: `1h30m`, `250ms`, `1ms500us`, `0`. Exact
+/// down to the microsecond (the finest unit [`parse_duration`] takes), so what is shown parses
+/// back to the same value; nanoseconds, which no config value carries, are dropped.
 pub fn format_duration(d: Duration) -> String {
     if d.is_zero() {
         return "0".into();
@@ -245,6 +251,10 @@ pub fn format_duration(d: Duration) -> String {
     }
     if ms > 0 {
         out.push_str(&format!("{ms}ms"));
+    }
+    let us = d.subsec_micros() % 1000;
+    if us > 0 {
+        out.push_str(&format!("{us}us"));
     }
     out
 }
@@ -294,6 +304,41 @@ mod tests {
         for s in ["512M", "1G", "1536K", "1000"] {
             assert_eq!(parse_bytes(s).unwrap().to_string(), s);
         }
+    }
+
+    #[test]
+    fn format_duration_keeps_microseconds() {
+        // Found by fuzz/fuzz_targets/quantity.rs: "1500us" was shown as "1ms".
+        let d = parse_duration("1500us").unwrap();
+        assert_eq!(format_duration(d), "1ms500us");
+        for s in ["1ms500us", "1s1us", "1h999us", "999us"] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(format_duration(d), s);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        assert_eq!(format_duration(Duration::from_nanos(1_000_999)), "1ms");
+    }
+
+    #[test]
+    fn bare_seconds_have_the_same_ceiling_as_units() {
+        // Found by fuzz/fuzz_targets/quantity.rs: "99090099090" (3140 years) was accepted, but
+        // the "1146876d3h31m30s" it is shown as was refused.
+        assert!(parse_duration("99090099090").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        let max = parse_duration("18446744073").unwrap();
+        assert_eq!(parse_duration(&format_duration(max)).unwrap(), max);
+        assert!(parse_duration("18446744074").is_err());
+    }
+
+    #[test]
+    fn a_sum_of_parts_has_the_same_ceiling_as_each_part() {
+        // Found by fuzz/fuzz_targets/quantity.rs: parts that each fit in u64 nanoseconds were
+        // summed past it, and the total was then shown as text that did not parse.
+        assert!(parse_duration("200000d200000d").is_err());
+        assert!(parse_duration("213503d23h34m33s709ms551us").is_ok());
+        assert!(parse_duration("213503d23h34m33s709ms552us").is_err());
+        let d = parse_duration("100000d100000d").unwrap();
+        assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
     }
 
     #[test]

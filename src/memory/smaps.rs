@@ -114,7 +114,9 @@ pub fn parse_smaps_rollup(text: &str) -> Result<ProcMem, MemError> {
         } else {
             format!("no {} line", REQUIRED[missing])
         };
-        return Err(MemError::parse(text.lines().count(), reason));
+        // Blame the last line (where the missing key would have had to come by); an empty
+        // text has no last line, and line 0 would name none at all.
+        return Err(MemError::parse(text.lines().count().max(1), reason));
     }
     let v = |i: usize| seen[i].unwrap_or(0);
     Ok(ProcMem {
@@ -236,6 +238,24 @@ mod tests {
         assert!(e.to_string().contains("expected a number"), "{e}");
         let e = parse_smaps_rollup("Rss: 18446744073709551 kB\n").unwrap_err();
         assert!(e.to_string().contains("overflows"), "{e}");
+    }
+
+    #[test]
+    fn empty_text_is_an_error_on_line_1() {
+        // Found by fuzz/fuzz_targets/proc.rs: an empty text was reported at line 0.
+        for t in ["", "\n", "  \n\n"] {
+            match parse_smaps_rollup(t).unwrap_err() {
+                MemError::Parse { line, reason, .. } => {
+                    assert_eq!(reason, "empty file");
+                    assert!(line >= 1, "{t:?}: line {line}");
+                }
+                other => panic!("{t:?}: {other}"),
+            }
+        }
+        assert_eq!(
+            parse_smaps_rollup("").unwrap_err().to_string(),
+            "line 1: empty file"
+        );
     }
 
     #[test]
