@@ -59,7 +59,8 @@ refused() {
 # allowed USER STEP: `kechictl status demo` as USER works and shows the workers
 allowed() {
   as "$1" kechictl status "$KT_APP"
-  if [ "$AS_RC" = 0 ] && printf '%s\n' "$AS_OUT" | grep -q 'workers ready'; then
+  # (a pattern match, not printf | grep -q: with pipefail, grep leaving early can fail printf)
+  if [ "$AS_RC" = 0 ] && [[ $AS_OUT == *"workers ready"* ]]; then
     ok "$2: kechictl status $KT_APP as $1: exit 0, the status"
     printf '%s\n' "$AS_OUT" | head -n 1 | sed 's/^/          | /'
   else
