@@ -54,6 +54,14 @@ tgt_up pkg
 tgt_run rm -f /usr/sbin/policy-rc.d
 tgt_copy_in "$KT_ROOT/tests/system/lib/inside.sh" "$KT_INSIDE/kt" || abort "copying the inside helper in"
 tgt_copy_in "$DEB" /root/kechi.deb || abort "copying the .deb in"
+# paths with "kechi" in them that the machine had before the package (the test machine is an
+# overlay of the host: whatever the host holds is not the package's doing)
+kechi_paths() {
+  # shellcheck disable=SC2016
+  tgt_run sh -c 'find /etc /usr /lib /run /var -xdev -path "*kechi*" 2>/dev/null' |
+    grep -v -e "^$KT_INSIDE" -e '^/run/kt-load' -e '^/run/kechi-test' -e '^/etc/systemd/system/kechi-test-box' | sort
+}
+before_install=$(kechi_paths)
 if out=$(tgt_run dpkg -i /root/kechi.deb 2>&1); then ok "dpkg -i"; else
   printf '%s\n' "$out" | sed 's/^/          | /'; abort "dpkg -i failed"
 fi
@@ -189,9 +197,7 @@ if tgt_run test -e "/etc/kechi/$KT_APP.toml"; then ok "the admin's /etc/kechi/$K
 if out=$(tgt_run dpkg --purge kechi 2>&1); then ok "dpkg --purge kechi"; else
   printf '%s\n' "$out" | sed 's/^/          | /'; bad "dpkg --purge failed"
 fi
-# shellcheck disable=SC2016
-left=$(tgt_run sh -c 'find /etc /usr /lib /run /var -xdev -path "*kechi*" 2>/dev/null' |
-  grep -v -e "^$KT_INSIDE" -e '^/run/kt-load' -e '^/run/kechi-test' -e '^/etc/systemd/system/kechi-test-box' | sort)
+left=$(comm -13 <(printf '%s\n' "$before_install") <(kechi_paths) | grep .)
 want=$(printf '%s\n' "/etc/kechi" "/etc/kechi/$KT_APP.toml" "/etc/systemd/system/kechi@$KT_APP.service.d" \
   "/etc/systemd/system/kechi@$KT_APP.service.d/policy.conf" "/etc/systemd/system/kechi@$KT_APP.socket.d" \
   "/etc/systemd/system/kechi@$KT_APP.socket.d/listen.conf" | sort)
