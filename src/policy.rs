@@ -419,6 +419,18 @@ fn lost_sharing(w: &Worker, policy: &Policy) -> bool {
     m.processes >= 2 && m.total.rss > 0 && (m.total.shared as f64) < min * m.total.rss as f64
 }
 
+/// `child-signal` to one child of a prefork worker, at most once per min-interval per worker.
+fn signal_child(d: &mut Decision, w: &Worker, pid: i32, policy: &Policy, now: Instant) {
+    match w.child_signaled.map(|t| t + policy.min_interval) {
+        Some(at) if now < at => d.wake(at),
+        _ => d.actions.push(Action::SignalChild {
+            serial: w.serial,
+            pid,
+            signal: policy.child_signal.unwrap_or(libc::SIGTERM),
+        }),
+    }
+}
+
 /// The decision core.
 pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
     let mut d = Decision::default();
@@ -569,22 +581,10 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
                 Some((1, w.started, StopReason::Reload))
             } else if over
                 && policy.child_signal.is_some()
-                && w.mem.as_ref().is_some_and(|m| m.largest_child.is_some())
+                && let Some((pid, _)) = w.mem.as_ref().and_then(|m| m.largest_child)
             {
-                // The child goes, not the worker; once per min-interval per worker.
-                let (pid, _) = w
-                    .mem
-                    .as_ref()
-                    .and_then(|m| m.largest_child)
-                    .unwrap_or_default();
-                match w.child_signaled.map(|t| t + policy.min_interval) {
-                    Some(at) if now < at => d.wake(at),
-                    _ => d.actions.push(Action::SignalChild {
-                        serial: w.serial,
-                        pid,
-                        signal: policy.child_signal.unwrap_or(libc::SIGTERM),
-                    }),
-                }
+                // The child goes, not the worker.
+                signal_child(&mut d, w, pid, policy, now);
                 None
             } else if over {
                 Some((2, w.started, StopReason::Memory))
@@ -595,14 +595,7 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
                 && let Some((pid, _)) = w.mem.as_ref().and_then(|m| m.least_shared_child)
             {
                 // The child that un-shared most goes; its fresh replacement shares again.
-                match w.child_signaled.map(|t| t + policy.min_interval) {
-                    Some(at) if now < at => d.wake(at),
-                    _ => d.actions.push(Action::SignalChild {
-                        serial: w.serial,
-                        pid,
-                        signal: policy.child_signal.unwrap_or(libc::SIGTERM),
-                    }),
-                }
+                signal_child(&mut d, w, pid, policy, now);
                 None
             } else if lost_sharing(w, policy) {
                 Some((4, w.started, StopReason::Sharing))
