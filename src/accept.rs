@@ -358,6 +358,19 @@ mod tests {
         ));
     }
 
+    /// A listening socket on loopback that children inherit (as workers do), and its inode.
+    fn inherited_listener() -> (std::net::TcpListener, HashSet<u64>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
+        let ino = socket_inode(link.to_str().unwrap()).unwrap();
+        nix::fcntl::fcntl(
+            &l,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        (l, [ino].into())
+    }
+
     /// A real child holding an accepted connection is serving; one that only listens is not.
     #[test]
     fn sees_a_real_accepted_connection() {
@@ -365,22 +378,9 @@ mod tests {
             eprintln!("skipped: pidfd_getfd on another process needs root");
             return;
         }
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (l, inodes) = inherited_listener();
         let port = l.local_addr().unwrap().port();
-        let ino = socket_inode(
-            std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd()))
-                .unwrap()
-                .to_str()
-                .unwrap(),
-        )
-        .unwrap();
-        let inodes: HashSet<u64> = [ino].into();
         let fd = l.as_raw_fd();
-        nix::fcntl::fcntl(
-            &l,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .unwrap();
         let code = format!(
             "import socket,sys,time; s=socket.socket(fileno={fd}); c,_=s.accept(); print(1, flush=True); time.sleep(30)"
         );
@@ -422,22 +422,8 @@ mod tests {
             eprintln!("skipped: reading another process's syscall and memory needs root");
             return;
         }
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let ino = socket_inode(
-            std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd()))
-                .unwrap()
-                .to_str()
-                .unwrap(),
-        )
-        .unwrap();
-        let inodes: HashSet<u64> = [ino].into();
+        let (l, inodes) = inherited_listener();
         let fd = l.as_raw_fd();
-        // The children must inherit the socket, as workers do.
-        nix::fcntl::fcntl(
-            &l,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .unwrap();
         let scripts = [
             format!("import socket; s=socket.socket(fileno={fd}); s.accept()"),
             format!("import select; p=select.poll(); p.register({fd}, select.POLLIN); p.poll()"),
