@@ -2,7 +2,7 @@
 //! (fields APP, WORKER, PID, REASON searchable with `journalctl APP=demo`), plain lines on
 //! stderr otherwise (foreground, a terminal, a container).
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 /// Where log records go.
@@ -12,9 +12,33 @@ pub enum Sink {
     Stderr,
 }
 
-/// Installs the global subscriber. `KECHI_LOG` (an EnvFilter) sets the level; default `info`.
+/// Installs the global subscriber. `KECHI_LOG` sets the level: a level (`debug`), or targets with
+/// levels (`info,kechi::driver=debug,zbus=warn`); default `info`. A value that does not parse is
+/// reported once and `info` used. (A plain target filter rather than tracing's EnvFilter: the
+/// latter brings a regex engine, some 170 KB of code in a daemon whose size is a goal.)
 pub fn init() -> Sink {
-    let filter = EnvFilter::try_from_env("KECHI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let raw = std::env::var("KECHI_LOG").ok();
+    let (filter, bad) = parse_filter(raw.as_deref());
+    let sink = install(filter);
+    if let Some(why) = bad {
+        tracing::warn!("KECHI_LOG ignored ({why}); logging at info");
+    }
+    sink
+}
+
+/// The filter for `KECHI_LOG`'s value, and why the value was refused if it was.
+fn parse_filter(raw: Option<&str>) -> (Targets, Option<String>) {
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    match raw.map(str::trim) {
+        None | Some("") => (default(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (default(), Some(format!("{v:?}: {e}"))),
+        },
+    }
+}
+
+fn install(filter: Targets) -> Sink {
     if stderr_is_journal()
         && let Ok(layer) = tracing_journald::layer()
     {
@@ -28,11 +52,13 @@ pub fn init() -> Sink {
         return Sink::Journal;
     }
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
+        .with_target(false);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
         .init();
     Sink::Stderr
 }
@@ -50,4 +76,34 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn default_is_info() {
+        let (t, bad) = parse_filter(None);
+        assert!(bad.is_none());
+        assert!(t.would_enable("kechi::driver", &Level::INFO));
+        assert!(!t.would_enable("kechi::driver", &Level::DEBUG));
+    }
+
+    #[test]
+    fn a_level_and_per_target_levels() {
+        let (t, bad) = parse_filter(Some("warn,kechi::driver=debug"));
+        assert!(bad.is_none());
+        assert!(t.would_enable("kechi::driver", &Level::DEBUG));
+        assert!(!t.would_enable("zbus", &Level::INFO));
+        assert!(t.would_enable("zbus", &Level::WARN));
+    }
+
+    #[test]
+    fn nonsense_falls_back_to_info_and_says_why() {
+        let (t, bad) = parse_filter(Some("kechi=loud"));
+        assert!(bad.unwrap().contains("kechi=loud"));
+        assert!(t.would_enable("kechi", &Level::INFO));
+    }
 }

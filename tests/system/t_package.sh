@@ -90,7 +90,7 @@ case "$body" in
   "hello from worker "*) ok "first request on /run/kechi/$KT_APP.sock: $body" ;;
   *) bad "first request on /run/kechi/$KT_APP.sock: '$body'" ;;
 esac
-expect_eq "kechi@$KT_APP.service after it" "$(unit_prop "kechi@$KT_APP.service" ActiveState)" active
+expect_eq "kechi@$KT_APP.service after it" "$(unit_state_within "kechi@$KT_APP.service" active 60)" active
 w=$(kt wait-workers "$KT_APP" 2 1 60) || bad "want 2 workers"
 show_workers "$w"
 info "STATUS=$(unit_prop "kechi@$KT_APP.service" StatusText)"

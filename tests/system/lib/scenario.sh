@@ -150,6 +150,17 @@ kechi_start() {  # systemctl start kechi@demo, with a deadline
 }
 
 unit_prop() { tgt_run systemctl show -p "$2" --value "$1"; }
+# unit_state_within UNIT WANT SECONDS: UNIT's ActiveState once it is WANT, or the last one seen when
+# SECONDS pass first (a Type=notify unit stays "activating" until kechid has every worker ready,
+# which can be after the first request is answered).
+unit_state_within() {
+  local state deadline=$((SECONDS + $3))
+  while :; do
+    state=$(unit_prop "$1" ActiveState)
+    if [ "$state" = "$2" ] || [ "$SECONDS" -ge "$deadline" ]; then echo "$state"; return; fi
+    sleep 0.2
+  done
+}
 
 journal_cursor() { tgt_run journalctl -n 0 --show-cursor -q --no-pager | sed -n 's/^-- cursor: //p'; }
 # journal_unit_after CURSOR UNIT: the messages of UNIT (its processes', and systemd's about it)
