@@ -1,58 +1,37 @@
-//! kechid: runs one app's workers (see kechid(8)). Thin: argument parsing, then the library.
+//! kechid: runs one app's workers (see kechid(8)). Thin: the command line (daemon_cli), then the
+//! library.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use kechi::app::AppName;
+use kechi::daemon_cli::{self, Command, DaemonArgs};
 use kechi::driver::{self, Options};
 use kechi::exitcode;
 use kechi::systemd::{Bus, DbusSystemd};
 
-const AFTER_HELP: &str = "\
-Normally started by systemd as kechi@APP.service (`systemctl start kechi@APP`), reading
-/etc/kechi/APP.toml. KECHI_* variables in the unit's environment override the file
-(see kechi.toml(5)); `kechictl config APP` shows the effective values.
-
-Exit codes:
-  0   stopped on request
-  1   runtime failure (e.g. systemd's manager unreachable)
-  2   bad command line
-  69  workers kept crashing before getting ready (restart.burst exceeded)
-  78  invalid configuration";
-
-#[derive(Debug, Parser)]
-#[command(name = "kechid", version, about = "Runs an app's workers lean: systemd scopes with memory limits, jemalloc, tmpfs TMPDIR, recycling", after_help = AFTER_HELP)]
-struct Args {
-    /// The app name (reads /etc/kechi/APP.toml), or a path to an app file.
-    app: String,
-    /// Run without a systemd manager: workers are plain children and kechid's own monitor
-    /// enforces memory.max.
-    #[arg(long)]
-    foreground: bool,
-    /// Use the calling user's systemd manager (the default when not root).
-    #[arg(long, conflicts_with = "foreground")]
-    user: bool,
-}
-
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
+    let args = match daemon_cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(a)) => a,
+        Ok(Command::Help) => {
+            println!("{}", daemon_cli::help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("{}", daemon_cli::version());
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exitcode::USAGE as u8
-            } else {
-                0
-            });
+            eprintln!("{e}");
+            return ExitCode::from(exitcode::USAGE as u8);
         }
     };
     kechi::logging::init();
     ExitCode::from(run(args) as u8)
 }
 
-fn run(args: Args) -> i32 {
+fn run(args: DaemonArgs) -> i32 {
     let (app, config_path) = if args.app.contains('/') || args.app.ends_with(".toml") {
         let path = PathBuf::from(&args.app);
         let stem = path
