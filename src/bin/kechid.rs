@@ -2,6 +2,7 @@
 //! library.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,16 +15,18 @@ use kechi::systemd::{Bus, DbusSystemd};
 fn main() -> ExitCode {
     let args = match daemon_cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(a)) => a,
+        // Written without println!: a reader that leaves early (`kechid --help | head -1`)
+        // must not turn into a failed write and an abort.
         Ok(Command::Help) => {
-            println!("{}", daemon_cli::help());
+            let _ = writeln!(std::io::stdout(), "{}", daemon_cli::help());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("{}", daemon_cli::version());
+            let _ = writeln!(std::io::stdout(), "{}", daemon_cli::version());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("{e}");
+            let _ = writeln!(std::io::stderr(), "{e}");
             return ExitCode::from(exitcode::USAGE as u8);
         }
     };

@@ -169,8 +169,12 @@ for page in kechid kechictl kechi.toml; do
   n=$(tgt_run env MANPAGER=cat MANWIDTH=80 man "$page" 2> /dev/null | grep -c .)
   if [ "${n:-0}" -gt 20 ]; then ok "man $page ($n lines)"; else bad "man $page"; fi
 done
-if tgt_run kechictl --help | grep -q '^Commands:'; then ok "kechictl --help"; else bad "kechictl --help"; fi
-if tgt_run kechid --help | grep -q 'Exit codes'; then ok "kechid --help"; else bad "kechid --help"; fi
+# the whole output first, matched in bash: `cmd | grep -q` can fail under pipefail when grep leaves
+# before the writer is done
+out=$(tgt_run kechictl --help)
+if [[ $'\n'$out == *$'\nCommands:'* ]]; then ok "kechictl --help"; else bad "kechictl --help"; fi
+out=$(tgt_run kechid --help)
+if [[ $out == *'Exit codes'* ]]; then ok "kechid --help"; else bad "kechid --help"; fi
 # shellcheck disable=SC2016
 comp=$(tgt_run bash -c 'source /usr/share/bash-completion/completions/kechictl
 COMP_WORDS=(kechictl st); COMP_CWORD=1; _kechictl; echo "${COMPREPLY[*]}"
