@@ -16,6 +16,9 @@ import os
 import csv
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from observations import with_observations  # noqa: E402
+
 WHAT = {
     "kechid": "kechid (kechi@demo, 8 workers)",
     "supervisord": "supervisord (numprocs=8)",
@@ -207,11 +210,7 @@ mapping), `meta.txt`.
            mon=md_table(MON_COLS, mon_rows(mon), left=(1,)), command=m.get("command", "?"),
            date=m.get("date", "?"), machine=m.get("machine", "?"), timing="timing: " + m.get("timing", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"), commit=m.get("commit", "?"))
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
-    if os.path.exists(notes):  # observations on the committed run, written by hand
-        doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
-    else:
-        doc = doc.replace("{notes}", "", 1)
+    doc = with_observations(doc, __file__)  # notes.md: observations on the committed run
     with open(docs + "/footprint.md", "w") as f:
         f.write(doc)
 

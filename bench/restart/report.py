@@ -19,6 +19,9 @@ import statistics
 import sys
 from collections import OrderedDict
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from observations import with_observations  # noqa: E402
+
 LABEL = {
     ("restart",): "systemctl restart",
     ("hup",): "SIGHUP",
@@ -237,11 +240,7 @@ and load), `bench/results/restart/meta.txt`.
            perl=md_table(perl), py=md_table(py), command=m.get("command", "?"), date=m.get("date", "?"),
            machine=m.get("machine", "?"), window_line=m.get("window", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"), commit=m.get("commit", "?"))
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
-    if os.path.exists(notes):  # observations on the committed run, written by hand
-        doc = doc.replace("{notes}", "## Observations\n\n" + open(notes).read().strip() + "\n\n", 1)
-    else:
-        doc = doc.replace("{notes}", "", 1)
+    doc = with_observations(doc, __file__)  # notes.md: observations on the committed run
     with open(docs + "/restart.md", "w") as f:
         f.write(doc)
 
