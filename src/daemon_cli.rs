@@ -166,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn help_and_version_win_over_everything_else() {
+    fn help_and_version_end_the_parse_where_they_stand() {
         assert_eq!(p(&["--help"]), Ok(Command::Help));
         assert_eq!(p(&["demo", "-h"]), Ok(Command::Help));
         assert_eq!(
