@@ -2,8 +2,6 @@
 //! the file, the line and the key; every fixture under `good/` loads.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kechi::config::{self, ConfigErrors, Host, KEYS, Loaded, Source};
@@ -38,6 +36,10 @@ impl Host for TestHost {
     }
 }
 
+#[path = "support/bad_configs.rs"]
+mod bad_configs;
+use bad_configs::{BAD, MANY_PROBLEMS, MANY_PROBLEMS_HEADS, head, make_unsafe_library};
+
 fn fixture(dir: &str, name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/config")
@@ -63,195 +65,39 @@ fn errors_of(name: &str) -> Vec<String> {
     }
 }
 
-/// The file `unsafe-jemalloc.toml` points at, writable by all: refused before its contents matter.
-fn make_unsafe_library() {
-    let p = Path::new("/tmp/kechi-test-unsafe-libjemalloc.so.2");
-    if !p.exists() {
-        fs::write(p, b"\x7fELF placeholder").unwrap();
-    }
-    fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap();
-}
-
-/// (fixture, line or None for file-level problems, key, a fragment of the explanation)
-const BAD: &[(&str, Option<usize>, &str, &str)] = &[
-    (
-        "unknown-key.toml",
-        Some(5),
-        "memory.maxx",
-        "unknown key; did you mean memory.max?",
-    ),
-    (
-        "unknown-top-level-key.toml",
-        Some(3),
-        "max-age",
-        "did you mean recycle.max-age?",
-    ),
-    (
-        "wrong-type.toml",
-        Some(3),
-        "workers",
-        "got \"two\"; expected an integer from 1 to 256",
-    ),
-    (
-        "bad-size.toml",
-        Some(5),
-        "memory.max",
-        "got \"512X\"; expected a size",
-    ),
-    (
-        "bad-duration.toml",
-        Some(6),
-        "ready.timeout",
-        "got \"5 parsecs\"; expected a duration",
-    ),
-    (
-        "empty-command.toml",
-        Some(2),
-        "command",
-        "got []; expected a non-empty array",
-    ),
-    ("missing-command.toml", None, "command", "missing"),
-    (
-        "shell-command.toml",
-        Some(2),
-        "command",
-        "(no shell is involved)",
-    ),
-    (
-        "Bad.App.toml",
-        None,
-        "app name",
-        "got \"Bad.App\" (from the file name)",
-    ),
-    (
-        "relative-directory.toml",
-        Some(3),
-        "directory",
-        "expected an absolute directory path",
-    ),
-    (
-        "unknown-user.toml",
-        Some(3),
-        "user",
-        "no user \"no-such-user-kechi\" on this host",
-    ),
-    (
-        "unknown-group.toml",
-        Some(5),
-        "control.group",
-        "no group \"no-such-group-kechi\"",
-    ),
-    (
-        "unsafe-jemalloc.toml",
-        Some(6),
-        "jemalloc.path",
-        "refusing to preload",
-    ),
-    (
-        "missing-jemalloc.toml",
-        Some(5),
-        "jemalloc.path",
-        "cannot resolve",
-    ),
-    (
-        "bad-signal.toml",
-        Some(5),
-        "stop.signal",
-        "got \"TERMINATE\"; expected a signal name",
-    ),
-    (
-        "zero-workers.toml",
-        Some(3),
-        "workers",
-        "got 0; expected an integer from 1 to 256",
-    ),
-    ("syntax-error.toml", Some(5), "memory.max", "invalid TOML"),
-    (
-        "high-above-max.toml",
-        Some(6),
-        "memory.high",
-        "600M is above memory.max (512M)",
-    ),
-    (
-        "forbidden-env.toml",
-        Some(6),
-        "environment.LISTEN_FDS",
-        "set by kechi for every worker",
-    ),
-    (
-        "ld-preload-with-jemalloc.toml",
-        Some(3),
-        "environment.LD_PRELOAD",
-        "expected jemalloc.enabled = false",
-    ),
-    (
-        "backoff-above-max.toml",
-        Some(5),
-        "restart.backoff",
-        "is above restart.backoff-max",
-    ),
-    (
-        "bad-mode.toml",
-        Some(5),
-        "ready.mode",
-        "expected one of \"notify\", \"accept\", \"delay\"",
-    ),
-    ("bad-metric.toml", Some(5), "memory.metric", "got \"vss\""),
-    (
-        "check-interval-too-short.toml",
-        Some(5),
-        "recycle.check-interval",
-        "at least 100ms",
-    ),
-    (
-        "section-not-table.toml",
-        Some(3),
-        "ready",
-        "expected a table",
-    ),
-    (
-        "zero-max-concurrent.toml",
-        Some(5),
-        "recycle.max-concurrent",
-        "at least 1",
-    ),
-];
-
 #[test]
 fn every_bad_fixture_is_refused_with_file_line_and_key() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/bad");
-    let mut on_disk: Vec<String> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".toml") && n != "many-problems.toml")
-        .collect();
-    on_disk.sort();
     let mut listed: Vec<String> = BAD.iter().map(|b| b.0.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "every bad fixture has an expectation");
+    assert_eq!(
+        bad_configs::on_disk(),
+        listed,
+        "every bad fixture has an expectation"
+    );
 
     for (name, line, key, fragment) in BAD {
         let errs = errors_of(name);
-        let at = match line {
-            Some(l) => format!("{name}:{l}: {key}: "),
-            None => format!("{name}: {key}: "),
-        };
+        // One problem in the file: one message, not the same problem said twice or a
+        // follow-on complaint.
+        assert_eq!(
+            errs.len(),
+            1,
+            "{name}: want exactly one message, got {errs:#?}"
+        );
+        let at = head(name, *line, key);
         assert!(
-            errs.iter().any(|e| e.contains(&at) && e.contains(fragment)),
+            errs[0].contains(&at) && errs[0].contains(fragment),
             "{name}: expected a message with {at:?} and {fragment:?}, got {errs:#?}"
         );
         // The message starts with the full path of the file.
         let path = fixture("bad", name);
-        assert!(
-            errs.iter().all(|e| e.starts_with(&*path.to_string_lossy())),
-            "{errs:#?}"
-        );
+        assert!(errs[0].starts_with(&*path.to_string_lossy()), "{errs:#?}");
     }
 }
 
 #[test]
 fn every_problem_is_reported_at_once_in_line_order() {
-    let errs = errors_of("many-problems.toml");
+    let errs = errors_of(MANY_PROBLEMS);
     let heads: Vec<String> = errs
         .iter()
         .map(|e| {
@@ -259,16 +105,7 @@ fn every_problem_is_reported_at_once_in_line_order() {
             rest.split(": got").next().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(
-        heads,
-        [
-            "3: directory",
-            "4: workers",
-            "7: memory.max",
-            "8: memory.metric",
-            "11: restart.burst"
-        ]
-    );
+    assert_eq!(heads, MANY_PROBLEMS_HEADS);
 }
 
 #[test]

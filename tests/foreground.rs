@@ -1,8 +1,11 @@
 //! kechid without a systemd manager (`--foreground`): workers as plain children, the one-time
 //! notice about kechid's own memory monitor, TMPDIR per worker, the monitor's memory.max
-//! enforcement, and a clean stop on SIGTERM. Runs the real binary.
+//! enforcement, a clean stop on SIGTERM, what kechid tells a service manager on `NOTIFY_SOCKET`
+//! (READY=1, STATUS=, STOPPING=1), and its refusal of every malformed configuration fixture.
+//! Runs the real binary.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -16,11 +19,17 @@ struct Kechid {
 
 impl Kechid {
     fn start(config: &Path, runtime: &Path) -> Kechid {
+        Kechid::start_with(config, runtime, &[])
+    }
+
+    fn start_with(config: &Path, runtime: &Path, env: &[(&str, &Path)]) -> Kechid {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kechid"))
             .arg("--foreground")
             .arg(config)
             .env("KECHI_RUNTIME_DIR", runtime)
             .env("KECHI_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("kechid starts");
@@ -221,4 +230,221 @@ fn refuses_a_bad_config_with_file_line_key() {
         err.contains(&format!("{}:", cfg.display())) && err.contains("workers"),
         "{err}"
     );
+}
+
+/// A service manager's end of `NOTIFY_SOCKET`: the datagrams kechid sends, as lists of
+/// `KEY=VALUE` lines.
+struct NotifySocket {
+    sock: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind(path: &Path) -> NotifySocket {
+        NotifySocket {
+            sock: UnixDatagram::bind(path).unwrap(),
+        }
+    }
+
+    /// The next message, or None when none comes within `within`.
+    fn recv(&self, within: Duration) -> Option<Vec<String>> {
+        self.sock.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).ok()?;
+        Some(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    /// Messages until one has the line `line`; returns that one. Panics after `within`.
+    fn until(&self, line: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = vec![];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some(m) if m.iter().any(|l| l == line) => return m,
+                Some(m) => seen.push(m),
+                None => break,
+            }
+        }
+        panic!("no {line:?} within {within:?}; got {seen:?}");
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn tells_the_service_manager_ready_status_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_name("n");
+    let notify_path = dir.path().join("notify.sock");
+    let manager = NotifySocket::bind(&notify_path);
+    // Workers that ignore the stop signal: kechid is still waiting for them (stop.timeout) when
+    // it has said STOPPING=1, which must come first, not once everything is gone.
+    let script =
+        "import signal,time\nsignal.signal(signal.SIGWINCH, signal.SIG_IGN)\ntime.sleep(120)";
+    let cfg = config(
+        dir.path(),
+        &app,
+        &format!(
+            "command = [\"python3\", \"-c\", {script:?}]\nworkers = 2\n[ready]\nmode = \"delay\"\ndelay = \"300ms\"\n[stop]\nsignal = \"WINCH\"\ntimeout = \"2s\"\n"
+        ),
+    );
+    let mut k = Kechid::start_with(&cfg, dir.path(), &[("NOTIFY_SOCKET", &notify_path)]);
+
+    let ready = manager.until("READY=1", Duration::from_secs(20));
+    let status = ready
+        .iter()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_else(|| panic!("READY=1 without STATUS=: {ready:?}"));
+    assert!(
+        status.starts_with("2/2 workers ready") && status.ends_with(", no restarts"),
+        "STATUS= with READY=1: {status:?}"
+    );
+    k.expect("all 2 workers ready", Duration::from_secs(5));
+    let pids = pids_of_worker_logs(&k.seen);
+    assert_eq!(pids.len(), 2);
+
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(k.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stopping = manager.until("STOPPING=1", Duration::from_secs(5));
+    stopping.sort();
+    assert_eq!(stopping, ["STATUS=stopping workers", "STOPPING=1"]);
+    assert!(
+        pids.iter().all(|&p| alive(p)),
+        "STOPPING=1 came only after the workers ended"
+    );
+    assert!(
+        k.child.try_wait().unwrap().is_none(),
+        "STOPPING=1 came only after kechid exited"
+    );
+    let status = k.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // the workers ignored WINCH: SIGKILL after stop.timeout
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(pids.iter().all(|&p| !alive(p)), "a worker outlived kechid");
+    // nothing more once stopping: no READY=1 or STATUS= of workers after STOPPING=1
+    while let Some(m) = manager.recv(Duration::from_millis(100)) {
+        assert!(!m.iter().any(|l| l == "READY=1"), "after STOPPING=1: {m:?}");
+    }
+}
+
+#[path = "support/bad_configs.rs"]
+mod bad_configs;
+
+/// kechid run on FILE that must refuse it: (exit code, stderr). Panics if it keeps running.
+fn refused(file: &Path, runtime: &Path, notify: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kechid"))
+        .arg("--foreground")
+        .arg(file)
+        .env("KECHI_RUNTIME_DIR", runtime)
+        .env("KECHI_LOG", "info")
+        .env("NOTIFY_SOCKET", notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kechid starts");
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err, &mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kechid is still running on {}", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+/// The lines of `stderr` that name `file`: the problems, one a line.
+fn problem_lines<'a>(stderr: &'a str, file: &Path) -> Vec<&'a str> {
+    let file = file.to_string_lossy();
+    stderr.lines().filter(|l| l.contains(&*file)).collect()
+}
+
+#[test]
+fn refuses_every_malformed_fixture_with_one_line_per_problem() {
+    bad_configs::make_unsafe_library();
+    let mut names = bad_configs::on_disk();
+    names.push(bad_configs::MANY_PROBLEMS.to_owned());
+    assert_eq!(names.len(), bad_configs::BAD.len() + 1);
+    for name in &names {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let manager = NotifySocket::bind(&notify_path);
+        let file = bad_configs::bad_dir().join(name);
+        let (code, err) = refused(&file, &runtime, &notify_path);
+        assert_eq!(
+            code,
+            Some(kechi::exitcode::CONFIG),
+            "{name}: exit code; stderr:\n{err}"
+        );
+        let lines = problem_lines(&err, &file);
+        // FILE:LINE: KEY: (FILE: KEY: for a problem of the whole file), FILE in full
+        let dir = bad_configs::bad_dir();
+        let heads: Vec<String> = match bad_configs::BAD.iter().find(|b| b.0 == name) {
+            Some((_, line, key, _)) => {
+                vec![format!(
+                    "{}/{}",
+                    dir.display(),
+                    bad_configs::head(name, *line, key)
+                )]
+            }
+            None => bad_configs::MANY_PROBLEMS_HEADS
+                .iter()
+                .map(|h| format!("{}:{h}: ", file.display()))
+                .collect(),
+        };
+        assert_eq!(
+            lines.len(),
+            heads.len(),
+            "{name}: want one line per problem naming the file; stderr:\n{err}"
+        );
+        for (l, h) in lines.iter().zip(&heads) {
+            assert!(l.contains(h), "{name}: want {h:?} in {l:?}");
+        }
+        assert!(
+            err.contains(&format!(
+                "refusing to start: {} problem(s) in the configuration",
+                heads.len()
+            )),
+            "{name}: {err}"
+        );
+        // nothing started: no worker, no control socket or TMPDIR, no word to a service manager
+        assert!(!err.contains("worker started"), "{name}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&runtime).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "{name}: kechid left {left:?} in its runtime directory"
+        );
+        assert_eq!(
+            manager.recv(Duration::from_millis(1)),
+            None,
+            "{name}: kechid notified its service manager"
+        );
+    }
 }

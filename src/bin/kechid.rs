@@ -45,10 +45,16 @@ fn run(args: DaemonArgs) -> i32 {
         match AppName::new(&stem) {
             Ok(a) => (a, path),
             Err(e) => {
-                tracing::error!(
-                    "{}: {e} (the app name is the file name without .toml)",
-                    path.display()
-                );
+                // The checker words this problem like every other one (FILE: app name: ...),
+                // alongside whatever else is wrong in the file.
+                let env: BTreeMap<String, String> = std::env::vars().collect();
+                match kechi::config::load(&path, &env, &kechi::config::RealHost) {
+                    Err(errors) => refuse(&stem, &errors),
+                    Ok(_) => tracing::error!(
+                        "{}: {e} (the app name is the file name without .toml)",
+                        path.display()
+                    ),
+                }
                 return exitcode::CONFIG;
             }
         }
@@ -79,10 +85,7 @@ fn run(args: DaemonArgs) -> i32 {
     let loaded = match driver::load_initial(&opts) {
         Ok(l) => l,
         Err(errors) => {
-            for e in errors.errors() {
-                tracing::error!(APP = %opts.app, "{e}");
-            }
-            tracing::error!(APP = %opts.app, "refusing to start: {} problem(s) in the configuration", errors.errors().len());
+            refuse(opts.app.as_str(), &errors);
             return exitcode::CONFIG;
         }
     };
@@ -109,4 +112,12 @@ fn run(args: DaemonArgs) -> i32 {
             }
         }
     })
+}
+
+/// Logs every problem of a refused configuration, one record each, then the verdict.
+fn refuse(app: &str, errors: &kechi::config::ConfigErrors) {
+    for e in errors.errors() {
+        tracing::error!(APP = %app, "{e}");
+    }
+    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.errors().len());
 }
