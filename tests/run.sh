@@ -46,7 +46,10 @@ record() { R_NAME+=("$1"); R_RESULT+=("$2"); R_TIME+=("$3"); R_NOTE+=("${4:-}");
 banner() { printf '\n##### %s\n' "$*"; }
 
 # ---- 1. what the tests need ---------------------------------------------------------------------
-PACKAGES="libjemalloc2 python3 curl wrk starlet gunicorn procps util-linux dbus systemd"
+# (lintian, rpm, man-db, zsh, fish: t_package checks the packages and the completions with them;
+# busybox-static: t_sec_worker's statically linked worker)
+PACKAGES="libjemalloc2 python3 curl wrk starlet gunicorn procps util-linux dbus systemd
+ lintian rpm man-db zsh fish busybox-static"
 install_deps() {
   local p missing="" t0=$SECONDS
   command -v dpkg-query > /dev/null || { record "install packages" SKIP 0 "no dpkg here"; return 0; }

@@ -38,14 +38,19 @@ fi
 [ -f "$DEB" ] || abort "$DEB: no such file"
 say "package: $DEB"
 
-# ---- lintian (on this host) -------------------------------------------------------------------
+# ---- lintian and the .deb's fields (on this host) ---------------------------------------------
+# tests/run.sh installs lintian: a machine without it cannot say the .deb is clean
 if command -v lintian > /dev/null; then
   lint=$(lintian "$DEB" 2>&1 | grep -v '^running with root privileges')
   printf '%s\n' "$lint" | grep . | sed 's/^/          | /'
   if printf '%s\n' "$lint" | grep -q '^E: '; then bad "lintian: errors"; else ok "lintian: no errors"; fi
 else
-  info "lintian not installed here: not run (apt-get install lintian)"
+  bad "lintian is not installed, so the .deb was not checked (apt-get install lintian; tests/run.sh does)"
 fi
+depends=$(dpkg-deb -f "$DEB" Depends)
+info "Depends: $depends"
+dep_re='(^|, )libjemalloc2( |,|$)'
+if [[ $depends =~ $dep_re ]]; then ok "the .deb depends on libjemalloc2"; else bad "the .deb's Depends lacks libjemalloc2: '$depends'"; fi
 
 # ---- 1. install: nothing starts ----------------------------------------------------------------
 tgt_up pkg
@@ -93,13 +98,21 @@ esac
 expect_eq "kechi@$KT_APP.service after it" "$(unit_state_within "kechi@$KT_APP.service" active 60)" active
 w=$(kt wait-workers "$KT_APP" 2 1 60) || bad "want 2 workers"
 show_workers "$w"
-info "STATUS=$(unit_prop "kechi@$KT_APP.service" StatusText)"
+# what `systemctl status` shows (driver.rs, status_text): ready/wanted, memory once sampled,
+# jemalloc (the example enables it), the last restart or recycle
+status_re='^2/2 workers ready(, [0-9.]+[KMG]?B? total)?, jemalloc in 2, no restarts$'
+end=$((SECONDS + 30))
+until status=$(unit_prop "kechi@$KT_APP.service" StatusText); [[ $status =~ $status_re ]] || [ "$SECONDS" -ge "$end" ]; do
+  sleep 0.5
+done
+if [[ $status =~ $status_re ]]; then ok "STATUS=$status"; else bad "STATUS='$status', want /$status_re/"; fi
 
 # ---- 3. policy from a drop-in ------------------------------------------------------------------
 # 120M: the example's memory.high (112M) and recycle-above (96M) stay below it
 printf '[Service]\nEnvironment=KECHI_WORKERS=3 KECHI_MEMORY_MAX=120M\n' |
   tgt_write "/etc/systemd/system/kechi@$KT_APP.service.d/policy.conf"
 tgt_run systemctl daemon-reload
+reload_cursor=$(journal_cursor)
 tgt_run systemctl reload "kechi@$KT_APP" || bad "systemctl reload kechi@$KT_APP"
 ready_3() {  # every worker replaced (serials above the old ones), 3 ready, each scope at 120M
   tgt_run kechictl status "$KT_APP" --json 2> /dev/null | python3 -c '
@@ -111,6 +124,7 @@ print(" ".join("{}:{}:{}".format(w["serial"], w["state"], w.get("scope")) for w 
 sys.exit(0 if ok else 1)' "$1"
 }
 old_max=$(max_serial "$w")
+old_w=$w
 end=$((SECONDS + 240))
 until st=$(ready_3 "$old_max"); do
   [ "$SECONDS" -lt "$end" ] || break
@@ -126,6 +140,14 @@ done <<< "$w"
 out=$(tgt_run kechictl config "$KT_APP" 2> /dev/null | awk '$1 == "workers" || $1 == "memory.max"')
 printf '%s\n' "$out" | sed 's/^/          | /'
 if printf '%s\n' "$out" | grep -q 'KECHI_MEMORY_MAX'; then ok "kechictl config names the variable"; else bad "kechictl config: memory.max not from KECHI_MEMORY_MAX"; fi
+# `journalctl -u kechi@APP` tells why each worker was replaced: REASON=reload, one record per old
+# worker, after the record of the reload itself
+log=$(journal_unit_after "$reload_cursor" "kechi@$KT_APP.service" fields)
+printf '%s\n' "$log" | grep 'REASON=' | sed 's/^/          | /'
+reloaded=$(printf '%s\n' "$log" | grep -c '^\[REASON=reload\] configuration reloaded from ')
+expect_eq "journal: REASON=reload records of the reload" "$reloaded" 1
+recycled=$(printf '%s\n' "$log" | grep -oE '^\[WORKER=[0-9]+ REASON=reload\] recycling worker' | sort -u | grep -c .)
+expect_eq "journal: workers recycled with REASON=reload (one per old worker)" "$recycled" "$(count_lines "$(printf '%s\n' "$old_w")")"
 
 # ---- 4. TCP from a socket drop-in --------------------------------------------------------------
 tgt_run systemctl stop "kechi@$KT_APP.socket" "kechi@$KT_APP.service"
@@ -180,9 +202,28 @@ comp=$(tgt_run bash -c 'source /usr/share/bash-completion/completions/kechictl
 COMP_WORDS=(kechictl st); COMP_CWORD=1; _kechictl; echo "${COMPREPLY[*]}"
 COMP_WORDS=(kechictl status ""); COMP_CWORD=2; _kechictl; echo "${COMPREPLY[*]}"' 2>&1)
 expect_eq "bash completion of 'kechictl st', 'kechictl status '" "$(printf '%s' "$comp" | tr '\n' '|')" "status|$KT_APP"
-if command -v fish > /dev/null; then
+# zsh: compinit finds the file on Debian's fpath and binds both commands to it; loaded, it defines
+# its helpers, and the one listing apps finds this one (compadd stubbed: it only works inside a
+# completion widget, which needs a terminal)
+if tgt_run sh -c 'command -v zsh' > /dev/null; then
+  # shellcheck disable=SC2016
+  comp=$(tgt_run zsh -f -c '
+fpath=(/usr/share/zsh/vendor-completions $fpath)
+autoload -Uz compinit && compinit -u -D
+print -r -- "${_comps[kechictl]} ${_comps[kechid]}"
+_arguments() { return 1 }
+_wanted() { print -r -- "${(@P)${@[-1]}}" }
+service=kechictl; source /usr/share/zsh/vendor-completions/_kechictl
+_kechi_apps' 2>&1)
+  expect_eq "zsh: compinit's bindings of kechictl, kechid | apps offered" "$(printf '%s' "$comp" | tr '\n' '|')" "_kechictl _kechictl|$KT_APP"
+else
+  bad "zsh is not installed: its completion was not exercised (apt-get install zsh; tests/run.sh does)"
+fi
+if tgt_run sh -c 'command -v fish' > /dev/null; then
   expect_eq "fish completion of 'kechictl status '" \
     "$(tgt_run fish -c 'complete -C"kechictl status "' 2>&1 | cut -f1 | tr '\n' ' ')" "$KT_APP "
+else
+  bad "fish is not installed: its completion was not exercised (apt-get install fish; tests/run.sh does)"
 fi
 
 # ---- 7. dpkg -r: everything stops --------------------------------------------------------------
@@ -216,7 +257,7 @@ fi
 if [ -z "$RPM" ] || [ ! -f "$RPM" ]; then
   info "no .rpm next to the .deb: rpm checks not run"
 elif ! command -v rpm > /dev/null; then
-  info "rpm not installed here: rpm checks not run (apt-get install rpm)"
+  bad "rpm is not installed here, so the .rpm was not checked (apt-get install rpm; tests/run.sh does)"
 else
   say "package: $RPM"
   files=$(rpm -qlp "$RPM" 2> /dev/null)
