@@ -1,7 +1,9 @@
 #!/bin/bash
 # t_worker_env: what each worker gets: jemalloc loaded, kechi's variables, a TMPDIR of its own
 # (0700, the app's user, on a tmpfs mounted for it, distinct per worker) that is wiped when the
-# worker ends; setuid programs still work for it (no no_new_privs).
+# worker ends; setuid programs still work for it (no no_new_privs). MALLOC_CONF is kechi's default
+# (src/jemalloc.rs). A statically linked worker, which ignores LD_PRELOAD, runs: kechid warns in
+# the journal that jemalloc is not loaded in it and carries on.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_worker_env "jemalloc, environment and a private tmpfs TMPDIR per worker"
@@ -13,6 +15,9 @@ w=$(workers)
 show_workers "$w"
 [ "$(count_lines "$w")" = 3 ] || abort "want 3 worker scopes, got $(count_lines "$w")"
 mainpid=$(unit_prop kechi@demo MainPID)
+# kechi's default, as the code says it (the demo config leaves jemalloc.conf empty)
+default_conf=$(sed -n '/^pub const DEFAULT_CONF/,/;/p' "$KT_ROOT/src/jemalloc.rs" | grep -o '"[^"]*"' | tr -d '"')
+[ -n "$default_conf" ] || abort "no DEFAULT_CONF in src/jemalloc.rs"
 
 envof() { tgt_run sh -c 'tr "\0" "\n" < /proc/$1/environ | sed -n "s/^$2=//p"' env "$1" "$2"; }
 in_worker_ns() { local pid=$1; shift; tgt_run nsenter -t "$pid" -m "$@"; }
@@ -27,7 +32,7 @@ while read -r serial unit pid; do
   if [ -n "$lib" ]; then ok "jemalloc mapped in pid $pid: $lib"; else bad "no libjemalloc in /proc/$pid/maps"; fi
   preload=$(envof "$pid" LD_PRELOAD)
   case "$preload" in *libjemalloc*) ok "LD_PRELOAD=$preload" ;; *) bad "LD_PRELOAD='$preload' does not name jemalloc" ;; esac
-  info "MALLOC_CONF=$(envof "$pid" MALLOC_CONF)"
+  expect_eq "MALLOC_CONF (kechi's default)" "$(envof "$pid" MALLOC_CONF)" "$default_conf"
   expect_eq "KECHI_APP" "$(envof "$pid" KECHI_APP)" demo
   expect_eq "KECHI_WORKER" "$(envof "$pid" KECHI_WORKER)" "$serial"
   expect_eq "PORT (the app's environment)" "$(envof "$pid" PORT)" 8080
@@ -81,5 +86,48 @@ if tgt_run test -e "$victim_dir/f"; then bad "$victim_dir/f still exists (seen f
 if tgt_run nsenter -t "$mainpid" -m test -e "$victim_dir/f"; then bad "$victim_dir/f still exists (seen by kechid)"; else ok "$victim_dir/f is gone (seen by kechid)"; fi
 holders=$(kt mounted-anywhere "$victim_dir" | tr '\n' ' ')
 if [ -z "$holders" ]; then ok "no process sees a mount at $victim_dir any more"; else bad "a mount at $victim_dir is still seen by pids: $holders"; fi
+
+say "a statically linked worker (busybox-static): LD_PRELOAD is ignored; kechid warns, does not fail"
+static=/bin/busybox
+if ! tgt_run test -x "$static"; then
+  bad "no $static (apt-get install busybox-static; tests/run.sh does): the static-worker case was not run"
+elif tgt_run sh -c 'readelf -l "$1" | grep -q INTERP' static "$static"; then
+  bad "$static is dynamically linked here (want busybox-static): the static-worker case was not run"
+else
+  tgt_run systemctl stop kechi@demo 2> /dev/null  # (its socket could start it again: not used here)
+  kechi_config <<EOF
+command = ["$static", "sleep", "3600"]
+user = "$KT_USER"
+workers = 2
+
+[ready]
+mode = "delay"
+delay = "1s"
+EOF
+  cursor=$(journal_cursor)
+  kechi_start || abort "kechi@demo did not start with a static worker"
+  w=$(kt wait-workers demo 2 1 30) || bad "want 2 static workers"
+  show_workers "$w"
+  warned=""
+  end=$((SECONDS + 30))
+  while [ "$SECONDS" -lt "$end" ]; do
+    warned=$(journal_unit_after "$cursor" kechi@demo.service fields | grep -F 'jemalloc is not loaded in the worker')
+    [ "$(count_lines "$warned")" -ge 2 ] && break
+    sleep 1
+  done
+  printf '%s\n' "$warned" | grep . | sed 's/^/          | /'
+  expect_eq "journal: workers warned about (jemalloc not loaded)" "$(count_lines "$warned")" 2
+  while read -r serial _ pid; do
+    [ -n "$serial" ] || continue
+    case "$(envof "$pid" LD_PRELOAD)" in *libjemalloc*) ok "worker $serial got LD_PRELOAD all the same" ;; *) bad "worker $serial has no LD_PRELOAD" ;; esac
+    if tgt_run grep -q libjemalloc "/proc/$pid/maps"; then bad "jemalloc mapped in static worker $pid"; else ok "jemalloc not mapped in static worker $pid"; fi
+  done <<< "$w"
+  sleep 3
+  expect_eq "kechi@demo with static workers, a few seconds later" "$(tgt_run systemctl is-active kechi@demo)" active
+  expect_eq "NRestarts" "$(unit_prop kechi@demo NRestarts)" 0
+  expect_eq "worker scopes" "$(count_lines "$(workers)")" 2
+  status=$(unit_prop kechi@demo StatusText)
+  if [[ $status == "2/2 workers ready"*", jemalloc in 0,"* ]]; then ok "STATUS=$status"; else bad "STATUS='$status', want 2/2 ready and jemalloc in 0"; fi
+fi
 
 finish
