@@ -1328,9 +1328,8 @@ impl<S: Systemd> Driver<S> {
     fn write_metrics(&self) {
         let text = crate::metrics::render(&self.status());
         let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
-        let path = dir.join(format!("kechi-{}.prom", self.opts.app));
-        let tmp = dir.join(format!(".kechi-{}.prom.tmp", self.opts.app));
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        let path = crate::metrics::textfile_path(&dir, self.opts.app.as_str());
+        if let Err(e) = crate::metrics::write_atomically(&path, &text) {
             tracing::debug!("writing {}: {e}", path.display());
         }
     }
