@@ -1075,6 +1075,77 @@ mod tests {
         assert!(replaces(&decide(&s, &p, t)).is_empty());
     }
 
+    /// A reload of three workers with `max-concurrent = 2`, driven as the driver does: a second
+    /// replacement starts while the first is in flight, never a third; the ready count never
+    /// drops below `workers`; every old worker is replaced in the end.
+    #[test]
+    fn reload_rolls_two_at_a_time_with_max_concurrent_2() {
+        let mut p = policy();
+        p.workers = 3;
+        p.max_concurrent = 2;
+        p.ready_mode = ReadyMode::Notify;
+        let t = Instant::now();
+        let mut s = ready_set(&p, 3, t);
+        s.generation += 1;
+        let mut next_serial = 4;
+        let mut most_in_flight = 0;
+        for step in 0..50 {
+            let d = decide(&s, &p, t);
+            assert!(
+                replaces(&d).len() <= 1,
+                "one new replacement per decision: {d:?}"
+            );
+            for a in &d.actions {
+                match a {
+                    Action::Replace { old, reason } => {
+                        started(&mut s, next_serial, t, &p);
+                        s.recycles.push(Recycle {
+                            old: *old,
+                            new: next_serial,
+                            reason: reason.clone(),
+                        });
+                        next_serial += 1;
+                    }
+                    Action::Stop(old, reason) => {
+                        assert_eq!(*reason, StopReason::Reload);
+                        s.end_recycle(*old).unwrap();
+                        s.apply(*old, &Event::StopRequested(reason.clone()), t, &p)
+                            .unwrap();
+                    }
+                    other => panic!("step {step}: unexpected {other:?}"),
+                }
+            }
+            most_in_flight = most_in_flight.max(s.recycles.len());
+            assert!(s.recycles.len() <= 2, "step {step}: {:?}", s.recycles);
+            assert!(s.ready_count() >= 3, "step {step}: {s:?}");
+            if d.actions.is_empty() {
+                // nothing to do until something happens: the old stopped workers exit, then
+                // the oldest replacement in flight gets ready
+                let draining: Vec<u64> = s
+                    .workers
+                    .values()
+                    .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+                    .map(|w| w.serial)
+                    .collect();
+                for serial in draining {
+                    s.apply(serial, &Event::Exited(Exit::Code { code: 0 }), t, &p)
+                        .unwrap();
+                }
+                s.reap_gone();
+                let Some(new) = s.recycles.first().map(|r| r.new) else {
+                    break;
+                };
+                s.apply(new, &Event::BecameReady, t, &p).unwrap();
+                assert!(s.ready_count() >= 3, "step {step}: {s:?}");
+            }
+        }
+        assert_eq!(most_in_flight, 2, "two replacements were in flight at once");
+        assert!(s.recycles.is_empty());
+        let serials: Vec<u64> = s.live().map(|w| w.serial).collect();
+        assert_eq!(serials, vec![4, 5, 6]);
+        assert!(s.live().all(|w| w.generation == s.generation));
+    }
+
     #[test]
     fn failed_replacements_are_retried_after_the_crash_backoff() {
         let p = policy();
