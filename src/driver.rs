@@ -1045,20 +1045,18 @@ impl<S: Systemd> Driver<S> {
             return;
         };
         let pid = p.pid;
-        let mut exit = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let monitor_killed = p.monitor_oom;
+        let exit = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => Exit::Code { code },
             Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal { signal: sig as i32 },
             _ => Exit::Unknown,
         };
-        if matches!(
-            exit,
-            Exit::Signal {
-                signal: libc::SIGKILL
-            }
-        ) && (p.monitor_oom || self.oom_killed(serial))
-        {
-            exit = Exit::OomKill;
-        }
+        let counters = if policy::needs_oom_counters(&exit, monitor_killed) {
+            self.oom_counters(serial)
+        } else {
+            None
+        };
+        let exit = policy::classify_exit(exit, monitor_killed, counters.as_ref());
         let crashed = self
             .state
             .workers
@@ -1066,11 +1064,7 @@ impl<S: Systemd> Driver<S> {
             .is_some_and(|w| w.state.is_live());
         self.apply(serial, Event::Exited(exit.clone()));
         if crashed {
-            let reason = if exit == Exit::OomKill {
-                "oom-kill"
-            } else {
-                "crash"
-            };
+            let reason = policy::crash_reason(&exit);
             let backoff = self.policy.backoff_after(self.state.consecutive_crashes);
             tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}; replacing it after a backoff of {} ({} crashes in a row)", crate::quantity::format_duration(backoff), self.state.consecutive_crashes);
             self.record(format!("worker {serial} {reason}: {exit}"));
@@ -1080,14 +1074,13 @@ impl<S: Systemd> Driver<S> {
         self.cleanup(serial, Some(exit)).await;
     }
 
-    /// Whether the kernel OOM-killed something in the worker's scope. The scope's own counter
-    /// is gone as soon as systemd removes the emptied cgroup, so the app slice's counter (both
-    /// cgroup versions count OOM kills hierarchically) is compared with its last known value.
-    fn oom_killed(&mut self, serial: u64) -> bool {
-        let Some(layout) = &self.layout else {
-            return false;
-        };
-        let scope_kills = self
+    /// The OOM-kill counters for [`policy::classify_exit`], moving the slice's and the kernel's
+    /// baselines to now. The scope's own counter is gone as soon as systemd removes the emptied
+    /// cgroup, so the app slice's counter is compared with its last known value. `None` without
+    /// a memory controller.
+    fn oom_counters(&mut self, serial: u64) -> Option<policy::OomCounters> {
+        let layout = self.layout.as_ref()?;
+        let scope = self
             .procs
             .get(&serial)
             .and_then(|p| p.scope.as_ref())
@@ -1097,21 +1090,19 @@ impl<S: Systemd> Driver<S> {
                     .ok()?
                     .oom_kills
             });
-        let before = self.slice_oom_kills;
+        let cgroup_v1 = matches!(layout, CgroupLayout::V1 { .. });
+        let slice_before = self.slice_oom_kills;
         self.slice_oom_kills = self.read_slice_oom_kills();
         let global_before = self.global_oom_kills;
         self.global_oom_kills = read_vmstat_oom_kills();
-        if scope_kills.is_some_and(|n| n > 0)
-            || self
-                .slice_oom_kills
-                .is_some_and(|a| a > before.unwrap_or(0))
-        {
-            return true;
-        }
-        // cgroup v1 does not count a child's OOM kills in its parents, and the scope's own
-        // counter is removed with the emptied scope: fall back to the kernel's global count.
-        matches!(layout, CgroupLayout::V1 { .. })
-            && matches!((global_before, self.global_oom_kills), (Some(b), Some(a)) if a > b)
+        Some(policy::OomCounters {
+            scope,
+            slice_before,
+            slice_after: self.slice_oom_kills,
+            global_before,
+            global_after: self.global_oom_kills,
+            cgroup_v1,
+        })
     }
 
     fn read_slice_oom_kills(&self) -> Option<u64> {
@@ -1337,9 +1328,8 @@ impl<S: Systemd> Driver<S> {
     fn write_metrics(&self) {
         let text = crate::metrics::render(&self.status());
         let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
-        let path = dir.join(format!("kechi-{}.prom", self.opts.app));
-        let tmp = dir.join(format!(".kechi-{}.prom.tmp", self.opts.app));
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        let path = crate::metrics::textfile_path(&dir, self.opts.app.as_str());
+        if let Err(e) = crate::metrics::write_atomically(&path, &text) {
             tracing::debug!("writing {}: {e}", path.display());
         }
     }

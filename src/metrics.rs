@@ -18,6 +18,28 @@ pub fn textfile_dir(runtime_dir: &Path) -> PathBuf {
     }
 }
 
+/// The app's file in `dir`: `kechi-APP.prom`.
+pub fn textfile_path(dir: &Path, app: &str) -> PathBuf {
+    dir.join(format!("kechi-{app}.prom"))
+}
+
+/// Replaces `path` with `text` atomically: the text goes to a temp file beside it
+/// (`.NAME.tmp`, in the same directory so the rename stays on one filesystem), which is then
+/// renamed over `path`. A reader (node exporter) opens either the previous whole file or the new
+/// whole file, never a half-written one; the collector reads only `*.prom`, so it never picks
+/// the temp file up either. On failure `path` is left as it was.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("metrics"),
+        std::ffi::OsStr::to_owned,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
+}
+
 /// A per-worker memory series: name, help, and how to read it.
 type Series = (
     &'static str,
@@ -172,5 +194,65 @@ mod tests {
         assert!(text.contains("kechi_workers{app=\"demo\",state=\"ready\"} 1\n"));
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(escape("a\"b"), "a\\\"b");
+    }
+
+    #[test]
+    fn textfile_name_and_temp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = textfile_path(dir.path(), "demo");
+        assert_eq!(path, dir.path().join("kechi-demo.prom"));
+        // a failed rename would leave the temp file: hidden, and not *.prom, so the textfile
+        // collector never reads it
+        std::fs::create_dir(dir.path().join(".kechi-demo.prom.tmp")).unwrap();
+        assert!(write_atomically(&path, "x\n").is_err());
+        assert!(!path.exists());
+    }
+
+    /// The file is replaced by a rename, never rewritten in place: at every moment the name
+    /// leads to a whole file, and no temp file is left behind.
+    #[test]
+    fn textfile_is_replaced_whole_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = textfile_path(dir.path(), "demo");
+        let first = "# first\n".repeat(1000) + "# EOF\n";
+        write_atomically(&path, &first).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+
+        // a reader that opened the file before the next write...
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let ino_before = std::os::unix::fs::MetadataExt::ino(&reader.metadata().unwrap());
+        let second = "# second\n".repeat(10) + "# EOF\n";
+        write_atomically(&path, &second).unwrap();
+        // ...still reads the previous file whole: it was not truncated or rewritten
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut seen).unwrap();
+        assert_eq!(seen, first);
+        // and the name now leads to another file, with all of the new text
+        let ino_after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert_ne!(ino_before, ino_after);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), second);
+
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["kechi-demo.prom".to_owned()]);
+    }
+
+    #[test]
+    fn a_stale_temp_file_is_overwritten_and_a_failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = textfile_path(dir.path(), "demo");
+        // left by a kechid killed between write and rename
+        let tmp = dir.path().join(".kechi-demo.prom.tmp");
+        std::fs::write(&tmp, "partial garbage that is longer than the new text\n").unwrap();
+        write_atomically(&path, "# EOF\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# EOF\n");
+        assert!(!tmp.exists());
+        // the temp file cannot be written (here a directory stands in its way): the previous
+        // file stays as it was
+        std::fs::create_dir(&tmp).unwrap();
+        assert!(write_atomically(&path, "# new\n# EOF\n").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# EOF\n");
     }
 }

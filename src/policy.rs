@@ -4,14 +4,15 @@
 //! [`AppState`] through the lifecycle table, calls `decide`, and carries out the [`Action`]s.
 //! Policies here: the wanted number of workers (capacity), readiness by delay and its timeout,
 //! crash backoff (doubling, capped) and the crash-loop burst, stop escalation to SIGKILL,
-//! orderly shutdown, and telling systemd READY=1 once.
+//! orderly shutdown, and telling systemd READY=1 once. [`classify_exit`] tells an OOM kill
+//! from another SIGKILL, from the counters the driver read ([`OomCounters`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Metric, ReadyMode};
 use crate::exitcode;
-use crate::lifecycle::{self, Event, IllegalTransition, StopReason, WorkerState};
+use crate::lifecycle::{self, Event, Exit, IllegalTransition, StopReason, WorkerState};
 use crate::memory::ProcMem;
 use crate::quantity::Percent;
 
@@ -649,10 +650,82 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
     d
 }
 
+/// The OOM-kill counters kechid read when a worker died of SIGKILL: the figures that tell the
+/// kernel's OOM killer from any other SIGKILL (an operator's `kill -9`, a stop.timeout). Each
+/// counter is `None` where it could not be read (no memory controller, a kernel before 4.13, a
+/// cgroup systemd already removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OomCounters {
+    /// The worker scope's own count (v2 `memory.events` / v1 `memory.oom_control` `oom_kill`);
+    /// mostly gone, since systemd removes the emptied scope before kechid reaps the worker.
+    pub scope: Option<u64>,
+    /// The app slice's count at the previous reading, and now.
+    pub slice_before: Option<u64>,
+    pub slice_after: Option<u64>,
+    /// The kernel's count of every OOM kill (`/proc/vmstat` `oom_kill`), before and now.
+    pub global_before: Option<u64>,
+    pub global_after: Option<u64>,
+    /// Whether the memory controller is cgroup v1.
+    pub cgroup_v1: bool,
+}
+
+/// Whether the counters show an OOM kill in the worker's scope.
+///
+/// A count in the scope itself, or the slice's count going up, is one (v2's `memory.events`
+/// counts the kills of every cgroup below, so the slice keeps the count of a removed scope).
+/// A slice that did not exist at the previous reading had no kills then. cgroup v1 does not
+/// count a child's OOM kills in its parents, and the scope's counter goes with the scope: there
+/// the kernel's global count going up is taken as this worker's kill (the worker died of SIGKILL
+/// at that very moment). On v2 the global count is never used: an OOM kill elsewhere on the host
+/// says nothing about this worker.
+pub fn oom_killed(c: &OomCounters) -> bool {
+    if c.scope.is_some_and(|n| n > 0)
+        || c.slice_after
+            .is_some_and(|a| a > c.slice_before.unwrap_or(0))
+    {
+        return true;
+    }
+    c.cgroup_v1 && matches!((c.global_before, c.global_after), (Some(b), Some(a)) if a > b)
+}
+
+/// Whether a worker's end calls for reading the OOM counters: only a SIGKILL can be the OOM
+/// killer's, and a kill by kechid's own memory monitor is known to be one already. The driver
+/// reads the counters only then, since reading them moves their baselines.
+pub fn needs_oom_counters(exit: &Exit, monitor_killed: bool) -> bool {
+    *exit
+        == (Exit::Signal {
+            signal: libc::SIGKILL,
+        })
+        && !monitor_killed
+}
+
+/// How a worker's end is reported: a SIGKILL becomes [`Exit::OomKill`] when kechid's memory
+/// monitor sent it (`monitor_killed`, without systemd) or the counters show an OOM kill;
+/// anything else (other signals, exit codes, an adopted worker's unknown status) stays as it was.
+pub fn classify_exit(exit: Exit, monitor_killed: bool, counters: Option<&OomCounters>) -> Exit {
+    let sigkill = exit
+        == Exit::Signal {
+            signal: libc::SIGKILL,
+        };
+    if sigkill && (monitor_killed || counters.is_some_and(oom_killed)) {
+        Exit::OomKill
+    } else {
+        exit
+    }
+}
+
+/// The `REASON=` of an unexpected end: `oom-kill` or `crash`.
+pub fn crash_reason(exit: &Exit) -> &'static str {
+    if *exit == Exit::OomKill {
+        "oom-kill"
+    } else {
+        "crash"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Exit;
 
     fn policy() -> Policy {
         Policy {
@@ -1002,6 +1075,77 @@ mod tests {
         assert!(replaces(&decide(&s, &p, t)).is_empty());
     }
 
+    /// A reload of three workers with `max-concurrent = 2`, driven as the driver does: a second
+    /// replacement starts while the first is in flight, never a third; the ready count never
+    /// drops below `workers`; every old worker is replaced in the end.
+    #[test]
+    fn reload_rolls_two_at_a_time_with_max_concurrent_2() {
+        let mut p = policy();
+        p.workers = 3;
+        p.max_concurrent = 2;
+        p.ready_mode = ReadyMode::Notify;
+        let t = Instant::now();
+        let mut s = ready_set(&p, 3, t);
+        s.generation += 1;
+        let mut next_serial = 4;
+        let mut most_in_flight = 0;
+        for step in 0..50 {
+            let d = decide(&s, &p, t);
+            assert!(
+                replaces(&d).len() <= 1,
+                "one new replacement per decision: {d:?}"
+            );
+            for a in &d.actions {
+                match a {
+                    Action::Replace { old, reason } => {
+                        started(&mut s, next_serial, t, &p);
+                        s.recycles.push(Recycle {
+                            old: *old,
+                            new: next_serial,
+                            reason: reason.clone(),
+                        });
+                        next_serial += 1;
+                    }
+                    Action::Stop(old, reason) => {
+                        assert_eq!(*reason, StopReason::Reload);
+                        s.end_recycle(*old).unwrap();
+                        s.apply(*old, &Event::StopRequested(reason.clone()), t, &p)
+                            .unwrap();
+                    }
+                    other => panic!("step {step}: unexpected {other:?}"),
+                }
+            }
+            most_in_flight = most_in_flight.max(s.recycles.len());
+            assert!(s.recycles.len() <= 2, "step {step}: {:?}", s.recycles);
+            assert!(s.ready_count() >= 3, "step {step}: {s:?}");
+            if d.actions.is_empty() {
+                // nothing to do until something happens: the old stopped workers exit, then
+                // the oldest replacement in flight gets ready
+                let draining: Vec<u64> = s
+                    .workers
+                    .values()
+                    .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+                    .map(|w| w.serial)
+                    .collect();
+                for serial in draining {
+                    s.apply(serial, &Event::Exited(Exit::Code { code: 0 }), t, &p)
+                        .unwrap();
+                }
+                s.reap_gone();
+                let Some(new) = s.recycles.first().map(|r| r.new) else {
+                    break;
+                };
+                s.apply(new, &Event::BecameReady, t, &p).unwrap();
+                assert!(s.ready_count() >= 3, "step {step}: {s:?}");
+            }
+        }
+        assert_eq!(most_in_flight, 2, "two replacements were in flight at once");
+        assert!(s.recycles.is_empty());
+        let serials: Vec<u64> = s.live().map(|w| w.serial).collect();
+        assert_eq!(serials, vec![4, 5, 6]);
+        assert!(s.live().all(|w| w.generation == s.generation));
+    }
+
     #[test]
     fn failed_replacements_are_retried_after_the_crash_backoff() {
         let p = policy();
@@ -1225,5 +1369,119 @@ mod tests {
         // without child-signal the whole worker is recycled, as before
         p.child_signal = None;
         assert_eq!(replaces(&decide(&s, &p, t)), vec![(1, StopReason::Sharing)]);
+    }
+
+    const SIGKILL: Exit = Exit::Signal {
+        signal: libc::SIGKILL,
+    };
+
+    /// v2, as seen after a worker hit memory.max: its scope is gone, the slice counted the kill.
+    fn v2_counters(slice_before: u64, slice_after: u64) -> OomCounters {
+        OomCounters {
+            scope: None,
+            slice_before: Some(slice_before),
+            slice_after: Some(slice_after),
+            global_before: Some(7),
+            global_after: Some(7 + slice_after - slice_before),
+            cgroup_v1: false,
+        }
+    }
+
+    #[test]
+    fn v2_oom_kill_counted_by_the_slice() {
+        let c = v2_counters(2, 3);
+        assert!(oom_killed(&c));
+        let exit = classify_exit(SIGKILL, false, Some(&c));
+        assert_eq!(exit, Exit::OomKill);
+        assert_eq!(crash_reason(&exit), "oom-kill");
+        // the slice did not exist at the previous reading: no kills then
+        let first = OomCounters {
+            slice_before: None,
+            ..v2_counters(0, 1)
+        };
+        assert!(oom_killed(&first));
+        // the scope was still there to read
+        let scope = OomCounters {
+            scope: Some(1),
+            ..v2_counters(3, 3)
+        };
+        assert!(oom_killed(&scope));
+    }
+
+    #[test]
+    fn v2_sigkill_without_a_count_is_a_crash() {
+        // an operator's kill -9 while another cgroup of the host was OOM-killed: on v2 the
+        // kernel's global count says nothing about this worker
+        let c = OomCounters {
+            global_after: Some(9),
+            ..v2_counters(3, 3)
+        };
+        assert!(!oom_killed(&c));
+        let exit = classify_exit(SIGKILL, false, Some(&c));
+        assert_eq!(exit, SIGKILL);
+        assert_eq!(crash_reason(&exit), "crash");
+        // a scope counter read as 0 is no kill either
+        let zero = OomCounters {
+            scope: Some(0),
+            ..v2_counters(3, 3)
+        };
+        assert!(!oom_killed(&zero));
+    }
+
+    #[test]
+    fn v1_falls_back_to_the_kernels_count() {
+        // v1: the slice does not count its scopes' kills and the scope is gone
+        let c = OomCounters {
+            scope: None,
+            slice_before: Some(0),
+            slice_after: Some(0),
+            global_before: Some(4),
+            global_after: Some(5),
+            cgroup_v1: true,
+        };
+        assert_eq!(classify_exit(SIGKILL, false, Some(&c)), Exit::OomKill);
+        let quiet = OomCounters {
+            global_after: Some(4),
+            ..c
+        };
+        assert_eq!(classify_exit(SIGKILL, false, Some(&quiet)), SIGKILL);
+        // the scope's own memory.oom_control, when it could still be read
+        let scope = OomCounters {
+            scope: Some(1),
+            ..quiet
+        };
+        assert_eq!(classify_exit(SIGKILL, false, Some(&scope)), Exit::OomKill);
+        // unreadable counters (no oom_kill line before 4.13, no /proc/vmstat) prove nothing
+        let unknown = OomCounters {
+            cgroup_v1: true,
+            ..OomCounters::default()
+        };
+        assert_eq!(classify_exit(SIGKILL, false, Some(&unknown)), SIGKILL);
+    }
+
+    #[test]
+    fn only_a_sigkill_is_an_oom_kill() {
+        let c = v2_counters(0, 1);
+        for exit in [
+            Exit::Signal {
+                signal: libc::SIGTERM,
+            },
+            Exit::Code { code: 137 },
+            Exit::Unknown,
+        ] {
+            assert!(!needs_oom_counters(&exit, false), "{exit:?}");
+            assert_eq!(classify_exit(exit.clone(), true, Some(&c)), exit);
+            assert_eq!(crash_reason(&exit), "crash");
+        }
+        assert!(needs_oom_counters(&SIGKILL, false));
+    }
+
+    #[test]
+    fn kechids_own_monitor_kill_needs_no_counters() {
+        // without systemd there is no memory.max: kechid's monitor sent the SIGKILL itself
+        assert!(!needs_oom_counters(&SIGKILL, true));
+        assert_eq!(classify_exit(SIGKILL, true, None), Exit::OomKill);
+        // no memory controller: nothing to read, a plain SIGKILL
+        assert_eq!(classify_exit(SIGKILL, false, None), SIGKILL);
     }
 }

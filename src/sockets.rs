@@ -4,8 +4,8 @@
 //! Sources, in order: socket activation (`kechi@APP.socket`: `LISTEN_FDS`/`LISTEN_FDNAMES`,
 //! passed again at every start of kechid), then the `listen` addresses of the config, which
 //! kechid binds itself once and keeps in systemd's fd store (`FDSTORE=1`, named
-//! `listen:ADDRESS`), so after a restart they come back through `LISTEN_FDS` too and are never
-//! rebound. Workers get them as fds 3.. ([`crate::spawn`]) with `LISTEN_FDNAMES` and
+//! `listen-ADDRESS` by [`store_name`]), so after a restart they come back through `LISTEN_FDS`
+//! too and are never rebound. Workers get them as fds 3.. ([`crate::spawn`]) with `LISTEN_FDNAMES` and
 //! `SERVER_STARTER_PORT` (Server::Starter's `HOST:PORT=FD;PATH=FD`).
 
 use std::net::{SocketAddr, TcpListener};
@@ -19,13 +19,42 @@ use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
 #[derive(Debug)]
 pub struct Listener {
     pub fd: OwnedFd,
-    /// Its name for `LISTEN_FDNAMES` (the socket unit's name, or `listen:ADDRESS`).
+    /// Its name for `LISTEN_FDNAMES` (the socket unit's name, or [`store_name`] of the address).
     pub name: String,
     /// Where it listens, as Server::Starter writes it: `127.0.0.1:8080`, `[::1]:8080`, `/run/x.sock`.
     pub address: String,
 }
 
-const STORE_PREFIX: &str = "listen:";
+const STORE_PREFIX: &str = "listen-";
+/// systemd's longest `FDNAME=` (FDNAME_MAX).
+const FDNAME_MAX: usize = 255;
+
+/// The name a `listen` address's socket has in the fd store and in `LISTEN_FDNAMES`:
+/// `listen-ADDRESS`, with `%`, `:`, control and non-ASCII bytes written `%XX`.
+///
+/// systemd ignores an `FDNAME=` with a `:` (the separator of `LISTEN_FDNAMES`) or a byte outside
+/// printable ASCII and stores the fd as "stored": the next kechid would not recognise its socket,
+/// try to bind the address again and fail while the adopted workers still listen on it. The `:`
+/// would also split the name in two in the workers' `LISTEN_FDNAMES`. The escaping is one-to-one,
+/// so two addresses never share a name; an address whose name would pass systemd's 255 bytes is
+/// named by a hash of it instead.
+pub fn store_name(address: &str) -> String {
+    let mut name = String::from(STORE_PREFIX);
+    for b in address.bytes() {
+        match b {
+            b'%' | b':' | ..0x20 | 0x7f.. => name.push_str(&format!("%{b:02X}")),
+            _ => name.push(char::from(b)),
+        }
+    }
+    if name.len() <= FDNAME_MAX {
+        return name;
+    }
+    // FNV-1a, 64 bits: stable across builds, so a restarted kechid finds the same name
+    let hash = address.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{STORE_PREFIX}hash-{hash:016x}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -114,7 +143,7 @@ pub fn bind_configured(
 ) -> Result<Vec<Listener>, SocketError> {
     let mut out = Vec::new();
     for a in addresses {
-        let name = format!("{STORE_PREFIX}{a}");
+        let name = store_name(a);
         if let Some(i) = inherited.iter().position(|l| l.name == name) {
             out.push(inherited.remove(i));
             continue;
@@ -185,7 +214,7 @@ mod tests {
         let ls = bind_configured(&["127.0.0.1:0".into(), sock.clone()], &mut inherited).unwrap();
         assert!(ls[0].address.starts_with("127.0.0.1:"));
         assert_eq!(ls[1].address, sock);
-        assert_eq!(ls[1].name, format!("listen:{sock}"));
+        assert_eq!(ls[1].name, store_name(&sock));
         let ssp = server_starter_port(&ls).unwrap();
         assert_eq!(ssp, format!("{}=3;{sock}=4", ls[0].address));
         // rebinding the same path over a stale socket works
@@ -201,12 +230,43 @@ mod tests {
         let raw = fd.as_raw_fd();
         let mut inherited = vec![Listener {
             fd,
-            name: format!("listen:{addr}"),
+            name: store_name(&addr),
             address: addr.clone(),
         }];
         let out = bind_configured(std::slice::from_ref(&addr), &mut inherited).unwrap();
         assert_eq!(out[0].fd.as_raw_fd(), raw);
         assert!(inherited.is_empty());
+    }
+
+    /// systemd's rule for `FDNAME=` and `LISTEN_FDNAMES` entries (fdname_is_valid).
+    fn valid_fdname(n: &str) -> bool {
+        n.len() <= 255 && n.bytes().all(|b| (b' '..0x7f).contains(&b) && b != b':')
+    }
+
+    #[test]
+    fn store_names_are_valid_fdnames_and_distinct() {
+        assert_eq!(store_name("127.0.0.1:8080"), "listen-127.0.0.1%3A8080");
+        assert_eq!(store_name("[::1]:80"), "listen-[%3A%3A1]%3A80");
+        assert_eq!(store_name("/run/app.sock"), "listen-/run/app.sock");
+        let long = format!("/run/{}.sock", "é:".repeat(60));
+        let addresses = [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            ":8080",
+            "/run/a:b.sock",
+            "/run/a%3Ab.sock",
+            "/run/tab\there",
+            "/run/ünï.sock",
+            long.as_str(),
+        ];
+        let names: Vec<String> = addresses.iter().map(|a| store_name(a)).collect();
+        for (a, n) in addresses.iter().zip(&names) {
+            assert!(valid_fdname(n), "{a:?} -> {n:?}");
+            assert_eq!(store_name(a), *n, "the same name every time");
+        }
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+        assert!(names[7].starts_with("listen-hash-"), "{}", names[7]);
     }
 
     #[test]

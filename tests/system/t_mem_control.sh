@@ -6,6 +6,8 @@
 #    (as a supplementary or as the primary group) get `kechictl status` and may `kechictl recycle`;
 #    a user outside it is still refused with exit status 4, also when the socket file's mode is
 #    opened to everyone (kechid checks the peer's credentials itself).
+#  - `kechictl list`: root sees demo running with 2/2 workers ready; nobody sees demo listed as
+#    "running (permission denied)", with no figures.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 # shellcheck source=tests/system/lib/mem.sh
 . "$KT_ROOT/tests/system/lib/mem.sh"
@@ -81,8 +83,22 @@ refused nobody "no group"
 refused alice "no group"
 as nobody kechictl status "$KT_APP" --json
 expect_eq "no group: kechictl status $KT_APP --json as nobody, exit status" "$AS_RC" 4
+# kechictl list: root sees the app running with its ready/wanted workers; nobody sees that it
+# runs, and that its status is refused (not "stopped": the control socket is there)
+as root kechictl list
+printf '%s\n' "$AS_OUT" | sed 's/^/          | /'
+row=$(printf '%s\n' "$AS_OUT" | awk -v app="$KT_APP" '$1 == app { print $2, $4 }')
+expect_eq "no group: kechictl list as root, exit status" "$AS_RC" 0
+expect_eq "no group: kechictl list as root, $KT_APP's state and ready/wanted workers" "$row" "running 2/2"
 as nobody kechictl list
-info "kechictl list as nobody (exit $AS_RC): $(printf '%s' "$AS_OUT" | tr '\n' ' ' | cut -c 1-160)"
+printf '%s\n' "$AS_OUT" | sed 's/^/          | /'
+expect_eq "no group: kechictl list as nobody, exit status" "$AS_RC" 0
+row=$(printf '%s\n' "$AS_OUT" | awk -v app="$KT_APP" '$1 == app')
+if [[ $row =~ ^$KT_APP\ +running\ \(permission\ denied\)\ +-\ +-\ +-$ ]]; then
+  ok "no group: kechictl list as nobody: $KT_APP running (permission denied), no pid, workers nor memory"
+else
+  bad "no group: kechictl list as nobody: row '$row' (want '$KT_APP running (permission denied) - - -')"
+fi
 
 say "control.group = \"kechiops\", applied by systemctl reload"
 config '
