@@ -148,6 +148,19 @@ pub fn bind_configured(
             out.push(inherited.remove(i));
             continue;
         }
+        // An earlier kechid stored its sockets under names systemd rejects, so systemd keeps
+        // them as "stored": such a socket is recognised by its address (binding the address
+        // again would fail, the workers still hold it). It stays in the store under that name
+        // (systemd ignores the same socket stored twice); the workers see its proper name.
+        if let Some(i) = inherited
+            .iter()
+            .position(|l| l.name == UNNAMED && same_address(a, &l.address))
+        {
+            let mut l = inherited.remove(i);
+            l.name = name;
+            out.push(l);
+            continue;
+        }
         let bind_err = |source| SocketError::Bind {
             address: a.clone(),
             source,
@@ -167,19 +180,36 @@ pub fn bind_configured(
             Bindable::Tcp(sa) => TcpListener::bind(sa).map_err(bind_err)?.into(),
         };
         let address = address_of(fd.as_fd());
-        // Keep it in systemd's fd store so a restarted kechid gets the very same socket back.
-        if let Err(e) = sd_notify::notify_with_fds(
-            &[
-                sd_notify::NotifyState::FdStore,
-                sd_notify::NotifyState::FdName(&name),
-            ],
-            &[fd.as_fd()],
-        ) {
-            tracing::debug!("FDSTORE=1 for {a}: {e}");
-        }
-        out.push(Listener { fd, name, address });
+        let l = Listener { fd, name, address };
+        store(&l);
+        out.push(l);
     }
     Ok(out)
+}
+
+/// The name systemd gives a stored fd that came without a valid `FDNAME=`.
+const UNNAMED: &str = "stored";
+
+/// Whether a configured `listen` entry is the address a socket is bound to.
+fn same_address(configured: &str, bound: &str) -> bool {
+    match parse_address(configured) {
+        Ok(Bindable::Unix(path)) => path == bound,
+        Ok(Bindable::Tcp(sa)) => sa.to_string() == bound,
+        Err(_) => false,
+    }
+}
+
+/// Keeps a socket in systemd's fd store so a restarted kechid gets the very same socket back.
+fn store(l: &Listener) {
+    if let Err(e) = sd_notify::notify_with_fds(
+        &[
+            sd_notify::NotifyState::FdStore,
+            sd_notify::NotifyState::FdName(&l.name),
+        ],
+        &[l.fd.as_fd()],
+    ) {
+        tracing::debug!("FDSTORE=1 for {}: {e}", l.address);
+    }
 }
 
 /// `SERVER_STARTER_PORT` for sockets placed at fds 3..: `ADDRESS=FD` joined by `;`.
@@ -236,6 +266,43 @@ mod tests {
         let out = bind_configured(std::slice::from_ref(&addr), &mut inherited).unwrap();
         assert_eq!(out[0].fd.as_raw_fd(), raw);
         assert!(inherited.is_empty());
+    }
+
+    #[test]
+    fn sockets_stored_unnamed_are_recognised_by_address() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_addr = other.local_addr().unwrap().to_string();
+        let fd: OwnedFd = l.into();
+        let raw = fd.as_raw_fd();
+        let mut inherited = vec![
+            Listener {
+                fd: other.into(),
+                name: UNNAMED.into(),
+                address: other_addr,
+            },
+            Listener {
+                fd,
+                name: UNNAMED.into(),
+                address: addr.clone(),
+            },
+        ];
+        let out = bind_configured(std::slice::from_ref(&addr), &mut inherited).unwrap();
+        assert_eq!(
+            out[0].fd.as_raw_fd(),
+            raw,
+            "the stored socket, not a new one"
+        );
+        assert_eq!(
+            out[0].name,
+            store_name(&addr),
+            "the workers see its proper name"
+        );
+        assert_eq!(inherited.len(), 1, "the other address stays unclaimed");
+        assert!(same_address(":8080", "0.0.0.0:8080"));
+        assert!(same_address("/run/a.sock", "/run/a.sock"));
+        assert!(!same_address("127.0.0.1:8080", "127.0.0.1:8081"));
     }
 
     /// systemd's rule for `FDNAME=` and `LISTEN_FDNAMES` entries (fdname_is_valid).
