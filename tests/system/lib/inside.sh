@@ -30,6 +30,8 @@
 #                               them (every 200 responses, and each second): "responses=N
 #                               outside2xx=N statuses=S"
 #   kt envof PID VAR            a variable of a process's environment
+#   kt fdsock PID FD            the socket at fd FD of process PID: "ADDRESS STATE" (a Unix path
+#                               or IPv4 HOST:PORT; STATE listening or other), from its /proc/PID/net
 set -uo pipefail
 
 cgver() {
@@ -323,6 +325,34 @@ load_stop() {
 
 envof() { tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p"; }
 
+fdsock() {
+  python3 - "$1" "$2" <<'PY'
+import os, socket, struct, sys
+pid, fd = sys.argv[1], sys.argv[2]
+try:
+    link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+except OSError as e:
+    sys.exit("fd %s of %s: %s" % (fd, pid, e.strerror))
+if not link.startswith("socket:["):
+    sys.exit("fd %s of %s is not a socket: %s" % (fd, pid, link))
+ino = link[len("socket:["):-1]
+net = "/proc/%s/net/" % pid  # the process's own network namespace
+for line in open(net + "unix").readlines()[1:]:
+    f = line.split()
+    if f[6] == ino:  # Flags 00010000: accepting connections
+        print(f[7] if len(f) > 7 else "(unnamed)", "listening" if int(f[3], 16) & 0x10000 else "other")
+        sys.exit(0)
+for line in open(net + "tcp").readlines()[1:]:
+    f = line.split()
+    if f[9] == ino:  # st 0A: LISTEN
+        host, port = f[1].split(":")
+        print("%s:%d" % (socket.inet_ntoa(struct.pack("<I", int(host, 16))), int(port, 16)),
+              "listening" if f[3] == "0A" else "other")
+        sys.exit(0)
+sys.exit("socket %s (fd %s of %s) is neither a Unix nor an IPv4 TCP socket" % (ino, fd, pid))
+PY
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -343,5 +373,6 @@ case "$cmd" in
   load-stop) load_stop "$1" ;;
   load-count) load_count "$1" ;;
   envof) envof "$1" "$2" ;;
-  *) sed -n '2,32p' "$0" >&2; exit 2 ;;
+  fdsock) fdsock "$1" "$2" ;;
+  *) sed -n '2,34p' "$0" >&2; exit 2 ;;
 esac
