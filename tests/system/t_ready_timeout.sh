@@ -3,7 +3,7 @@
 # that only sleeps, ready.timeout = 3s) under load: each replacement is killed once ready.timeout is
 # over, the journal says why, the old workers keep serving with 0 failed requests and kechid does
 # not give up on the app. A reload back onto the good command then replaces them, still with 0
-# failed requests.
+# failed requests. One pair of wrk runs (lib/zero.sh) spans both reloads.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 # shellcheck source=tests/system/lib/zero.sh
 . "$KT_ROOT/tests/system/lib/zero.sh"
@@ -45,7 +45,7 @@ pids0=$(printf '%s\n' "$w0" | awk '{ print $3 }' | sort | tr '\n' ' ')
 step="reload: never ready"
 say "$step: reload onto command = /bin/sleep 3600 (never sends READY=1), ready.timeout = 3s, under load"
 config 2 '["/bin/sleep", "3600"]' 3s
-zd_loads_start || abort "no load generator"
+zd_loads_begin || abort "no load generator"
 cursor=$(journal_cursor)
 t0=$SECONDS
 zd_reload "$step"
@@ -81,18 +81,19 @@ expect_eq "$step: the old workers (pids) still run" "$alive" "$pids0"
 # a replacement is killed 3 s after it started: one older than 13 s was not
 late=$(tgt_run ps -u "$KT_USER" -o pid=,etimes=,comm= | awk '$3 == "sleep" && $2 > 13 { printf "%s (%s s) ", $1, $2 }')
 expect_eq "$step: never-ready replacements running longer than ready.timeout + 10 s" "$late" ""
-zd_loads_stop "$step"
+zd_loads_mark "$step"
 
 step="reload: good again"
 say "$step: reload back onto the gunicorn command, under load"
 config 3 "$GOOD" 30s
 top=$(max_serial "$(workers)")
-zd_loads_start || abort "no load generator"
 cursor=$(journal_cursor)
 zd_reload "$step"
 zd_wait_new "$step" "$top"
-zd_loads_stop "$step"
+zd_settle
 journal_unit_after "$cursor" kechi@demo.service fields | sed 's/^/          | /' | head -n 40
 zd_steady "$step"
+zd_loads_mark "$step"
+zd_loads_end "whole run (both reloads)"
 load_summary
 finish

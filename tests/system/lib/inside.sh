@@ -21,9 +21,17 @@
 #   kt load-start NAME MODE URL CONNS THREADS   a load generator (wrk) as unit kt-load-NAME, until
 #                               load-stop; MODE keepalive or close (a new connection per request)
 #   kt load-stop NAME           stop it (SIGINT: wrk prints its totals); its output, then one line
-#                               "result: requests=N time=T connect=N read=N write=N timeout=N non2xx=N"
-#                               (T as wrk prints it: 6.92s, 7.06m)
+#                               "result: requests=N time=T connect=N read=N write=N timeout=N non2xx=N
+#                               responses=N outside2xx=N statuses=S" (T as wrk prints it: 6.92s,
+#                               7.06m; non2xx is wrk's count of statuses above 399, outside2xx the
+#                               count of every status outside 200-299 and statuses them all, e.g.
+#                               200:1234,502:1, from the counting script; responses=-1 without it)
+#   kt load-count NAME          the responses of a running load so far, as its threads last wrote
+#                               them (every 200 responses, and each second): "responses=N
+#                               outside2xx=N statuses=S"
 #   kt envof PID VAR            a variable of a process's environment
+#   kt fdsock PID FD            the socket at fd FD of process PID: "ADDRESS STATE" (a Unix path
+#                               or IPv4 HOST:PORT; STATE listening or other), from its /proc/PID/net
 set -uo pipefail
 
 cgver() {
@@ -187,7 +195,7 @@ load_out() { echo "/run/kt-load/$1.out"; }
 load_start() {
   local name=$1 mode=$2 url=$3 conns=$4 threads=$5 unit="kt-load-$1" end
   mkdir -p /run/kt-load
-  rm -f "$(load_out "$name")"
+  rm -f "$(load_out "$name")" "$(load_counts "$name")".*
   # a load of this name left over from a step that failed must not block this one
   systemctl stop "$unit" 2> /dev/null
   systemd-run --quiet --unit="$unit" --collect --service-type=exec \
@@ -204,11 +212,89 @@ load_start() {
 
 load_hostport() { local u=${1#*://}; echo "${u%%/*}"; }
 
+load_counts() { echo "/run/kt-load/$1.counts"; }  # the prefix of its threads' count files
+
+# The script wrk runs: counts every response by status (wrk's own "Non-2xx or 3xx responses" counts
+# only statuses above 399). Each thread writes its cumulative counts ("N OUTSIDE2XX STATUSES") to
+# $KT_LOAD_COUNTS.ID every 200 responses and at the first response of each second, so that a
+# reader can take a load's counts at any moment (its per-step figures); done() writes the final ones
+# and prints a line "responses: N, outside 200-299: N, by status: S". wrk calls response() only
+# once a response is complete: a request that failed (connect, read, write, timeout) is not seen
+# here, only in wrk's own "Socket errors".
+load_script() {
+  cat <<'LUA'
+local prefix = os.getenv("KT_LOAD_COUNTS")
+local threads = {}
+
+function setup(thread)
+  threads[#threads + 1] = thread
+  thread:set("kt_id", #threads)
+end
+
+-- per thread (each runs in its own Lua state)
+kt_n, kt_bad, kt_codes = 0, 0, {}
+local flushed_n, flushed_t = 0, 0
+
+local function codes_text(codes)
+  local keys, parts = {}, {}
+  for k in pairs(codes) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. ":" .. codes[k] end
+  return table.concat(parts, ",")
+end
+
+local function write_counts(id, n, bad, codes)
+  if not prefix then return end
+  local path = prefix .. "." .. id
+  local f = io.open(path .. ".tmp", "w")
+  if not f then return end
+  f:write(string.format("%d %d %s\n", n, bad, codes_text(codes)))
+  f:close()
+  os.rename(path .. ".tmp", path)  -- a reader sees the old counts or the new, never half a file
+end
+
+function response(status, headers, body)
+  kt_n = kt_n + 1
+  if status < 200 or status > 299 then kt_bad = kt_bad + 1 end
+  kt_codes[status] = (kt_codes[status] or 0) + 1
+  if kt_n - flushed_n >= 200 or os.time() ~= flushed_t then
+    flushed_n, flushed_t = kt_n, os.time()
+    write_counts(kt_id, kt_n, kt_bad, kt_codes)
+  end
+end
+
+function done(summary, latency, requests)
+  local n, bad, codes = 0, 0, {}
+  for i, t in ipairs(threads) do
+    local tn, tbad, tcodes = t:get("kt_n") or 0, t:get("kt_bad") or 0, t:get("kt_codes") or {}
+    write_counts(i, tn, tbad, tcodes)
+    n, bad = n + tn, bad + tbad
+    for k, v in pairs(tcodes) do codes[k] = (codes[k] or 0) + v end
+  end
+  io.write(string.format("responses: %d, outside 200-299: %d, by status: %s\n", n, bad, codes_text(codes)))
+end
+LUA
+}
+
 load_run() {  # the unit's command: wrk until SIGINT (an hour at most), its output to the file
-  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 args
-  args=(-c "$conns" -t "$threads" -d 3600s --timeout 10s --latency)
+  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 args script="/run/kt-load/$1.lua"
+  load_script > "$script" || return 1
+  args=(-c "$conns" -t "$threads" -d 3600s --timeout 10s --latency -s "$script")
   [ "$mode" = close ] && args+=(-H "Connection: close")
-  exec wrk "${args[@]}" "$url" > "$(load_out "$name")" 2>&1
+  KT_LOAD_COUNTS=$(load_counts "$name") exec wrk "${args[@]}" "$url" > "$(load_out "$name")" 2>&1
+}
+
+# load_count NAME: the sum of its threads' count files
+load_count() {
+  cat "$(load_counts "$1")".[0-9]* 2> /dev/null | awk '
+    { n += $1; bad += $2; k = split($3, kv, ","); for (i = 1; i <= k; i++) { split(kv[i], p, ":"); by[p[1]] += p[2] } }
+    END {
+      s = ""; m = 0
+      for (c in by) keys[++m] = c
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (keys[j] + 0 < keys[i] + 0) { t = keys[i]; keys[i] = keys[j]; keys[j] = t }
+      for (i = 1; i <= m; i++) s = s (i > 1 ? "," : "") keys[i] ":" by[keys[i]]
+      printf "responses=%d outside2xx=%d statuses=%s\n", n, bad, (s == "" ? "-" : s)
+    }'
 }
 
 load_stop() {
@@ -229,11 +315,43 @@ load_stop() {
     / requests in / { req = $1; sec = $4; sub(/,$/, "", sec) }
     /Socket errors:/ { gsub(/,/, ""); c = $4; r = $6; w = $8; t = $10 }
     /Non-2xx or 3xx responses:/ { n = $5 }
-    END { printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d\n", req, sec, c, r, w, t, n }
+    /^responses: [0-9]+, outside 200-299: / { resp = $2; bad = $5; st = $8; gsub(/,$/, "", resp); gsub(/,$/, "", bad) }
+    END {
+      if (resp == "") { resp = -1; bad = 0 }
+      printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d responses=%d outside2xx=%d statuses=%s\n", req, sec, c, r, w, t, n, resp, bad, (st == "" ? "-" : st)
+    }
   ' "$out"
 }
 
 envof() { tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p"; }
+
+fdsock() {
+  python3 - "$1" "$2" <<'PY'
+import os, socket, struct, sys
+pid, fd = sys.argv[1], sys.argv[2]
+try:
+    link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+except OSError as e:
+    sys.exit("fd %s of %s: %s" % (fd, pid, e.strerror))
+if not link.startswith("socket:["):
+    sys.exit("fd %s of %s is not a socket: %s" % (fd, pid, link))
+ino = link[len("socket:["):-1]
+net = "/proc/%s/net/" % pid  # the process's own network namespace
+for line in open(net + "unix").readlines()[1:]:
+    f = line.split()
+    if f[6] == ino:  # Flags 00010000: accepting connections
+        print(f[7] if len(f) > 7 else "(unnamed)", "listening" if int(f[3], 16) & 0x10000 else "other")
+        sys.exit(0)
+for line in open(net + "tcp").readlines()[1:]:
+    f = line.split()
+    if f[9] == ino:  # st 0A: LISTEN
+        host, port = f[1].split(":")
+        print("%s:%d" % (socket.inet_ntoa(struct.pack("<I", int(host, 16))), int(port, 16)),
+              "listening" if f[3] == "0A" else "other")
+        sys.exit(0)
+sys.exit("socket %s (fd %s of %s) is neither a Unix nor an IPv4 TCP socket" % (ino, fd, pid))
+PY
+}
 
 cmd=${1:-}
 shift || true
@@ -253,6 +371,8 @@ case "$cmd" in
   load-start) load_start "$1" "$2" "$3" "$4" "$5" ;;
   load-run) load_run "$1" "$2" "$3" "$4" "$5" ;;
   load-stop) load_stop "$1" ;;
+  load-count) load_count "$1" ;;
   envof) envof "$1" "$2" ;;
-  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+  fdsock) fdsock "$1" "$2" ;;
+  *) sed -n '2,34p' "$0" >&2; exit 2 ;;
 esac

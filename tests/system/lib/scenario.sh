@@ -201,6 +201,7 @@ max_serial() { printf '%s\n' "$1" | awk 'BEGIN { m = 0 } $1 + 0 > m { m = $1 + 0
 # MODE keepalive (default: connections reused) or close ("Connection: close": one per request).
 load_start() {
   local out
+  _LOAD_MARK_N[$1]=0 _LOAD_MARK_BAD[$1]=0
   if out=$(kt load-start "$1" "${2:-keepalive}" "http://$KT_LISTEN/" "${3:-16}" "${4:-2}" 2>&1); then
     return 0
   fi
@@ -210,38 +211,73 @@ load_start() {
 }
 
 # load_stop NAME STEP: stops it; prints its output and "STEP, NAME: served N, failed F (...)";
-# a failed, refused, reset or timed-out request or a non-2xx response is a FAIL. Sets LOAD_SERVED
-# and LOAD_FAILED, and adds a row to the summary that load_summary prints.
+# a failed, refused, reset or timed-out request or a non-2xx response (any status outside 200-299,
+# counted by wrk's script; wrk's own count is of statuses above 399 only) is a FAIL. Sets
+# LOAD_SERVED and LOAD_FAILED, and adds a row to the summary that load_summary prints.
 LOAD_ROWS=()
+_load_row() {  # _load_row STEP NAME SERVED FAILED DETAIL
+  LOAD_ROWS+=("$(printf '%-34s %-7s %9s %7s   %s' "$@")")
+}
 load_stop() {
-  local name=$1 step=$2 out res requests time connect read write timeout non2xx
+  local name=$1 step=$2 out res requests time connect read write timeout non2xx responses outside2xx statuses
   out=$(kt load-stop "$name" 2>&1)
   printf '%s\n' "$out" | grep -v '^result: ' | sed 's/^/          | /'
   res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
-  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0
+  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0 responses=-1 outside2xx=0 statuses=-
   local kv
   for kv in $res; do
     case "$kv" in
-      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*|responses=*|outside2xx=*|statuses=*)
+        printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
   done
+  # the script's count includes wrk's (statuses above 399); without the script's line (wrk killed)
+  # wrk's is all there is
+  [ "$responses" -ge 0 ] && [ "$outside2xx" -gt "$non2xx" ] && non2xx=$outside2xx
   # shellcheck disable=SC2034  # read by the scenarios
   LOAD_SERVED=$requests
   LOAD_FAILED=$((connect + read + write + timeout + non2xx))
-  LOAD_ROWS+=("$(printf '%-34s %-10s %9s %7s   connect %s, read %s, write %s, timeout %s, non-2xx %s' \
-    "$step" "$name" "$requests" "$LOAD_FAILED" "$connect" "$read" "$write" "$timeout" "$non2xx")")
+  _load_row "$step" "$name" "$requests" "$LOAD_FAILED" \
+    "connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx (statuses $statuses)"
   if [ -z "$res" ] || [ "$requests" = 0 ]; then
     bad "$step, load $name: no requests served ($time)"
   elif [ "$LOAD_FAILED" = 0 ]; then
-    ok "$step, load $name: served $requests in $time, failed 0"
+    ok "$step, load $name: served $requests in $time, failed 0 (statuses $statuses)"
   else
-    bad "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx)"
+    bad "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx; statuses $statuses)"
+  fi
+}
+
+# load_mark NAME STEP: the responses of the running load NAME since it started or since its last
+# load_mark, as a row of the summary: served, and non-2xx (a status outside 200-299). A request
+# that failed outright (connect, read, write, timeout) is seen by wrk alone, which counts it for its
+# whole run: load_stop judges those. The counts are as wrk's threads last wrote them (every 200
+# responses and each second), so a few hundred responses may land in the next step's row. No
+# response at all, or a non-2xx one, is a FAIL. For one load spanning several steps.
+declare -gA _LOAD_MARK_N=() _LOAD_MARK_BAD=()
+load_mark() {
+  local name=$1 step=$2 out kv responses=0 outside2xx=0 n bad
+  out=$(kt load-count "$name" 2>&1)
+  for kv in $out; do
+    case "$kv" in responses=*|outside2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;; esac
+  done
+  n=$((responses - ${_LOAD_MARK_N[$name]:-0}))
+  bad=$((outside2xx - ${_LOAD_MARK_BAD[$name]:-0}))
+  _LOAD_MARK_N[$name]=$responses
+  _LOAD_MARK_BAD[$name]=$outside2xx
+  _load_row "$step" "$name" "$n" "$bad" "non-2xx $bad (connect, read, write, timeout errors: in the whole run's row)"
+  if [ "$n" -le 0 ]; then
+    bad "$step, load $name: no response during the step ($(printf '%s' "$out" | tr '\n' ' ' | cut -c 1-120))"
+  elif [ "$bad" = 0 ]; then
+    ok "$step, load $name: $n responses during the step, all 2xx"
+  else
+    bad "$step, load $name: $n responses during the step, $bad of them non-2xx"
   fi
 }
 
 load_summary() {  # the table of every load_stop so far
   local r
   say "requests served and failed, per step:"
-  printf '          %-34s %-10s %9s %7s   %s\n' STEP LOAD SERVED FAILED "FAILURES BY KIND"
+  printf '          %-34s %-7s %9s %7s   %s\n' STEP LOAD SERVED FAILED "FAILURES BY KIND"
   for r in "${LOAD_ROWS[@]}"; do echo "          $r"; done
 }

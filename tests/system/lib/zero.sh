@@ -1,16 +1,23 @@
 #!/bin/bash
 # zero.sh — the zero-downtime routine of t_zero_starlet and t_zero_gunicorn: a real app server
-# behind kechi@demo.socket (its Unix socket and, from a drop-in, $KT_LISTEN), under load from two
-# wrk runs for the whole of each step (16 keep-alive connections, and 16 connections that each
-# carry one request: "Connection: close"), through every kind of planned restart:
+# behind kechi@demo.socket (its Unix socket and, from a drop-in, $KT_LISTEN), under load from one
+# pair of wrk runs that spans the whole test, from before step 1 until after the last step's settle
+# (16 keep-alive connections, and 16 connections that each carry one request: "Connection: close"),
+# through every kind of planned restart:
 #   1. kechictl recycle demo --all --wait
 #   2. systemctl reload kechi@demo (a changed config: every worker replaced)
-#   3. age recycling (recycle.max-age = 8s, min-interval = 1s) for 20 s
+#   3. age recycling (recycle.max-age = 8s, min-interval = 1s) for 20 s: at least 2 recycles with
+#      REASON=age in the journal
 #   4. systemctl restart kechi@demo (the new kechid adopts the running workers)
 #   5. kill -9 of kechid (systemd restarts it; it adopts the running workers)
-# After each: 0 failed requests, exactly `workers` worker scopes and no other kechi-demo-* unit,
-# each scope with the app server's processes and no second set; at the end `systemctl stop`
-# leaves nothing behind. The requests served and failed per step are printed as a table.
+# After each: every response of the step 2xx (wrk's script counts every status outside 200-299),
+# exactly `workers` worker scopes and no other kechi-demo-* unit, each scope with the app server's
+# processes and no second set. Over the whole run: 0 failed requests (wrk's own totals: connect,
+# read, write and timeout errors, which it does not attribute to a step) and 0 non-2xx responses.
+# With ready.mode = "accept", every worker was made ready by the accept detector (the journal's
+# "worker ready (waiting for connections)" or "(serving a connection)"), none by the ready.delay
+# fallback. At the end `systemctl stop` leaves nothing behind. The requests served per step and
+# per load, and the whole run's served and failed, are printed as a table.
 #
 # The scenario sets, then calls zd_main:
 #   ZD_COMMAND   the app's command, as a TOML array
@@ -53,16 +60,35 @@ ${2:-}
 EOF
 }
 
-zd_loads_start() {
+# One pair of loads for the whole test: zd_loads_begin before the first step, zd_loads_mark STEP at
+# the end of each step (a row per load: the responses since the last mark, all of them 2xx),
+# zd_loads_end LABEL after the last (wrk's totals for the whole run: no failed request).
+zd_loads_begin() {
   load_start ka keepalive 16 2 || return 1
   load_start close close 16 1 || { kt load-stop ka > /dev/null 2>&1; return 1; }
 }
 
-zd_loads_stop() {  # zd_loads_stop STEP
-  sleep "$ZD_SETTLE"  # an observation window (the step itself is over), not a wait for a state
+zd_loads_mark() {  # zd_loads_mark STEP
+  load_mark ka "$1"
+  load_mark close "$1"
+}
+
+zd_loads_end() {  # zd_loads_end LABEL
   load_stop ka "$1"
   load_stop close "$1"
 }
+
+# zd_loads_start, then zd_loads_stop STEP: a pair of loads around one step alone (its settle
+# included), judged as a whole
+zd_loads_start() { zd_loads_begin; }
+
+zd_loads_stop() {  # zd_loads_stop STEP
+  zd_settle
+  zd_loads_end "$1"
+}
+
+# an observation window after a step's action is over, to see late failures; not a wait for a state
+zd_settle() { sleep "$ZD_SETTLE"; }
 
 zd_status() {  # kechid's own view, as information
   local j
@@ -140,7 +166,6 @@ zd_step_recycle() {
   local step="1 kechictl recycle --all" top out rc t0 cursor
   say "step $step, under load"
   top=$(max_serial "$(workers)")
-  zd_loads_start || return 0
   cursor=$(journal_cursor)
   t0=$SECONDS
   out=$(tgt_run timeout $((ZD_WAIT + 60)) kechictl recycle "$KT_APP" --all --wait --timeout "${ZD_WAIT}s" 2>&1); rc=$?
@@ -152,9 +177,10 @@ zd_step_recycle() {
     bad "$step: kechictl recycle $KT_APP --all --wait: exit status $rc after $((SECONDS - t0)) s"
     ZD_WAIT=10 zd_wait_new "$step" "$top"  # (kechictl has waited already)
   fi
-  zd_loads_stop "$step"
+  zd_settle
   journal_unit_after "$cursor" "kechi@$KT_APP.service" fields | head -n 16 | sed 's/^/          | /'
   zd_steady "$step"
+  zd_loads_mark "$step"
 }
 
 zd_step_reload() {
@@ -162,7 +188,6 @@ zd_step_reload() {
   say "step $step (a changed config: KT_GENERATION=2), under load"
   top=$(max_serial "$(workers)")
   zd_config 2
-  zd_loads_start || return 0
   cursor=$(journal_cursor)
   zd_reload "$step"
   zd_wait_new "$step" "$top"
@@ -170,20 +195,20 @@ zd_step_reload() {
   gens=$(tgt_run sh -c 'for i in $(seq 20); do curl -s --max-time 10 "$1"; done' get "http://$KT_LISTEN/" \
     | sed -n 's/.* generation \([^ ]*\)$/\1/p' | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
   expect_eq "$step: generations answering 20 requests" "$gens" "2 x20"
-  zd_loads_stop "$step"
+  zd_settle
   journal_unit_after "$cursor" "kechi@$KT_APP.service" fields | grep -iE 'reload|recycl|ready|stopp' | head -n 12 | sed 's/^/          | /'
   zd_steady "$step"
+  zd_loads_mark "$step"
 }
 
 zd_step_age() {
-  local step="3 age (max-age 8s)" top t0 before after n cursor
+  local step="3 age (max-age 8s)" top t0 before after n cursor log
   say "step $step: reload to max-age = 8s, min-interval = 1s; 20 s of age recycling; reload to max-age off; under load"
   top=$(max_serial "$(workers)")
   zd_config 3 '
 [recycle]
 max-age = "8s"
 min-interval = "1s"'
-  zd_loads_start || return 0
   cursor=$(journal_cursor)
   zd_reload "$step"
   zd_wait_new "$step (the reload)" "$top" +
@@ -195,15 +220,22 @@ min-interval = "1s"'
   # each worker reaches 8 s (±10 %) about twice in 20 s; slowness may cost one
   if [ "$n" -ge 2 ]; then ok "$step: $n workers started by age recycling in $((SECONDS - t0)) s (serials $before -> $after)"
   else bad "$step: only $n workers started by age recycling in $((SECONDS - t0)) s (serials $before -> $after; want >= 2)"; fi
-  info "journal: $(journal_unit_after "$cursor" "kechi@$KT_APP.service" fields | grep -c 'REASON=age') lines with REASON=age"
+  # the journal's own account: "recycling worker (...): starting its replacement first" with
+  # REASON=age, one line per recycle (its "stopping worker" line carries REASON=age too)
+  log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service" fields)
+  n=$(printf '%s\n' "$log" | grep -cE '^\[WORKER=[0-9]+ REASON=age\] recycling worker ')
+  printf '%s\n' "$log" | grep 'REASON=age\]' | head -n 8 | sed 's/^/          | /'
+  if [ "$n" -ge 2 ]; then ok "$step: the journal has $n recycles with REASON=age (want >= 2)"
+  else bad "$step: the journal has $n recycles with REASON=age (want >= 2)"; fi
   say "step $step: reload to max-age off (generation 4)"
   zd_config 4
   top=$(max_serial "$(workers)")
   zd_reload "$step"
   zd_wait_new "$step (reload, age off)" "$top" +
   ZD_WAIT=60 zd_wait_new "$step (the last replacement by age done)" "$top"
-  zd_loads_stop "$step"
+  zd_settle
   zd_steady "$step"
+  zd_loads_mark "$step"
 }
 
 # zd_adopted STEP CURSOR WORKERS_BEFORE: the new kechid adopted the running workers, started none
@@ -222,16 +254,16 @@ zd_step_restart() {
   say "step $step, under load"
   old=$(unit_prop "kechi@$KT_APP" MainPID)
   w=$(workers)
-  zd_loads_start || return 0
   cursor=$(journal_cursor)
   t0=$SECONDS
   tgt_run timeout 120 systemctl restart "kechi@$KT_APP"; rc=$?
   if [ "$rc" = 0 ]; then ok "$step: systemctl restart kechi@$KT_APP ($((SECONDS - t0)) s)"; else bad "$step: systemctl restart kechi@$KT_APP: exit status $rc"; fi
   new=$(unit_prop "kechi@$KT_APP" MainPID)
   if [ "$new" != "$old" ] && [ "$new" != 0 ]; then ok "$step: a new kechid (pid $old -> $new)"; else bad "$step: kechid's MainPID $old -> $new"; fi
-  zd_loads_stop "$step"
+  zd_settle
   zd_adopted "$step" "$cursor" "$w"
   zd_steady "$step"
+  zd_loads_mark "$step"
 }
 
 zd_step_kill() {
@@ -240,7 +272,6 @@ zd_step_kill() {
   old=$(unit_prop "kechi@$KT_APP" MainPID)
   nr=$(unit_prop "kechi@$KT_APP" NRestarts)
   w=$(workers)
-  zd_loads_start || return 0
   cursor=$(journal_cursor)
   t0=$SECONDS
   tgt_run kill -KILL "$old"
@@ -256,9 +287,10 @@ zd_step_kill() {
     bad "$step: kechi@$KT_APP not active with a new kechid within 60 s (MainPID $new, $state)"
   fi
   expect_eq "$step: NRestarts" "$(unit_prop "kechi@$KT_APP" NRestarts)" $((nr + 1))
-  zd_loads_stop "$step"
+  zd_settle
   zd_adopted "$step" "$cursor" "$w"
   zd_steady "$step"
+  zd_loads_mark "$step"
 }
 
 zd_stop() {
@@ -273,10 +305,41 @@ zd_stop() {
   fi
 }
 
+# zd_ready_how: with ready.mode = "accept", every "worker ready" line of this boot's journal says the
+# accept detector saw the worker waiting on (or serving from) its inherited socket; none is the
+# plain "worker ready" of the ready.delay fallback, and kechid never announced that fallback.
+zd_ready_how() {
+  local log started ready accept fallback
+  if [ "$ZD_READY" != accept ]; then
+    info "ready.mode = $ZD_READY: how workers got ready is not checked (the accept detector is not in use)"
+    return 0
+  fi
+  if ! tgt_run test -e /proc/self/syscall; then
+    info "no /proc/self/syscall in the test machine: ready.mode = \"accept\" falls back to ready.delay ($ZD_READY_DELAY), as kechid's journal says"
+    return 0
+  fi
+  log=$(journal_unit_after "" "kechi@$KT_APP.service")
+  started=$(printf '%s\n' "$log" | grep -c 'worker started')
+  ready=$(printf '%s\n' "$log" | grep -cE '^worker ready( \(.*\))?$')
+  accept=$(printf '%s\n' "$log" | grep -cE '^worker ready \((waiting for connections|serving a connection)\)$')
+  fallback=$(printf '%s\n' "$log" | grep -cE 'ready.mode = "accept" (needs|without)')
+  info "journal of this boot: $started workers started, $ready 'worker ready' lines," \
+    "$(printf '%s\n' "$log" | grep -c '^worker ready (waiting for connections)$') waiting for connections," \
+    "$(printf '%s\n' "$log" | grep -c '^worker ready (serving a connection)$') serving a connection"
+  if [ "$accept" -ge "$ZD_WORKERS" ] && [ "$accept" = "$ready" ]; then
+    ok "every worker made ready by the accept detector ($accept of $ready 'worker ready' lines; none by ready.delay)"
+  else
+    bad "not every worker made ready by the accept detector: $accept of $ready 'worker ready' lines (the others: $(printf '%s\n' "$log" | grep -E '^worker ready' | grep -vE '\((waiting for connections|serving a connection)\)$' | sort | uniq -c | tr -s ' \n' ' '))"
+  fi
+  expect_eq "journal lines announcing the ready.delay fallback of ready.mode = \"accept\"" "$fallback" 0
+}
+
 zd_main() {
-  info "ready.mode = $ZD_READY; load: wrk -c16 -t2 (keep-alive) and wrk -c16 -t1 -H 'Connection: close' against http://$KT_LISTEN/"
+  local s label="whole run (every step)"
+  info "ready.mode = $ZD_READY; load for the whole test: wrk -c16 -t2 (keep-alive) and wrk -c16 -t1 -H 'Connection: close' against http://$KT_LISTEN/"
   zd_start
-  local s
+  say "load starts, for the whole test"
+  zd_loads_begin || abort "no load generator"
   for s in recycle reload age restart kill; do
     case " ${ZD_SKIP:-} " in
       *" $s "*) say "step $s: skipped (ZD_SKIP)" ;;
@@ -284,6 +347,9 @@ zd_main() {
     esac
   done
   zd_get_both "after every step"
+  say "load stops: wrk's totals for the whole test"
+  zd_loads_end "$label"
+  zd_ready_how
   zd_stop
   load_summary
 }
