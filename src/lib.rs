@@ -16,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod control_server;
+pub mod dbus;
 pub mod daemon_cli;
 pub mod driver;
 pub mod exitcode;
