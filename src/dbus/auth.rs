@@ -43,7 +43,9 @@ pub async fn handshake(stream: &mut UnixStream, uid: u32) -> Result<(), Error> {
         }
         let mut b = [0u8];
         if stream.read(&mut b).await? == 0 {
-            return Err(Error::Auth("connection closed during authentication".into()));
+            return Err(Error::Auth(
+                "connection closed during authentication".into(),
+            ));
         }
         line.push(b[0]);
     }

@@ -139,7 +139,12 @@ mod tests {
             parse_address("tcp:host=localhost,port=1;unix:guid=1,path=/run/user/0/bus").unwrap(),
             SocketAddr::Path("/run/user/0/bus".into())
         );
-        for bad in ["tcp:host=localhost,port=1", "unix:tmpdir=/tmp", "", "unix:path=%zz"] {
+        for bad in [
+            "tcp:host=localhost,port=1",
+            "unix:tmpdir=/tmp",
+            "",
+            "unix:path=%zz",
+        ] {
             let err = parse_address(bad).unwrap_err();
             assert!(matches!(err, Error::Address(_)), "{bad}: {err}");
         }

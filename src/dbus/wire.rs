@@ -228,10 +228,14 @@ pub fn validate_path(p: &str) -> Result<()> {
     let b = p.as_bytes();
     let ok = b == b"/"
         || (b.first() == Some(&b'/')
-            && b[1..]
-                .split(|c| *c == b'/')
-                .all(|e| !e.is_empty() && e.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')));
-    if ok { Ok(()) } else { Err(WireError("bad object path")) }
+            && b[1..].split(|c| *c == b'/').all(|e| {
+                !e.is_empty() && e.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            }));
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError("bad object path"))
+    }
 }
 
 // ---- encoding ----------------------------------------------------------------------------------
@@ -293,7 +297,8 @@ impl Enc {
             Value::Sig(s) => self.sig(s)?,
             Value::Array(elem, items) => {
                 let e = elem.as_bytes();
-                if e.is_empty() || one_type(e, 0, 0, 0)? != e.len() {
+                let whole = format!("a{elem}");
+                if e.is_empty() || one_type(whole.as_bytes(), 0, 0, 0)? != whole.len() {
                     return Err(WireError("array element signature is not one type"));
                 }
                 let at = self.buf.len();
@@ -374,7 +379,10 @@ impl<'a> Dec<'a> {
 
     fn fixed<const N: usize>(&mut self) -> Result<[u8; N]> {
         self.align(N)?;
-        let mut b: [u8; N] = self.take(N)?.try_into().map_err(|_| WireError("truncated"))?;
+        let mut b: [u8; N] = self
+            .take(N)?
+            .try_into()
+            .map_err(|_| WireError("truncated"))?;
         if self.big_endian {
             b.reverse();
         }
@@ -458,9 +466,12 @@ impl<'a> Dec<'a> {
                 if len > MAX_ARRAY {
                     return Err(WireError("array longer than 64 MiB"));
                 }
+                // `sig` is exactly one complete type, so the rest is the element type.
                 let elem = &sig[1..];
-                let elem = &elem[..one_type(elem, 0, 0, 0)?];
-                self.align(alignment(elem[0]))?;
+                let Some(&first) = elem.first() else {
+                    return Err(WireError("array without an element type"));
+                };
+                self.align(alignment(first))?;
                 let end = self.pos.checked_add(len).filter(|e| *e <= self.buf.len());
                 let end = end.ok_or(WireError("array runs past the message"))?;
                 self.nest()?;
@@ -615,7 +626,9 @@ impl Message {
         }
         let mut sig = String::new();
         self.body.iter().for_each(|v| v.write_signature(&mut sig));
-        let field = |code: u8, v: Value| Value::Struct(vec![Value::Byte(code), Value::Variant(Box::new(v))]);
+        let field = |code: u8, v: Value| {
+            Value::Struct(vec![Value::Byte(code), Value::Variant(Box::new(v))])
+        };
         let mut fields = Vec::new();
         let strings = [
             (1, &self.path),
@@ -627,7 +640,11 @@ impl Message {
         ];
         for (code, s) in strings {
             if let Some(s) = s {
-                let v = if code == 1 { Value::Path(s.clone()) } else { Value::str(s.clone()) };
+                let v = if code == 1 {
+                    Value::Path(s.clone())
+                } else {
+                    Value::str(s.clone())
+                };
                 fields.push(field(code, v));
             }
         }
@@ -682,7 +699,11 @@ pub fn message_len(head: &[u8]) -> Result<usize> {
     }
     let word = |at: usize| {
         let b: [u8; 4] = [head[at], head[at + 1], head[at + 2], head[at + 3]];
-        u64::from(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        u64::from(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     };
     let fields = word(12);
     if fields > MAX_ARRAY as u64 {
@@ -772,4 +793,281 @@ fn decode(buf: &[u8], with_body: bool) -> Result<Message> {
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Message {
+        let mut m = Message::call(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "KillUnit",
+            vec![Value::str("a.scope"), Value::str("all"), Value::I32(15)],
+        );
+        m.serial = 7;
+        m
+    }
+
+    #[test]
+    fn known_value_bytes() {
+        // A string, then a u64 aligned to 8.
+        assert_eq!(
+            encode_values(&[Value::str("ab"), Value::U64(1)]).unwrap(),
+            [2, 0, 0, 0, b'a', b'b', 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // An empty array of structs still pads to its elements' alignment of 8.
+        assert_eq!(
+            encode_values(&[Value::Byte(9), Value::Array("(ii)".into(), vec![])]).unwrap(),
+            [9, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // A variant: its signature, then the value aligned as its type.
+        assert_eq!(
+            encode_values(&[Value::Variant(Box::new(Value::U32(7)))]).unwrap(),
+            [1, b'u', 0, 0, 7, 0, 0, 0]
+        );
+        assert_eq!(
+            encode_values(&[Value::Array("u".into(), vec![Value::U32(1), Value::U32(2)])]).unwrap(),
+            [8, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let dict = Value::Array(
+            "{sv}".into(),
+            vec![Value::DictEntry(
+                Box::new(Value::str("k")),
+                Box::new(Value::Variant(Box::new(Value::Array(
+                    "s".into(),
+                    vec![Value::str("x")],
+                )))),
+            )],
+        );
+        let all = vec![
+            Value::Byte(1),
+            Value::Bool(true),
+            Value::I16(-2),
+            Value::U16(3),
+            Value::I32(-4),
+            Value::U32(5),
+            Value::I64(-6),
+            Value::U64(u64::MAX),
+            Value::F64(1.5),
+            Value::str("héllo"),
+            Value::Path("/org/freedesktop/systemd1/job/42".into()),
+            Value::Sig("a(sv)".into()),
+            Value::Fd(0),
+            Value::Struct(vec![Value::U32(1), Value::Path("/".into())]),
+            dict,
+        ];
+        let mut sig = String::new();
+        all.iter().for_each(|v| v.write_signature(&mut sig));
+        assert_eq!(sig, "ybnqiuxtdsogh(uo)a{sv}");
+        let bytes = encode_values(&all).unwrap();
+        assert_eq!(decode_values(&sig, &bytes).unwrap(), all);
+    }
+
+    #[test]
+    fn message_round_trip() {
+        let m = call();
+        let bytes = m.encode().unwrap();
+        assert_eq!(bytes.len() % 4, 0);
+        assert_eq!(message_len(&bytes).unwrap(), bytes.len());
+        assert_eq!(Message::decode(&bytes).unwrap(), m);
+        let mut h = Message::decode_header(&bytes).unwrap();
+        assert!(h.body.is_empty());
+        h.body = m.body.clone();
+        assert_eq!(h, m);
+    }
+
+    #[test]
+    fn encoding_refuses_what_cannot_be_sent() {
+        let bad = [
+            Value::str("nul\0inside"),
+            Value::Path("no/leading/slash".into()),
+            Value::Path("/trailing/".into()),
+            Value::Sig("a".into()),
+            Value::Array("u".into(), vec![Value::I32(1)]),
+            Value::Array("uu".into(), vec![]),
+            Value::Struct(vec![]),
+        ];
+        for v in bad {
+            assert!(encode_values(std::slice::from_ref(&v)).is_err(), "{v:?}");
+        }
+        let mut m = call();
+        m.serial = 0;
+        assert!(m.encode().is_err());
+    }
+
+    /// A method return written out by hand, big-endian: reply to serial 3, body `u` 42.
+    #[test]
+    fn decodes_a_big_endian_reply() {
+        let bytes = [
+            b'B', 2, 0, 1, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0, 15, // fixed header
+            5, 1, b'u', 0, 0, 0, 0, 3, // REPLY_SERIAL = 3
+            8, 1, b'g', 0, 1, b'u', 0, // SIGNATURE = "u"
+            0, // padding to 8
+            0, 0, 0, 42, // body
+        ];
+        let m = Message::decode(&bytes).unwrap();
+        assert_eq!(m.kind, Kind::Return);
+        assert_eq!(m.serial, 5);
+        assert_eq!(m.reply_serial, Some(3));
+        assert_eq!(m.body, [Value::U32(42)]);
+    }
+
+    #[test]
+    fn signatures() {
+        for ok in ["", "a{sv}", "a(ssssssouso)", "(uo)a(sa(sv))", "aaai", "v"] {
+            assert!(validate_signature(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        let deep_arrays = "a".repeat(33) + "y";
+        let deep_structs = "(".repeat(33) + "y" + &")".repeat(33);
+        for bad in [
+            "a",
+            "()",
+            "(i",
+            "i)",
+            "a{vs}",
+            "a{s}",
+            "a{sss}",
+            "{sv}",
+            "z",
+            &deep_arrays,
+            &deep_structs,
+        ] {
+            assert!(validate_signature(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(validate_signature(&[b'y'; 256]).is_err());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        let bytes = call().encode().unwrap();
+        // Every truncation, and every single-byte change.
+        for n in 0..bytes.len() {
+            assert!(Message::decode(&bytes[..n]).is_err());
+        }
+        for i in 0..bytes.len() {
+            for x in [0u8, 1, 0x7f, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = x;
+                let _ = Message::decode(&b);
+            }
+        }
+        // A boolean must be 0 or 1; padding must be zero.
+        assert!(decode_values("b", &[2, 0, 0, 0]).is_err());
+        assert!(decode_values("yu", &[1, 1, 0, 0, 5, 0, 0, 0]).is_err());
+        // A string must end in NUL and be UTF-8.
+        assert!(decode_values("s", &[1, 0, 0, 0, b'a', b'b']).is_err());
+        assert!(decode_values("s", &[1, 0, 0, 0, 0xff, 0]).is_err());
+        // An array longer than its message.
+        assert!(decode_values("ay", &[0xff, 0xff, 0, 0, 1]).is_err());
+        // An announced length beyond the limit.
+        let mut huge = bytes.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(message_len(&huge).is_err());
+    }
+
+    #[test]
+    fn variants_nested_too_deep_are_refused() {
+        let mut v = Value::U32(1);
+        for _ in 0..100 {
+            v = Value::Variant(Box::new(v));
+        }
+        let bytes = encode_values(std::slice::from_ref(&v)).unwrap();
+        assert!(decode_values("v", &bytes).is_err());
+        let mut ok = Value::U32(1);
+        for _ in 0..60 {
+            ok = Value::Variant(Box::new(ok));
+        }
+        let bytes = encode_values(std::slice::from_ref(&ok)).unwrap();
+        assert_eq!(decode_values("v", &bytes).unwrap(), [ok]);
+    }
+
+    /// The StartTransientUnit body kechid sends, byte for byte as zvariant (an independent
+    /// implementation) encodes the same arguments.
+    #[test]
+    fn start_transient_unit_body_matches_zvariant() {
+        use zbus::zvariant::{Endian, Value as Zv, serialized::Context, to_bytes};
+        let ours = encode_values(&[
+            Value::str("kechi-demo-1.scope"),
+            Value::str("fail"),
+            Value::Array(
+                "(sv)".into(),
+                vec![
+                    Value::Struct(vec![
+                        Value::str("PIDs"),
+                        Value::Variant(Box::new(Value::Array(
+                            "u".into(),
+                            vec![Value::U32(42), Value::U32(43)],
+                        ))),
+                    ]),
+                    Value::Struct(vec![
+                        Value::str("MemoryMax"),
+                        Value::Variant(Box::new(Value::U64(1 << 28))),
+                    ]),
+                    Value::Struct(vec![
+                        Value::str("SendSIGKILL"),
+                        Value::Variant(Box::new(Value::Bool(true))),
+                    ]),
+                    Value::Struct(vec![
+                        Value::str("KillSignal"),
+                        Value::Variant(Box::new(Value::I32(15))),
+                    ]),
+                ],
+            ),
+            Value::Array("(sa(sv))".into(), vec![]),
+        ])
+        .unwrap();
+        let props: Vec<(&str, Zv<'_>)> = vec![
+            ("PIDs", Zv::from(vec![42u32, 43])),
+            ("MemoryMax", Zv::from(1u64 << 28)),
+            ("SendSIGKILL", Zv::from(true)),
+            ("KillSignal", Zv::from(15i32)),
+        ];
+        let aux: Vec<(&str, Vec<(&str, Zv<'_>)>)> = vec![];
+        let ctxt = Context::new_dbus(Endian::Little, 0);
+        let theirs = to_bytes(ctxt, &("kechi-demo-1.scope", "fail", props, aux)).unwrap();
+        assert_eq!(ours, theirs.bytes());
+    }
+
+    /// A JobRemoved signal as zbus builds it, in either byte order, decodes to what was sent.
+    #[test]
+    fn decodes_zbus_signals_in_both_byte_orders() {
+        use zbus::zvariant::{Endian, ObjectPath};
+        for endian in [Endian::Little, Endian::Big] {
+            let job = ObjectPath::try_from("/org/freedesktop/systemd1/job/101").unwrap();
+            let m = zbus::message::Message::signal(
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "JobRemoved",
+            )
+            .unwrap()
+            .endian(endian)
+            .build(&(101u32, job, "kechi-demo-1.scope", "done"))
+            .unwrap();
+            let bytes = m.data().bytes();
+            assert_eq!(message_len(bytes).unwrap(), bytes.len());
+            let ours = Message::decode(bytes).unwrap();
+            assert_eq!(ours.kind, Kind::Signal);
+            assert_eq!(ours.member.as_deref(), Some("JobRemoved"));
+            assert_eq!(
+                ours.interface.as_deref(),
+                Some("org.freedesktop.systemd1.Manager")
+            );
+            assert_eq!(
+                ours.body,
+                [
+                    Value::U32(101),
+                    Value::Path("/org/freedesktop/systemd1/job/101".into()),
+                    Value::str("kechi-demo-1.scope"),
+                    Value::str("done"),
+                ]
+            );
+        }
+    }
 }

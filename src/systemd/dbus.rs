@@ -102,7 +102,10 @@ impl DbusSystemd {
 
     /// Speaks peer-to-peer on `stream` (the manager's own end of a socket, in tests); such a
     /// link cannot be re-established.
-    pub async fn on_connection(stream: UnixStream, what: &'static str) -> Result<Self, SystemdError> {
+    pub async fn on_connection(
+        stream: UnixStream,
+        what: &'static str,
+    ) -> Result<Self, SystemdError> {
         let conn = Connection::peer(stream)
             .await
             .map_err(|source| SystemdError::Connect { bus: what, source })?;
@@ -123,14 +126,23 @@ impl DbusSystemd {
         self.link().conn
     }
 
-    async fn manager_call(&self, member: &str, body: Vec<Value>) -> Result<Vec<Value>, dbus::Error> {
+    async fn manager_call(
+        &self,
+        member: &str,
+        body: Vec<Value>,
+    ) -> Result<Vec<Value>, dbus::Error> {
         self.connection()
             .call(SERVICE, MANAGER_PATH, MANAGER, member, body)
             .await
     }
 
     /// A property of the object at `path`, through `org.freedesktop.DBus.Properties.Get`.
-    async fn property(&self, path: &str, interface: &str, name: &str) -> Result<Value, dbus::Error> {
+    async fn property(
+        &self,
+        path: &str,
+        interface: &str,
+        name: &str,
+    ) -> Result<Value, dbus::Error> {
         let body = vec![Value::str(interface), Value::str(name)];
         let mut reply = self
             .connection()
@@ -157,13 +169,25 @@ impl DbusSystemd {
             return true;
         }
         let Some(sender) = sender else { return false };
-        if link.owner.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(sender) {
+        if link
+            .owner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            == Some(sender)
+        {
             return true;
         }
         // Not the owner we knew: the manager may have re-executed and taken its name again.
         let owner = link
             .conn
-            .call(BUS, BUS_PATH, BUS, "GetNameOwner", vec![Value::str(SERVICE)])
+            .call(
+                BUS,
+                BUS_PATH,
+                BUS,
+                "GetNameOwner",
+                vec![Value::str(SERVICE)],
+            )
             .await
             .ok()
             .and_then(|b| Some(b.first()?.as_str()?.to_owned()));
@@ -272,7 +296,10 @@ async fn open_link(conn: Connection, what: &'static str) -> Result<Link, Systemd
     }
     // Without Subscribe() the manager does not emit JobRemoved to us. Subscribing twice is
     // harmless: the manager answers that we already are.
-    match conn.call(SERVICE, MANAGER_PATH, MANAGER, "Subscribe", vec![]).await {
+    match conn
+        .call(SERVICE, MANAGER_PATH, MANAGER, "Subscribe", vec![])
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.is_named("org.freedesktop.systemd1.AlreadySubscribed") => {}
         Err(e) => return Err(connect_err(e)),
@@ -416,7 +443,10 @@ impl Systemd for DbusSystemd {
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        match self.manager_call("ResetFailedUnit", vec![Value::str(unit)]).await {
+        match self
+            .manager_call("ResetFailedUnit", vec![Value::str(unit)])
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_named(NO_SUCH_UNIT) => Ok(()),
             Err(source) => Err(SystemdError::Call {

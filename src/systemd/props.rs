@@ -15,13 +15,16 @@ pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value)> {
     let mut p: Vec<(&'static str, Value)> = vec![
         ("Description", Value::Str(spec.description.clone())),
         ("Slice", Value::Str(spec.slice.clone())),
-        ("PIDs", Value::Array("u".into(), spec.pids.iter().map(|p| Value::U32(*p)).collect())),
+        (
+            "PIDs",
+            Value::Array(
+                "u".into(),
+                spec.pids.iter().map(|p| Value::U32(*p)).collect(),
+            ),
+        ),
         // Without accounting, MemoryCurrent reads nothing and cgroup v1 gets no memory cgroup.
         ("MemoryAccounting", Value::Bool(true)),
-        (
-            "MemoryMax",
-            Value::U64(spec.memory_max.unwrap_or(INFINITY)),
-        ),
+        ("MemoryMax", Value::U64(spec.memory_max.unwrap_or(INFINITY))),
         (
             "MemoryHigh",
             Value::U64(spec.memory_high.unwrap_or(INFINITY)),
