@@ -372,3 +372,142 @@ fn deliver(shared: &Shared, serial: Option<u32>, reply: Reply) {
         let _ = tx.send(reply);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// The far end, by hand: accepts the handshake, then reads messages.
+    struct Peer(UnixStream);
+
+    impl Peer {
+        async fn accept(mut s: UnixStream) -> Peer {
+            let mut seen = Vec::new();
+            let mut b = [0u8; 64];
+            while !seen.ends_with(b"\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                seen.extend_from_slice(&b[..n]);
+            }
+            assert!(seen.starts_with(b"\0AUTH EXTERNAL "), "{seen:?}");
+            s.write_all(b"OK 0123456789abcdef\r\n").await.unwrap();
+            seen.clear();
+            while !seen.ends_with(b"BEGIN\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                seen.extend_from_slice(&b[..n]);
+            }
+            Peer(s)
+        }
+
+        async fn recv(&mut self) -> Message {
+            let buf = read_message(&mut self.0).await.unwrap().unwrap();
+            Message::decode(&buf).unwrap()
+        }
+
+        async fn send(&mut self, mut m: Message, serial: u32) {
+            m.serial = serial;
+            self.0.write_all(&m.encode().unwrap()).await.unwrap();
+        }
+    }
+
+    async fn pair() -> (Connection, Peer) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (c, p) = tokio::join!(Connection::peer(a), Peer::accept(b));
+        (c.unwrap(), p)
+    }
+
+    fn reply_to(call: &Message, kind: Kind, body: Vec<Value>) -> Message {
+        let mut m = Message::error(call, "org.example.Nope", "no");
+        m.kind = kind;
+        if kind == Kind::Return {
+            m.error_name = None;
+        }
+        m.body = body;
+        m
+    }
+
+    #[tokio::test]
+    async fn replies_errors_and_signals() {
+        let (conn, mut peer) = pair().await;
+        let mut sigs = conn.signals("org.example.I", "Changed");
+        let call = conn.call("d", "/a", "org.example.I", "Get", vec![Value::U32(1)]);
+        let serve = async {
+            let m = peer.recv().await;
+            assert_eq!(m.member.as_deref(), Some("Get"));
+            assert_eq!(m.destination, None, "no destination on a peer-to-peer link");
+            let mut sig = Message::call(None, "/a", "org.example.I", "Changed", vec![]);
+            sig.kind = Kind::Signal;
+            peer.send(sig, 1).await;
+            peer.send(reply_to(&m, Kind::Return, vec![Value::str("x")]), 2)
+                .await;
+            let m = peer.recv().await;
+            peer.send(reply_to(&m, Kind::Error, vec![Value::str("no")]), 3)
+                .await;
+        };
+        let (got, ()) = tokio::join!(
+            async {
+                let first = call.await;
+                let second = conn.call("d", "/a", "org.example.I", "Get", vec![]).await;
+                (first, second)
+            },
+            serve
+        );
+        assert_eq!(got.0.unwrap(), [Value::str("x")]);
+        let err = got.1.unwrap_err();
+        assert!(err.is_named("org.example.Nope"), "{err}");
+        assert_eq!(err.to_string(), "org.example.Nope: no");
+        let s = sigs.next().await.unwrap();
+        assert_eq!(s.member.as_deref(), Some("Changed"));
+    }
+
+    /// A reply whose body does not decode fails its call at once (no wait for the timeout),
+    /// and the connection goes on.
+    #[tokio::test]
+    async fn an_undecodable_reply_fails_its_call() {
+        let (conn, mut peer) = pair().await;
+        let serve = async {
+            let m = peer.recv().await;
+            let mut bytes = {
+                let mut r = reply_to(&m, Kind::Return, vec![Value::Bool(true)]);
+                r.serial = 9;
+                r.encode().unwrap()
+            };
+            let n = bytes.len();
+            bytes[n - 4] = 7; // a boolean must be 0 or 1
+            peer.0.write_all(&bytes).await.unwrap();
+            let m = peer.recv().await;
+            peer.send(reply_to(&m, Kind::Return, vec![]), 10).await;
+        };
+        let calls = async {
+            let t0 = std::time::Instant::now();
+            let first = conn.call("d", "/a", "org.example.I", "A", vec![]).await;
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            let second = conn.call("d", "/a", "org.example.I", "B", vec![]).await;
+            (first, second)
+        };
+        let ((first, second), ()) = tokio::join!(calls, serve);
+        assert!(matches!(first, Err(Error::Wire(_))), "{first:?}");
+        assert!(second.unwrap().is_empty());
+    }
+
+    /// The peer hanging up fails the waiting call, ends signal streams, resolves `closed`, and
+    /// later calls fail at once.
+    #[tokio::test]
+    async fn the_peer_closing_is_reported() {
+        let (conn, mut peer) = pair().await;
+        let mut sigs = conn.signals("org.example.I", "Changed");
+        let serve = async {
+            peer.recv().await;
+            drop(peer);
+        };
+        let (res, ()) = tokio::join!(conn.call("d", "/a", "org.example.I", "A", vec![]), serve);
+        assert!(matches!(res, Err(Error::Closed)), "{res:?}");
+        tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        assert!(conn.is_closed());
+        assert!(sigs.next().await.is_none());
+        let res = conn.call("d", "/a", "org.example.I", "A", vec![]).await;
+        assert!(matches!(res, Err(Error::Closed)), "{res:?}");
+    }
+}
