@@ -1,5 +1,5 @@
 //! `DbusSystemd` against a fake systemd manager served over a peer-to-peer D-Bus socket pair
-//! (tests/support/fake_manager.rs): the real proxies, the real job waiting, fake answers.
+//! (tests/support/fake_manager.rs): kechi's own D-Bus client, the real job waiting, fake answers.
 
 #[path = "support/fake_manager.rs"]
 mod fake_manager;
@@ -285,7 +285,7 @@ async fn start_scope_unit_exists_is_a_call_error() {
         SystemdError::Call {
             method,
             unit,
-            source: zbus::Error::MethodError(name, _, _),
+            source: kechi::dbus::Error::Method { name, .. },
         } => {
             assert_eq!(method, "StartTransientUnit");
             assert_eq!(unit, "kechi-demo-1.scope");
@@ -551,7 +551,7 @@ async fn connection_lost_while_waiting_for_a_job() {
             &err,
             SystemdError::Call {
                 method: "StopUnit",
-                source: zbus::Error::Failure(_),
+                source: kechi::dbus::Error::Failure(_),
                 ..
             }
         ),

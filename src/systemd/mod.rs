@@ -1,13 +1,12 @@
 //! The seam between kechi and systemd's manager.
 //!
 //! Everything above this module speaks kechi's types ([`ScopeSpec`], [`JobResult`],
-//! [`UnitInfo`]) through the [`Systemd`] trait; zbus and D-Bus names appear only below it
-//! (`proxy` holds one proxy trait per interface, `dbus` the implementation, `props` the pure
-//! translation of a scope spec into unit properties).
+//! [`UnitInfo`]) through the [`Systemd`] trait; D-Bus names and values appear only below it
+//! (`dbus` the implementation over kechi's own small D-Bus client, [`crate::dbus`]; `props`
+//! the pure translation of a scope spec into unit properties).
 
 mod dbus;
 pub mod props;
-mod proxy;
 
 use std::time::Duration;
 
@@ -94,14 +93,14 @@ pub enum SystemdError {
     Connect {
         bus: &'static str,
         #[source]
-        source: zbus::Error,
+        source: crate::dbus::Error,
     },
     #[error("D-Bus call {method}({unit}) failed: {source}")]
     Call {
         method: &'static str,
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: crate::dbus::Error,
     },
     #[error("job for {unit} ended with result '{}'", result.as_str())]
     Job { unit: String, result: JobResult },

@@ -1,6 +1,6 @@
 //! A scriptable stand-in for systemd's `org.freedesktop.systemd1.Manager`, served with zbus on
-//! one end of a peer-to-peer socket pair, so that `DbusSystemd` and its proxies run unchanged
-//! on the other end.
+//! one end of a peer-to-peer socket pair, so that `DbusSystemd` and kechi's own D-Bus client
+//! run unchanged on the other end (zbus is an independent implementation of the protocol).
 //!
 //! Every call is recorded (with the D-Bus signature of each `StartTransientUnit` property).
 //! What the fake answers is set per test through [`Fake`]: the job result, when `JobRemoved`
@@ -395,20 +395,19 @@ pub fn unit_path(name: &str) -> OwnedObjectPath {
     OwnedObjectPath::try_from(p).unwrap()
 }
 
-/// A manager on `state`, served on one end of a fresh socket pair: (server end, client end).
-async fn serve(state: Arc<Mutex<State>>) -> (Connection, Connection) {
-    let (a, b) = UnixStream::pair().unwrap();
+/// A manager on `state`, served on `a` (one end of a socket pair); completes once a client on
+/// the other end has authenticated, so it is awaited together with the client.
+async fn serve(a: UnixStream, state: Arc<Mutex<State>>) -> Connection {
     let manager = Manager { state };
-    let server = async {
-        connection::Builder::unix_stream(a)
-            .server(Guid::generate())?
-            .p2p()
-            .serve_at(MANAGER_PATH, manager)?
-            .build()
-            .await
-    };
-    let client = async { connection::Builder::unix_stream(b).p2p().build().await };
-    tokio::try_join!(server, client).unwrap()
+    connection::Builder::unix_stream(a)
+        .server(Guid::generate())
+        .unwrap()
+        .p2p()
+        .serve_at(MANAGER_PATH, manager)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
 }
 
 /// The server ends of a reconnecting fake's connections, and whether to refuse new ones.
@@ -433,9 +432,13 @@ impl Fake {
 
     pub async fn start_with(state: State) -> (Fake, DbusSystemd) {
         let state = Arc::new(Mutex::new(state));
-        let (server, client) = serve(state.clone()).await;
-        let sd = DbusSystemd::on_connection(client, "test").await.unwrap();
-        (Fake { state, server }, sd)
+        let (a, b) = UnixStream::pair().unwrap();
+        // The handshake needs both ends at once.
+        let (server, sd) = tokio::join!(
+            serve(a, state.clone()),
+            DbusSystemd::on_connection(b, "test")
+        );
+        (Fake { state, server }, sd.unwrap())
     }
 
     /// Like [`Fake::start`], but `DbusSystemd` reconnects through a connector that serves the
@@ -455,12 +458,14 @@ impl Fake {
                     if *servers.refuse.lock().unwrap() {
                         return Err(kechi::systemd::SystemdError::Connect {
                             bus: "test",
-                            source: zbus::Error::Failure("refused".into()),
+                            source: kechi::dbus::Error::Failure("refused".into()),
                         });
                     }
-                    let (server, client) = serve(state).await;
+                    let (a, b) = UnixStream::pair().unwrap();
+                    let (server, client) =
+                        tokio::join!(serve(a, state), kechi::dbus::Connection::peer(b));
                     servers.conns.lock().unwrap().push(server);
-                    Ok(client)
+                    Ok(client.unwrap())
                 })
             })
         };
