@@ -4,10 +4,14 @@
 //! call abandoned halfway (its caller timed out) can never leave half a message on the
 //! stream. A reader task owns the read half: it hands each method reply to the call waiting
 //! for its serial, copies each signal to the listeners of its interface and member, and
-//! answers method calls addressed to us with `UnknownMethod`. When either side fails the
-//! connection is closed for good: waiting calls fail at once with [`Error::Closed`], signal
-//! listeners see their stream end, and [`Connection::closed`] resolves. Re-establishing a
-//! link is the owner's business (a new `Connection`).
+//! answers method calls addressed to us with `UnknownMethod`. It decodes a message's body only
+//! when somebody waits for it: replies nobody waits for, signals nobody listens for, signals
+//! over 64 KiB and, on a bus, signals addressed to kechid alone (the manager's are broadcasts)
+//! are dropped after their header, so what any local user can send kechid costs it no more
+//! than the bytes. When either side fails the connection is closed for good: waiting calls
+//! fail at once with [`Error::Closed`], signal listeners see their stream end, and
+//! [`Connection::closed`] resolves. Re-establishing a link is the owner's business (a new
+//! `Connection`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -24,6 +28,8 @@ use super::{Error, SocketAddr};
 
 /// How long a method call waits for its reply.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// The largest signal decoded: the manager's JobRemoved is well under 1 KiB.
+const MAX_SIGNAL: usize = 64 << 10;
 
 const BUS_NAME: &str = "org.freedesktop.DBus";
 const BUS_PATH: &str = "/org/freedesktop/DBus";
@@ -125,7 +131,12 @@ impl Connection {
     }
 
     async fn start(mut stream: UnixStream, bus: bool) -> Result<Connection, Error> {
-        super::auth::handshake(&mut stream, nix::unistd::geteuid().as_raw()).await?;
+        // A bus daemon that accepts connections but never answers (socket-activated, stuck)
+        // must not hold kechid at start.
+        let uid = nix::unistd::geteuid().as_raw();
+        tokio::time::timeout(CALL_TIMEOUT, super::auth::handshake(&mut stream, uid))
+            .await
+            .map_err(|_| Error::Timeout(CALL_TIMEOUT))??;
         let (read, write) = stream.into_split();
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -136,7 +147,7 @@ impl Connection {
         });
         let (out, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write, queue, shared.clone()));
-        let reader = tokio::spawn(read_loop(read, shared.clone(), out.clone()));
+        let reader = tokio::spawn(read_loop(read, shared.clone(), out.clone(), bus));
         Ok(Connection {
             inner: Arc::new(Inner {
                 shared,
@@ -311,6 +322,7 @@ async fn read_loop(
     mut read: tokio::net::unix::OwnedReadHalf,
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<Vec<u8>>,
+    bus: bool,
 ) {
     loop {
         let buf = match read_message(&mut read).await {
@@ -321,37 +333,54 @@ async fn read_loop(
                 break;
             }
         };
-        let msg = match Message::decode(&buf) {
-            Ok(m) => m,
+        // The header first: a body is decoded only when somebody wants it, so a message sent
+        // to kechid unasked (any local user can send one) costs no more than its bytes.
+        let head = match Message::decode_header(&buf) {
+            Ok(h) => h,
             Err(e) => {
-                // The framing held: fail the call this answers, if any, and go on.
-                if let Ok(h) = Message::decode_header(&buf) {
-                    deliver(&shared, h.reply_serial, Err(Error::Wire(e.clone())));
-                }
                 tracing::debug!("D-Bus message dropped: {e}");
                 continue;
             }
         };
-        match msg.kind {
+        match head.kind {
             Kind::Return | Kind::Error => {
-                let serial = msg.reply_serial;
-                deliver(&shared, serial, Ok(msg));
+                let tx = head
+                    .reply_serial
+                    .and_then(|s| lock(&shared.pending).as_mut()?.remove(&s));
+                if let Some(tx) = tx {
+                    // A reply whose body does not decode fails its call at once.
+                    let _ = tx.send(Message::decode(&buf).map_err(Error::Wire));
+                }
             }
             Kind::Signal => {
+                // The manager's signals are broadcasts, small, and asked for by a listener:
+                // a signal addressed to kechid alone comes from someone else.
+                if buf.len() > MAX_SIGNAL || (bus && head.destination.is_some()) {
+                    continue;
+                }
+                let wanted = |l: &Listener| {
+                    head.interface.as_deref() == Some(l.interface)
+                        && head.member.as_deref() == Some(l.member)
+                };
+                if !lock(&shared.listeners)
+                    .as_ref()
+                    .is_some_and(|list| list.iter().any(wanted))
+                {
+                    continue;
+                }
+                let Ok(msg) = Message::decode(&buf) else {
+                    continue;
+                };
                 if let Some(list) = lock(&shared.listeners).as_ref() {
-                    for l in list {
-                        if msg.interface.as_deref() == Some(l.interface)
-                            && msg.member.as_deref() == Some(l.member)
-                        {
-                            let _ = l.tx.send(msg.clone());
-                        }
+                    for l in list.iter().filter(|l| wanted(l)) {
+                        let _ = l.tx.send(msg.clone());
                     }
                 }
             }
             Kind::Call => {
-                if msg.flags & wire::NO_REPLY_EXPECTED == 0 {
+                if head.flags & wire::NO_REPLY_EXPECTED == 0 {
                     let mut err = Message::error(
-                        &msg,
+                        &head,
                         "org.freedesktop.DBus.Error.UnknownMethod",
                         "kechid serves no methods",
                     );
@@ -364,13 +393,6 @@ async fn read_loop(
         }
     }
     shared.close();
-}
-
-fn deliver(shared: &Shared, serial: Option<u32>, reply: Reply) {
-    let tx = serial.and_then(|s| lock(&shared.pending).as_mut()?.remove(&s));
-    if let Some(tx) = tx {
-        let _ = tx.send(reply);
-    }
 }
 
 #[cfg(test)]
@@ -509,5 +531,34 @@ mod tests {
         assert!(sigs.next().await.is_none());
         let res = conn.call("d", "/a", "org.example.I", "A", vec![]).await;
         assert!(matches!(res, Err(Error::Closed)), "{res:?}");
+    }
+
+    /// On a bus, only small broadcast signals somebody listens for reach a listener; the rest
+    /// (addressed to kechid alone, oversized, or not asked for) are dropped undecoded.
+    #[tokio::test]
+    async fn unasked_unicast_and_oversized_signals_are_dropped() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (conn, mut peer) = tokio::join!(Connection::start(a, true), Peer::accept(b));
+        let conn = conn.unwrap();
+        let mut sigs = conn.signals("org.example.I", "Changed");
+        let signal = |member: &str, body: Vec<Value>| {
+            let mut m = Message::call(None, "/a", "org.example.I", member, body);
+            m.kind = Kind::Signal;
+            m
+        };
+        let mut unicast = signal("Changed", vec![Value::str("unicast")]);
+        unicast.destination = Some(":1.7".into());
+        peer.send(unicast, 1).await;
+        let big = Value::Array("y".into(), vec![Value::Byte(1); MAX_SIGNAL]);
+        peer.send(signal("Changed", vec![big]), 2).await;
+        peer.send(signal("Other", vec![Value::str("unasked")]), 3)
+            .await;
+        peer.send(signal("Changed", vec![Value::str("wanted")]), 4)
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(5), sigs.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.body, [Value::str("wanted")]);
     }
 }

@@ -6,7 +6,9 @@
 //! well-formed, arrays and messages are held to the specification's limits (64 MiB, 128 MiB),
 //! and nesting (arrays, structs, dict entries and variants together) to 64 levels, so neither a
 //! panic nor unbounded recursion can come from any input. Every decoded value consumes at least
-//! one byte of input, so what decoding allocates is bounded by the message's size.
+//! one byte of input, so what decoding allocates is bounded by a fixed multiple of the
+//! message's size (a [`Value`] per byte at most); the connection decodes only the messages it
+//! wants.
 
 /// The largest message the specification allows (2^27 bytes).
 pub const MAX_MESSAGE: usize = 1 << 27;
