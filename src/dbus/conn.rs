@@ -81,12 +81,15 @@ struct Inner {
     /// Whether a bus daemon is at the other end (calls then name their destination).
     bus: bool,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The writer ends with its queue; the reader would otherwise wait for the peer.
+        // The reader would otherwise wait for the peer, and a writer stuck on a peer that stopped
+        // reading would hold the socket for good.
         self.reader.abort();
+        self.writer.abort();
         self.shared.close();
     }
 }
@@ -146,7 +149,7 @@ impl Connection {
             serial: AtomicU32::new(1),
         });
         let (out, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(write, queue, shared.clone()));
+        let writer = tokio::spawn(write_loop(write, queue, shared.clone()));
         let reader = tokio::spawn(read_loop(read, shared.clone(), out.clone(), bus));
         Ok(Connection {
             inner: Arc::new(Inner {
@@ -155,6 +158,7 @@ impl Connection {
                 next_listener: AtomicU64::new(0),
                 bus,
                 reader,
+                writer,
             }),
         })
     }
