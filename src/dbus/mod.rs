@@ -102,6 +102,20 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A value for an address (`%XX` for every byte outside the set the specification leaves
+/// unescaped), so a `,`, `;` or `%` in a directory name cannot change what the address says.
+fn escape(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-_/.*".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
 /// The system bus's address.
 pub fn system_bus_address() -> String {
     std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
@@ -114,7 +128,7 @@ pub fn session_bus_address() -> Result<String, Error> {
         return Ok(a);
     }
     match std::env::var("XDG_RUNTIME_DIR") {
-        Ok(dir) => Ok(format!("unix:path={dir}/bus")),
+        Ok(dir) => Ok(format!("unix:path={}/bus", escape(dir.as_bytes()))),
         Err(_) => Err(Error::Failure(
             "neither DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR is set".into(),
         )),
@@ -124,6 +138,8 @@ pub fn session_bus_address() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn addresses() {
@@ -138,6 +154,14 @@ mod tests {
         assert_eq!(
             parse_address("tcp:host=localhost,port=1;unix:guid=1,path=/run/user/0/bus").unwrap(),
             SocketAddr::Path("/run/user/0/bus".into())
+        );
+        let dir = b"/run/user/1000/a,b;c%d \xc3\xa9";
+        assert_eq!(
+            parse_address(&format!("unix:path={}/bus", escape(dir))).unwrap(),
+            SocketAddr::Path(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+                b"/run/user/1000/a,b;c%d \xc3\xa9/bus"
+            ))),
+            "an escaped directory comes back byte for byte"
         );
         for bad in [
             "tcp:host=localhost,port=1",
