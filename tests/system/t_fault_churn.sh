@@ -30,25 +30,8 @@ USS_SLACK_KIB=512
 tgt_up fchurn
 kechi_install
 tgt_copy_in "$KT_ROOT/tests/system/lib/churn-inside.sh" "$KT_INSIDE/churn" || abort "copying churn-inside.sh in"
-kechi_config <<EOF
-command = $FAULT_APP
-directory = "$KT_INSIDE"
-user = "$KT_USER"
-workers = $WORKERS
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "notify"
-timeout = "30s"
-
-[stop]
-timeout = "10s"
-
-[tmpdir]
-size = "4M"
-EOF
+fault_config 10s '' '[tmpdir]
+size = "4M"'
 kechi_start || abort "kechi@demo did not start"
 why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 60) || abort "not steady after start: $why"
 

@@ -24,22 +24,7 @@ STOP_TIMEOUT=3
 
 tgt_up fhang
 kechi_install
-kechi_config <<EOF
-command = $FAULT_APP
-directory = "$KT_INSIDE"
-user = "$KT_USER"
-workers = $WORKERS
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "notify"
-timeout = "30s"
-
-[stop]
-timeout = "${STOP_TIMEOUT}s"
-EOF
+fault_config "${STOP_TIMEOUT}s"
 kechi_start || abort "kechi@demo did not start"
 why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 60) || abort "not steady after start: $why"
 

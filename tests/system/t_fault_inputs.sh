@@ -27,30 +27,13 @@ MISSING=/usr/bin/kt-no-such-app
 
 # config COMMAND: the app file (restart.backoff short, so a failing start is retried within a step)
 config() {
-  kechi_config <<EOF
-command = $1
-directory = "$KT_INSIDE"
-user = "$KT_USER"
-workers = $WORKERS
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "notify"
-timeout = "30s"
-
-[stop]
-timeout = "5s"
-
-[restart]
+  FAULT_COMMAND=$1 fault_config 5s '' '[restart]
 backoff = "500ms"
 backoff-max = "4s"
 burst = 3
 
 [tmpdir]
-size = "8M"
-EOF
+size = "8M"'
 }
 GOOD=$FAULT_APP
 

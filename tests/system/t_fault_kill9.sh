@@ -28,23 +28,7 @@ kechi_install
 printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestartSec=200ms\n' \
   | tgt_write "/etc/systemd/system/kechi@$KT_APP.service.d/kill9.conf" || abort "writing the test drop-in"
 tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
-kechi_config <<EOF
-command = $FAULT_APP
-directory = "$KT_INSIDE"
-user = "$KT_USER"
-workers = $WORKERS
-environment = { KT_TINY_READY_DELAY = "0.5" }
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "notify"
-timeout = "30s"
-
-[stop]
-timeout = "10s"
-EOF
+fault_config 10s 'environment = { KT_TINY_READY_DELAY = "0.5" }'
 kechi_start || abort "kechi@demo did not start"
 why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 60) || abort "not steady after start: $why"
 show_workers "$(workers)"

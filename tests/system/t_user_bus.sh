@@ -25,21 +25,9 @@ check "the user's bus listens at $rt/bus" tgt_run test -S "$rt/bus"
 # as the user, against the user's manager
 as_user() { tgt_run runuser -u "$KT_USER" -- env XDG_RUNTIME_DIR="$rt" "$@"; }
 
-conf=/var/lib/kechi-ubus/demo.toml
-tgt_sh "mkdir -p /var/lib/kechi-ubus && chown $KT_USER /var/lib/kechi-ubus" || abort "config directory"
-tgt_write "$conf" <<EOF || abort "writing $conf"
-command = ["/usr/bin/python3", "$KT_INSIDE/hello.py"]
-workers = 2
-listen = ["127.0.0.1:$port"]
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "delay"
-delay = "1s"
-EOF
-tgt_run chown "$KT_USER" "$conf" || abort "chown $conf"
+# the standard demo app (user = the running user), on a socket kechid binds itself
+demo_config "listen = [\"127.0.0.1:$port\"]"
+conf=/etc/kechi/$KT_APP.toml
 
 say "systemd-run --user (as $KT_USER): kechid --user $conf"
 as_user systemd-run --user --unit=kechid-demo --collect -p Type=notify /usr/bin/kechid --user "$conf" \
@@ -49,10 +37,10 @@ expect_eq "kechid-demo.service (user manager)" "$(as_user systemctl --user is-ac
 scopes=""
 for _ in $(seq 1 40); do
   scopes=$(as_user systemctl --user list-units --plain --no-legend --no-pager 'kechi-demo-*.scope' | awk '$3 == "active" { print $1 }' | sort)
-  [ "$(count_lines "$scopes")" = 2 ] && break
+  [ "$(count_lines "$scopes")" = 3 ] && break
   sleep 0.5
 done
-expect_eq "active worker scopes in the user manager" "$(printf %s "$scopes" | tr "\n" " ")" "kechi-demo-1.scope kechi-demo-2.scope"
+expect_eq "active worker scopes in the user manager" "$(printf %s "$scopes" | tr "\n" " ")" "kechi-demo-1.scope kechi-demo-2.scope kechi-demo-3.scope"
 for s in $scopes; do
   expect_eq "$s's slice" "$(as_user systemctl --user show -p Slice --value "$s")" kechi-demo.slice
   cg=$(as_user systemctl --user show -p ControlGroup --value "$s")

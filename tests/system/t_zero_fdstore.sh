@@ -26,23 +26,7 @@ kechi_install
 tgt_run systemctl mask "kechi@$KT_APP.socket" > /dev/null 2>&1 || abort "masking kechi@$KT_APP.socket"
 tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
 expect_eq "kechi@$KT_APP.service FileDescriptorStoreMax" "$(unit_prop "kechi@$KT_APP" FileDescriptorStoreMax)" 64
-kechi_config <<EOF
-command = $FAULT_APP
-directory = "$KT_INSIDE"
-user = "$KT_USER"
-workers = $WORKERS
-listen = ["$KT_LISTEN"]
-
-[memory]
-max = "64M"
-
-[ready]
-mode = "notify"
-timeout = "30s"
-
-[stop]
-timeout = "10s"
-EOF
+fault_config 10s "listen = [\"$KT_LISTEN\"]"
 kechi_start || abort "kechi@demo did not start"
 expect_eq "kechi@$KT_APP.socket" "$(unit_prop "kechi@$KT_APP.socket" LoadState) $(unit_prop "kechi@$KT_APP.socket" ActiveState)" "masked inactive"
 why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 60) || abort "not steady after start: $why"

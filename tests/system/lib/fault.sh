@@ -7,6 +7,30 @@
 # The app: tiny.py (tests/system/apps), ready by READY=1, graceful, ~50 ms to start.
 FAULT_APP="[\"/usr/bin/python3\", \"-S\", \"$KT_INSIDE/tiny.py\"]"
 
+# fault_config STOP_TIMEOUT [TOP_LINES [SECTIONS]]: /etc/kechi/demo.toml as the fault scenarios
+# use it: $FAULT_COMMAND (default $FAULT_APP) as $KT_USER in $KT_INSIDE, $WORKERS workers of 64M,
+# ready by notify within 30 s, stop.timeout STOP_TIMEOUT; TOP_LINES (top-level keys) go after
+# `workers`, SECTIONS (whole tables) at the end.
+fault_config() {
+  kechi_config <<EOF
+command = ${FAULT_COMMAND:-$FAULT_APP}
+directory = "$KT_INSIDE"
+user = "$KT_USER"
+workers = $WORKERS
+${2:-}
+[memory]
+max = "64M"
+
+[ready]
+mode = "notify"
+timeout = "30s"
+
+[stop]
+timeout = "$1"
+${3:-}
+EOF
+}
+
 # fault_load NAME [CONNS]: load_start NAME keepalive with CONNS (8) connections, one thread. load-start waits for
 # wrk to show an established connection, which tiny.py (one request per connection, closed at
 # once) keeps established for well under a millisecond: on a loaded machine ss may never catch one
