@@ -117,7 +117,11 @@ fn run(args: DaemonArgs) -> i32 {
 /// Logs every problem of a refused configuration, one record each, then the verdict.
 fn refuse(app: &str, errors: &kechi::config::ConfigErrors) {
     for e in errors.errors() {
-        tracing::error!(APP = %app, "{e}");
+        if e.is_warning() {
+            tracing::warn!(APP = %app, "{e}");
+        } else {
+            tracing::error!(APP = %app, "{e}");
+        }
     }
-    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.errors().len());
+    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.error_count());
 }
