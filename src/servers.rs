@@ -26,8 +26,12 @@ pub enum Server {
     Puma(Puma),
     Unicorn,
     Uwsgi(Uwsgi),
-    Gunicorn { worker_class: Option<String> },
-    Uvicorn { fd: bool },
+    Gunicorn {
+        worker_class: Option<String>,
+    },
+    Uvicorn {
+        fd: bool,
+    },
     Starlet,
     Starman,
     /// Server::Starter's `start_server`, and the server it runs.
@@ -225,7 +229,12 @@ fn uwsgi(args: &[String]) -> Uwsgi {
             {
                 u.graceful_signals.push(n);
             }
-        } else if value(args, &mut i, &["--ini", "--yaml", "--json", "--xml", "--config"]).is_some()
+        } else if value(
+            args,
+            &mut i,
+            &["--ini", "--yaml", "--json", "--xml", "--config"],
+        )
+        .is_some()
         {
             u.config_file = true;
         }
@@ -366,9 +375,11 @@ fn graceful(server: &Server, signal: &str) -> Result<(), String> {
             if u.graceful_signals.contains(&n) {
                 Ok(())
             } else if signal == "TERM" && !u.die_on_term {
-                Err("uWSGI's master answers TERM with a brutal reload: the old worker never \
+                Err(
+                    "uWSGI's master answers TERM with a brutal reload: the old worker never \
                      exits by itself, is killed after stop.timeout and its requests are cut"
-                    .into())
+                        .into(),
+                )
             } else {
                 Err(format!(
                     "uWSGI kills every request in flight on {signal} (INT, QUIT, and TERM with \
@@ -423,9 +434,7 @@ fn stop_signal(a: &mut Advice<'_>, server: &Server, signal: &str) {
     };
     a.warn(
         "stop.signal",
-        format!(
-            "{why}, so every recycle and stop cuts the requests in flight on the old worker"
-        ),
+        format!("{why}, so every recycle and stop cuts the requests in flight on the old worker"),
         fix,
     );
 }
@@ -497,7 +506,10 @@ fn puma_binds(a: &mut Advice<'_>, p: &Puma) {
     let mut used = Vec::new();
     for b in binds {
         let addr = bind_address(b);
-        match addr.as_ref().and_then(|x| sockets.addresses.iter().find(|s| *s == x)) {
+        match addr
+            .as_ref()
+            .and_then(|x| sockets.addresses.iter().find(|s| *s == x))
+        {
             Some(s) => used.push(s.clone()),
             None if sockets.complete => {
                 let how = if p.binds.is_empty() {
@@ -530,10 +542,11 @@ fn puma_binds(a: &mut Advice<'_>, p: &Puma) {
             None => {}
         }
     }
-    if p.bind_to_activated.is_some() || !sockets.complete {
+    if p.bind_to_activated.is_some() {
         // --bind-to-activated-sockets adds every activated socket to the binds.
         return;
     }
+    // The sockets known are passed for certain, even when others may be too.
     // puma 5.6 lib/puma/binder.rb, end of `parse`: "Also close any unused activated sockets"
     // and "File.unlink key[1] if key.first == :unix". Run as a user that may not write
     // /run/kechi, the unlink fails with EACCES and puma exits at start: a crash loop (issue seen
@@ -597,10 +610,16 @@ mod tests {
             r("/usr/bin/plackup -s Starlet --max-workers=4 app.psgi"),
             Some(Server::Starlet)
         );
-        assert_eq!(r("plackup --server=Starman app.psgi"), Some(Server::Starman));
+        assert_eq!(
+            r("plackup --server=Starman app.psgi"),
+            Some(Server::Starman)
+        );
         assert_eq!(r("plackup -sStarman app.psgi"), Some(Server::Starman));
         assert_eq!(r("plackup -s Twiggy app.psgi"), None);
-        assert_eq!(r("/usr/bin/starman --workers 4 app.psgi"), Some(Server::Starman));
+        assert_eq!(
+            r("/usr/bin/starman --workers 4 app.psgi"),
+            Some(Server::Starman)
+        );
         assert_eq!(
             r("/usr/bin/gunicorn -k gthread --threads 4 app:app"),
             Some(Server::Gunicorn {
@@ -613,18 +632,29 @@ mod tests {
                 worker_class: Some("sync".into())
             })
         );
-        assert_eq!(r("uvicorn --fd 3 app:app"), Some(Server::Uvicorn { fd: true }));
+        assert_eq!(
+            r("uvicorn --fd 3 app:app"),
+            Some(Server::Uvicorn { fd: true })
+        );
         assert_eq!(r("uvicorn app:app"), Some(Server::Uvicorn { fd: false }));
         assert_eq!(r("/usr/bin/node server.js"), Some(Server::Node));
         assert_eq!(r("/usr/bin/unicorn_rails -c u.rb"), Some(Server::Unicorn));
-        assert_eq!(r("/usr/bin/env RACK_ENV=production unicorn"), Some(Server::Unicorn));
-        let Some(Server::Puma(p)) = r("bundle exec puma -w 2 --preload -b tcp://127.0.0.1:8080 --bind=unix:///run/kechi/demo.sock")
-        else {
+        assert_eq!(
+            r("/usr/bin/env RACK_ENV=production unicorn"),
+            Some(Server::Unicorn)
+        );
+        let Some(Server::Puma(p)) = r(
+            "bundle exec puma -w 2 --preload -b tcp://127.0.0.1:8080 --bind=unix:///run/kechi/demo.sock",
+        ) else {
             panic!()
         };
         assert!(p.cluster && p.preload && !p.config_file);
-        assert_eq!(p.binds, ["tcp://127.0.0.1:8080", "unix:///run/kechi/demo.sock"]);
-        let Some(Server::Puma(p)) = r("/usr/bin/ruby /usr/bin/puma -w 0 --bind-to-activated-sockets=only")
+        assert_eq!(
+            p.binds,
+            ["tcp://127.0.0.1:8080", "unix:///run/kechi/demo.sock"]
+        );
+        let Some(Server::Puma(p)) =
+            r("/usr/bin/ruby /usr/bin/puma -w 0 --bind-to-activated-sockets=only")
         else {
             panic!()
         };
@@ -728,7 +758,10 @@ mod tests {
             f[0].starts_with("/etc/kechi/demo.toml:1: command: puma is passed the unix socket /run/kechi/demo.sock but does not bind it, so it closes it and unlinks /run/kechi/demo.sock at start"),
             "{f:?}"
         );
-        assert!(!f[0].contains("warning:"), "certain to fail: an error: {f:?}");
+        assert!(
+            !f[0].contains("warning:"),
+            "certain to fail: an error: {f:?}"
+        );
         assert!(f[0].contains("-b unix:///run/kechi/demo.sock"), "{f:?}");
         assert!(f[0].contains("an empty ListenStream= line first"), "{f:?}");
         // Both bound, or all taken: nothing to say.
@@ -737,17 +770,21 @@ mod tests {
             &[SOCK, "127.0.0.1:8080"]
         )
         .is_empty());
-        assert!(findings(
-            "command = [\"puma\", \"--bind-to-activated-sockets=only\"]",
-            &[SOCK, "127.0.0.1:8080"]
-        )
-        .is_empty());
+        assert!(
+            findings(
+                "command = [\"puma\", \"--bind-to-activated-sockets=only\"]",
+                &[SOCK, "127.0.0.1:8080"]
+            )
+            .is_empty()
+        );
         // TCP "instead": puma bound to it, nothing else passed.
-        assert!(findings(
-            "command = [\"puma\", \"-b\", \"tcp://127.0.0.1:8080\"]",
-            &["127.0.0.1:8080"]
-        )
-        .is_empty());
+        assert!(
+            findings(
+                "command = [\"puma\", \"-b\", \"tcp://127.0.0.1:8080\"]",
+                &["127.0.0.1:8080"]
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -762,28 +799,67 @@ mod tests {
             "{f:?}"
         );
         assert!(f[0].contains("a second worker fails to bind it"), "{f:?}");
-        assert!(f[0].contains("; fix: -b with one of kechi's sockets (tcp://127.0.0.1:8080)"), "{f:?}");
-        assert!(f[1].contains("warning: puma is passed 127.0.0.1:8080 but does not bind it"), "{f:?}");
+        assert!(
+            f[0].contains("; fix: -b with one of kechi's sockets (tcp://127.0.0.1:8080)"),
+            "{f:?}"
+        );
+        assert!(
+            f[1].contains("warning: puma is passed 127.0.0.1:8080 but does not bind it"),
+            "{f:?}"
+        );
         // No -b at all: puma's default 0.0.0.0:9292, and the unix socket unlinked.
         let f = findings("command = [\"puma\", \"config.ru\"]", &[SOCK]);
         assert_eq!(f.len(), 2, "{f:?}");
-        assert!(f[0].contains("puma without -b binds tcp://0.0.0.0:9292"), "{f:?}");
+        assert!(
+            f[0].contains("puma without -b binds tcp://0.0.0.0:9292"),
+            "{f:?}"
+        );
         assert!(f[1].contains("unlinks /run/kechi/demo.sock"), "{f:?}");
-        // -C: binds unknown; and a file checked alone (sockets not known): silent.
+        // A file checked alone: its listen sockets are passed for certain, others unknown.
+        let path = Path::new("/etc/kechi/demo.toml");
+        let text = "command = [\"puma\", \"-b\", \"tcp://127.0.0.1:8080\"]\nlisten = [\"/run/demo.sock\"]\n[jemalloc]\nenabled = false\n";
+        let loaded = parse(text, path, &BTreeMap::new(), &AnyHost).unwrap();
+        let sockets = Sockets {
+            addresses: listen_addresses(&loaded.config.listen),
+            complete: false,
+        };
+        let (_, found) = advise(&Subject {
+            config: &loaded.config,
+            provenance: &loaded.provenance,
+            file: path,
+            sockets: &sockets,
+        });
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .to_string()
+                .contains(":1: command: puma is passed the unix socket /run/demo.sock"),
+            "{found:?}"
+        );
+        // -C: binds unknown; and no sockets known: silent.
         assert!(findings("command = [\"puma\", \"-C\", \"puma.rb\"]", &[SOCK]).is_empty());
         assert!(findings("command = [\"puma\"]", &[]).is_empty());
     }
 
     #[test]
     fn stop_signals_that_are_not_graceful() {
-        let f = findings("command = [\"/usr/bin/unicorn\", \"-c\", \"u.rb\"]", &[SOCK]);
+        let f = findings(
+            "command = [\"/usr/bin/unicorn\", \"-c\", \"u.rb\"]",
+            &[SOCK],
+        );
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             f[0].starts_with("/etc/kechi/demo.toml: stop.signal: warning: unicorn's master kills its workers at once on TERM"),
             "{f:?}"
         );
         assert!(f[0].ends_with("; fix: stop.signal = \"QUIT\""), "{f:?}");
-        assert!(findings("command = [\"unicorn\"]\n[stop]\nsignal = \"QUIT\"", &[SOCK]).is_empty());
+        assert!(
+            findings(
+                "command = [\"unicorn\"]\n[stop]\nsignal = \"QUIT\"",
+                &[SOCK]
+            )
+            .is_empty()
+        );
 
         let f = findings(
             "command = [\"gunicorn\", \"app:app\"]\n[stop]\nsignal = \"INT\"",
@@ -792,21 +868,40 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].starts_with("/etc/kechi/demo.toml:3: stop.signal: warning: gunicorn's arbiter kills its workers at once on INT"), "{f:?}");
 
-        let f = findings("command = [\"plackup\", \"-s\", \"Starman\", \"app.psgi\"]", &[SOCK]);
-        assert!(f[0].contains("Starman closes at once on TERM") && f[0].ends_with("stop.signal = \"QUIT\""), "{f:?}");
-        assert!(findings("command = [\"plackup\", \"-s\", \"Starlet\", \"app.psgi\"]", &[SOCK]).is_empty());
+        let f = findings(
+            "command = [\"plackup\", \"-s\", \"Starman\", \"app.psgi\"]",
+            &[SOCK],
+        );
+        assert!(
+            f[0].contains("Starman closes at once on TERM")
+                && f[0].ends_with("stop.signal = \"QUIT\""),
+            "{f:?}"
+        );
+        assert!(
+            findings(
+                "command = [\"plackup\", \"-s\", \"Starlet\", \"app.psgi\"]",
+                &[SOCK]
+            )
+            .is_empty()
+        );
         let f = findings(
             "command = [\"start_server\", \"--\", \"plackup\", \"-s\", \"Starman\", \"app.psgi\"]",
             &[SOCK],
         );
-        assert!(f[0].contains("start_server passes TERM on to Starman"), "{f:?}");
+        assert!(
+            f[0].contains("start_server passes TERM on to Starman"),
+            "{f:?}"
+        );
         assert!(f[0].ends_with("--signal-on-term=QUIT"), "{f:?}");
         assert!(findings(
             "command = [\"start_server\", \"--signal-on-term=QUIT\", \"--\", \"starman\", \"app.psgi\"]",
             &[SOCK]
         )
         .is_empty());
-        let f = findings("command = [\"puma\", \"--bind-to-activated-sockets=only\"]\n[stop]\nsignal = \"QUIT\"", &[SOCK]);
+        let f = findings(
+            "command = [\"puma\", \"--bind-to-activated-sockets=only\"]\n[stop]\nsignal = \"QUIT\"",
+            &[SOCK],
+        );
         assert!(f[0].contains("puma stops gracefully on TERM"), "{f:?}");
     }
 
@@ -817,13 +912,19 @@ mod tests {
             &[SOCK],
         );
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].contains("stop.signal: warning: uWSGI's master answers TERM with a brutal reload"), "{f:?}");
+        assert!(
+            f[0].contains("stop.signal: warning: uWSGI's master answers TERM with a brutal reload"),
+            "{f:?}"
+        );
         assert!(f[0].contains("fix: stop.signal = \"TERM\" and add \"--hook-master-start\", \"unix_signal:15 gracefully_kill_them_all\" to command"), "{f:?}");
         let f = findings(
             "command = [\"uwsgi\", \"--die-on-term\"]\n[stop]\nsignal = \"TERM\"",
             &[SOCK],
         );
-        assert!(f[0].contains("uWSGI kills every request in flight on TERM"), "{f:?}");
+        assert!(
+            f[0].contains("uWSGI kills every request in flight on TERM"),
+            "{f:?}"
+        );
         assert!(f[0].contains(", \"--master\" to command"), "{f:?}");
         assert!(findings(
             "command = [\"uwsgi\", \"--master\", \"--hook-master-start\", \"unix_signal:15 gracefully_kill_them_all\"]",
@@ -845,11 +946,30 @@ mod tests {
             &[SOCK],
         );
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].starts_with("/etc/kechi/demo.toml:3: ready.mode: warning: Starlet never sends READY=1"), "{f:?}");
-        assert!(f[0].ends_with("; fix: ready.mode = \"accept\" (ready once it waits on the listening socket)"), "{f:?}");
-        let f = findings("command = [\"gunicorn\", \"app:app\"]\n[ready]\nmode = \"notify\"", &[SOCK]);
-        assert!(f[0].contains("before its workers have loaded the app"), "{f:?}");
-        let f = findings("command = [\"puma\", \"--bind-to-activated-sockets=only\"]\n[ready]\nmode = \"notify\"", &[SOCK]);
+        assert!(
+            f[0].starts_with(
+                "/etc/kechi/demo.toml:3: ready.mode: warning: Starlet never sends READY=1"
+            ),
+            "{f:?}"
+        );
+        assert!(
+            f[0].ends_with(
+                "; fix: ready.mode = \"accept\" (ready once it waits on the listening socket)"
+            ),
+            "{f:?}"
+        );
+        let f = findings(
+            "command = [\"gunicorn\", \"app:app\"]\n[ready]\nmode = \"notify\"",
+            &[SOCK],
+        );
+        assert!(
+            f[0].contains("before its workers have loaded the app"),
+            "{f:?}"
+        );
+        let f = findings(
+            "command = [\"puma\", \"--bind-to-activated-sockets=only\"]\n[ready]\nmode = \"notify\"",
+            &[SOCK],
+        );
         assert!(f[0].contains("sd_notify gem"), "{f:?}");
         assert!(findings(
             "command = [\"uwsgi\", \"--master\", \"--hook-master-start\", \"unix_signal:15 gracefully_kill_them_all\"]\n[ready]\nmode = \"notify\"",
@@ -857,19 +977,40 @@ mod tests {
         )
         .is_empty());
         // accept works for every server
-        assert!(findings("command = [\"gunicorn\", \"app:app\"]\n[ready]\nmode = \"accept\"", &[SOCK]).is_empty());
+        assert!(
+            findings(
+                "command = [\"gunicorn\", \"app:app\"]\n[ready]\nmode = \"accept\"",
+                &[SOCK]
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn uvicorn_needs_fd() {
         let f = findings("command = [\"uvicorn\", \"app:app\"]", &[SOCK]);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].contains("command: warning: uvicorn does not take systemd's sockets"), "{f:?}");
-        assert!(findings("command = [\"uvicorn\", \"--fd\", \"3\", \"app:app\"]", &[SOCK]).is_empty());
+        assert!(
+            f[0].contains("command: warning: uvicorn does not take systemd's sockets"),
+            "{f:?}"
+        );
+        assert!(
+            findings(
+                "command = [\"uvicorn\", \"--fd\", \"3\", \"app:app\"]",
+                &[SOCK]
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn unknown_commands_get_no_advice() {
-        assert!(findings("command = [\"/usr/bin/python3\", \"app.py\"]\n[stop]\nsignal = \"KILL\"", &[SOCK]).is_empty());
+        assert!(
+            findings(
+                "command = [\"/usr/bin/python3\", \"app.py\"]\n[stop]\nsignal = \"KILL\"",
+                &[SOCK]
+            )
+            .is_empty()
+        );
     }
 }
