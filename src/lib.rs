@@ -19,6 +19,7 @@ pub mod control_server;
 pub mod daemon_cli;
 pub mod dbus;
 pub mod driver;
+pub mod early_death;
 pub mod exitcode;
 pub mod jemalloc;
 pub mod lifecycle;
