@@ -278,13 +278,17 @@ fn socket_unit_listens(unit: &str) -> anyhow::Result<Vec<String>> {
     if !out.status.success() {
         bail!("systemctl show {unit} failed");
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
+    Ok(stream_listens(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The stream addresses of `systemctl show -p Listen --value` output.
+fn stream_listens(text: &str) -> Vec<String> {
+    text.lines()
         .filter_map(|l| {
             let (addr, kind) = l.trim().rsplit_once(" (")?;
             (kind == "Stream)").then(|| addr.to_owned())
         })
-        .collect())
+        .collect()
 }
 
 fn check(target: &str, json: bool, strict: bool) -> Result<(), Failure> {
@@ -747,6 +751,17 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_unit_addresses() {
+        assert_eq!(
+            stream_listens(
+                "/run/kechi/demo.sock (Stream)\n127.0.0.1:8080 (Stream)\n[::]:9000 (Stream)\n127.0.0.1:53 (Datagram)\n"
+            ),
+            ["/run/kechi/demo.sock", "127.0.0.1:8080", "[::]:9000"]
+        );
+        assert!(stream_listens("").is_empty());
     }
 
     #[test]
