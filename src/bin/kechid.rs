@@ -144,6 +144,7 @@ fn advise(
     });
     let mut problems = loaded.warnings.clone();
     problems.extend(advice);
+    problems.sort_by(|a, b| a.location.cmp(&b.location));
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(kechi::config::ConfigErrors::new(problems));
     }

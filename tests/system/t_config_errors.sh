@@ -4,7 +4,8 @@
 # EX_CONFIG, which the unit does not restart), and the journal names file:line and the key;
 # `kechictl check demo` reports every problem of the file in one run (an unknown key, a missing
 # directory, a missing program), and refuses puma bound to the TCP address "besides" the unix
-# socket (puma would unlink /run/kechi/demo.sock), naming the fix, as kechid does.
+# socket (puma would unlink /run/kechi/demo.sock), naming the fix, as kechid does; warnings (gunicorn
+# with ready.mode notify and stop.signal INT) go to the journal at start and do not stop the app.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_config_errors "a bad config is refused with file:line: key"
@@ -94,6 +95,29 @@ check_says "puma would unlink the socket" \
   "demo.toml:1: command: puma is passed the unix socket /run/kechi/demo.sock but does not bind it" \
   "expected -b unix:///run/kechi/demo.sock in command too"
 try_bad 1 "unlinks /run/kechi/demo.sock"
+
+say "warnings do not stop the app: gunicorn with ready.mode notify and stop.signal INT"
+tgt_run systemctl reset-failed kechi@demo 2> /dev/null
+kechi_config <<EOF
+command = ["/usr/bin/gunicorn", "--workers", "1", "hello_wsgi:app"]
+directory = "$KT_INSIDE"
+user = "$KT_USER"
+[ready]
+mode = "notify"
+[stop]
+signal = "INT"
+EOF
+cursor=$(journal_cursor)
+kechi_start || bad "kechi@demo did not start with warnings only"
+log=$(journal_unit_after "$cursor" kechi@demo.service)
+for p in "demo.toml:5: ready.mode: warning: gunicorn's arbiter sends READY=1 before its workers" \
+  "demo.toml:7: stop.signal: warning: gunicorn's arbiter kills its workers at once on INT"; do
+  if printf '%s\n' "$log" | grep -qF -- "$p"; then ok "the journal says: $p"; else bad "the journal does not say: $p"; fi
+done
+expect_eq "kechictl check demo exit status (warnings only)" "$(tgt_run kechictl check demo > /dev/null 2>&1; echo $?)" 0
+expect_eq "kechictl check --strict demo exit status" "$(tgt_run kechictl check --strict demo > /dev/null 2>&1; echo $?)" 1
+expect_eq "kechictl check --json: problems" "$(tgt_run kechictl check --json demo | python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["server"], [(p["severity"], p["key"], p["line"]) for p in d["problems"]])')" "gunicorn [('warning', 'ready.mode', 5), ('warning', 'stop.signal', 7)]"
+tgt_run timeout 120 systemctl stop kechi@demo
 
 say "and a good config starts (the unit was not left unusable)"
 tgt_run systemctl reset-failed kechi@demo 2> /dev/null
