@@ -5,14 +5,19 @@
 //! [`load`] / [`parse`] run these stages and report every problem they find, each as
 //! `FILE:LINE: KEY: what was wrong; expected WHAT` (or `environment: VAR: ...`):
 //! 1. shape (`shape`): TOML syntax, unknown keys ("did you mean ..."), sections that are not
-//!    tables;
+//!    tables; only a syntax error stops here, the others are reported with the rest;
 //! 2. raw values (`raw`): serde into [`RawConfig`](raw::RawConfig), keeping each value's span
 //!    and tolerating wrong types so they are reported with the rest;
 //! 3. overlay (`env`): precedence, lowest first: built-in defaults < the file <
 //!    Server::Starter aliases (`ENABLE_AUTO_RESTART`/`AUTO_RESTART_INTERVAL`,
 //!    `KILL_OLD_DELAY`) < `KECHI_*` variables;
 //! 4. meaning (`validate`): types, ranges, cross-key rules, the app name from the file name;
-//! 5. host (`host`): users and groups exist, jemalloc is found and safe to preload.
+//! 5. host (`host`): users and groups exist, `directory` and the program of `command` exist
+//!    and can be used, jemalloc is found and safe to preload.
+//!
+//! Problems are errors or warnings ([`Severity`]); warnings alone do not fail a load and come
+//! back in [`Loaded::warnings`]. How the recognised app server is run is judged separately, by
+//! [`crate::servers`], since that needs the listening sockets.
 //!
 //! The environment is passed in as a map; the library never reads the process environment.
 //!
