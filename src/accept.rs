@@ -205,6 +205,42 @@ fn process_waits(proc_root: &Path, pid: u32, inodes: &HashSet<u64>) -> bool {
     false
 }
 
+/// How many threads of `pids` are blocked in `accept`/`accept4` on the socket of inode `inode`.
+///
+/// On a socket whose `O_NONBLOCK` the workers set, such a thread can only be one that entered
+/// `accept` while the flag was cleared under it (a start of kechid, [`crate::sockflags`]): the
+/// flag is read when the call begins, so putting it back does not wake the thread, and an event
+/// loop stays stuck in that call, its accepted connections unserved, until a new connection
+/// arrives.
+pub fn blocked_in_accept(proc_root: &Path, pids: &[u32], inode: u64) -> usize {
+    let inodes = HashSet::from([inode]);
+    pids.iter()
+        .map(|pid| {
+            let fds = socket_fds(proc_root, *pid, &inodes);
+            if fds.is_empty() {
+                return 0;
+            }
+            let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+                return 0;
+            };
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("syscall"))
+                        .ok()
+                        .and_then(|l| parse_syscall(&l))
+                        .is_some_and(|(nr, args)| in_accept_on(nr, &args, &fds))
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Whether a thread in system call `nr` with `args` is in `accept`/`accept4` on one of `fds`.
+pub fn in_accept_on(nr: i64, args: &[u64; 6], fds: &HashSet<i32>) -> bool {
+    classify(nr) == Some(Wait::Accept) && fds.contains(&(args[0] as i32))
+}
+
 /// The local address of a socket, for comparing sockets.
 pub fn local_address(fd: &impl AsFd) -> Option<SockaddrStorage> {
     getsockname::<SockaddrStorage>(fd.as_fd().as_raw_fd()).ok()
@@ -291,6 +327,22 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn accept_on_a_listener_only() {
+        let fds = HashSet::from([3, 5]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(in_accept_on(288, &[3, 0, 0, 0x80000, 0, 0], &fds));
+            assert!(in_accept_on(43, &[5, 0, 0, 0, 0, 0], &fds));
+            assert!(!in_accept_on(288, &[4, 0, 0, 0, 0, 0], &fds), "another fd");
+            assert!(
+                !in_accept_on(232, &[3, 0, 0, 0, 0, 0], &fds),
+                "epoll_wait is not accept"
+            );
+        }
+        assert!(!in_accept_on(-1, &[3, 0, 0, 0, 0, 0], &fds));
+    }
 
     #[test]
     fn parsers() {

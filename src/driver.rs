@@ -314,6 +314,73 @@ impl<S: Systemd> Driver<S> {
         }
     }
 
+    /// The listening sockets' `O_NONBLOCK` as the running workers have it ([`crate::sockflags`]).
+    fn socket_flags_file(&self) -> PathBuf {
+        self.opts
+            .runtime_dir
+            .join(self.app().as_str())
+            .join("socket-flags")
+    }
+
+    fn record_socket_flags(&self) {
+        // (every few seconds: a failure here is not worth a journal line each time; the next
+        // kechid then leaves the flags as systemd gave them, as before)
+        let _ = crate::sockflags::record(&self.socket_flags_file(), &self.listeners);
+    }
+
+    /// Returns the addresses of the listeners whose `O_NONBLOCK` came back on.
+    fn restore_socket_flags(&self) -> Vec<String> {
+        let mut on_again = Vec::new();
+        for (address, on) in crate::sockflags::restore(&self.socket_flags_file(), &self.listeners) {
+            tracing::info!(APP = %self.opts.app, "listening socket {address}: O_NONBLOCK {} again, as the running workers had it (systemd resets it at every start of kechid)", if on { "on" } else { "off" });
+            if on {
+                on_again.push(address);
+            }
+        }
+        on_again
+    }
+
+    /// A worker thread that entered `accept` while systemd had `O_NONBLOCK` off (between the
+    /// start of this kechid and [`Self::restore_socket_flags`]) stays blocked in it after the flag
+    /// is back, and an event loop with it, its accepted connections unserved: under a load whose
+    /// every connection it holds, no new connection comes to wake it (measured with uvicorn: no
+    /// response for the whole step after a restart of kechid). One connection per such thread,
+    /// closed at once, wakes them; a few rounds, as another process may take a knock first.
+    async fn wake_blocked_accepts(&self, on_again: &[String]) {
+        const ROUNDS: usize = 10;
+        if on_again.is_empty() {
+            return;
+        }
+        let pids: Vec<u32> = self
+            .procs
+            .keys()
+            .flat_map(|s| self.worker_pids(*s))
+            .collect();
+        for l in self
+            .listeners
+            .iter()
+            .filter(|l| on_again.contains(&l.address))
+        {
+            let Ok(st) = nix::sys::stat::fstat(&l.fd) else {
+                continue;
+            };
+            let mut knocks = 0;
+            for _ in 0..ROUNDS {
+                let n = crate::accept::blocked_in_accept(Path::new("/proc"), &pids, st.st_ino);
+                if n == 0 {
+                    break;
+                }
+                knocks += (0..n)
+                    .filter(|_| crate::sockflags::knock(l).is_ok())
+                    .count();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if knocks > 0 {
+                tracing::info!(APP = %self.opts.app, "listening socket {}: woke the worker threads blocked in accept() while O_NONBLOCK was off ({knocks} empty connections)", l.address);
+            }
+        }
+    }
+
     fn workers_file(&self) -> PathBuf {
         self.opts
             .runtime_dir
@@ -401,6 +468,11 @@ impl<S: Systemd> Driver<S> {
                 _ => stale.push(u.name),
             }
         }
+        let on_again = if adopted.is_empty() {
+            Vec::new()
+        } else {
+            self.restore_socket_flags()
+        };
         for name in stale {
             tracing::warn!(APP = %self.opts.app, "stopping {name}: no worker process to adopt in it");
             if let Err(e) = sd
@@ -439,6 +511,7 @@ impl<S: Systemd> Driver<S> {
             self.check_jemalloc(serial);
         }
         self.save_workers();
+        self.wake_blocked_accepts(&on_again).await;
     }
 
     async fn main_loop(&mut self, mut exits: mpsc::UnboundedReceiver<u64>) -> i32 {
@@ -485,6 +558,7 @@ impl<S: Systemd> Driver<S> {
                     if self.is_restart().await {
                         tracing::info!(APP = %self.opts.app, "restarting: leaving {} workers running for the next kechid", self.procs.len());
                         self.save_workers();
+                        self.record_socket_flags();
                         return exitcode::OK;
                     }
                     self.begin_shutdown("SIGTERM")
@@ -499,7 +573,10 @@ impl<S: Systemd> Driver<S> {
                 }
                 _ = sleep => {}
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
-                _ = sample_tick.tick() => self.sample().await,
+                _ = sample_tick.tick() => {
+                    self.sample().await;
+                    self.record_socket_flags();
+                }
                 _ = accept_tick.tick(), if self.awaiting_accept() => self.check_accept(),
                 _ = link_lost(self.systemd.as_ref()), if self.link.is_up() => self.on_link_lost(),
                 _ = sleep_until_opt(self.link.retry_at()) => { self.reconnect().await; }

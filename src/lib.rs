@@ -33,6 +33,7 @@ pub mod quantity;
 pub mod readiness;
 pub mod servers;
 pub mod sockets;
+pub mod sockflags;
 pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;

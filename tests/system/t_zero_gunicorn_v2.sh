@@ -1,7 +1,7 @@
 #!/bin/bash
-# t_zero_gunicorn_v2: t_zero_gunicorn on a pure cgroup v2 hierarchy, in a VM (skipped when no VM can
+# t_zero_gunicorn_v2: t_compat_gunicorn_sync on a pure cgroup v2 hierarchy, in a VM (skipped when no VM can
 # be had). Without the age step: the VM is slow, and age recycling is the same choreography as a
 # reload; what differs on v2 is how kechid finds and adopts the scopes of a previous kechid.
 # The VM's kernel (User-mode Linux) has no /proc/PID/syscall, so ready.mode accept falls back to
 # ready.delay there: 5 s, for gunicorn's workers to load the app on a slow single-CPU VM.
-ZD_READY_DELAY=5s ZD_SKIP=age KT_TIER=v2 exec bash "$(dirname "$(readlink -f "$0")")/t_zero_gunicorn.sh" "$@"
+ZD_READY_DELAY=5s ZD_SKIP=age KT_TIER=v2 exec bash "$(dirname "$(readlink -f "$0")")/t_compat_gunicorn_sync.sh" "$@"

@@ -26,6 +26,8 @@
 #                               7.06m; non2xx is wrk's count of statuses above 399, outside2xx the
 #                               count of every status outside 200-299 and statuses them all, e.g.
 #                               200:1234,502:1, from the counting script; responses=-1 without it)
+#                               then "p99_us=N p999_us=N max_us=N": the completed requests' latency
+#                               tail, from the script (0 without it)
 #   kt load-count NAME          the responses of a running load so far, as its threads last wrote
 #                               them (every 200 responses, and each second): "responses=N
 #                               outside2xx=N statuses=S"
@@ -272,6 +274,9 @@ function done(summary, latency, requests)
     for k, v in pairs(tcodes) do codes[k] = (codes[k] or 0) + v end
   end
   io.write(string.format("responses: %d, outside 200-299: %d, by status: %s\n", n, bad, codes_text(codes)))
+  -- the latency of the completed requests, in microseconds, at the tail wrk's own table stops short of
+  io.write(string.format("latency_us: p99=%d p999=%d max=%d\n",
+    latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 LUA
 }
@@ -316,9 +321,10 @@ load_stop() {
     /Socket errors:/ { gsub(/,/, ""); c = $4; r = $6; w = $8; t = $10 }
     /Non-2xx or 3xx responses:/ { n = $5 }
     /^responses: [0-9]+, outside 200-299: / { resp = $2; bad = $5; st = $8; gsub(/,$/, "", resp); gsub(/,$/, "", bad) }
+    /^latency_us: / { for (i = 2; i <= NF; i++) { split($i, kv, "="); lat[kv[1]] = kv[2] } }
     END {
       if (resp == "") { resp = -1; bad = 0 }
-      printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d responses=%d outside2xx=%d statuses=%s\n", req, sec, c, r, w, t, n, resp, bad, (st == "" ? "-" : st)
+      printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d responses=%d outside2xx=%d statuses=%s p99_us=%d p999_us=%d max_us=%d\n", req, sec, c, r, w, t, n, resp, bad, (st == "" ? "-" : st), lat["p99"], lat["p999"], lat["max"]
     }
   ' "$out"
 }

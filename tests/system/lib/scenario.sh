@@ -213,21 +213,23 @@ load_start() {
 # load_stop NAME STEP: stops it; prints its output and "STEP, NAME: served N, failed F (...)";
 # a failed, refused, reset or timed-out request or a non-2xx response (any status outside 200-299,
 # counted by wrk's script; wrk's own count is of statuses above 399 only) is a FAIL. Sets
-# LOAD_SERVED and LOAD_FAILED, and adds a row to the summary that load_summary prints.
+# LOAD_SERVED and LOAD_FAILED (LOAD_NON2XX of them non-2xx), LOAD_P99_US, LOAD_P999_US and LOAD_MAX_US
+# (the completed requests' latency tail, 0 if unknown), and adds a row to the summary that
+# load_summary prints.
 LOAD_ROWS=()
 _load_row() {  # _load_row STEP NAME SERVED FAILED DETAIL
   LOAD_ROWS+=("$(printf '%-34s %-7s %9s %7s   %s' "$@")")
 }
 load_stop() {
-  local name=$1 step=$2 out res requests time connect read write timeout non2xx responses outside2xx statuses
+  local name=$1 step=$2 out res requests time connect read write timeout non2xx responses outside2xx statuses p99_us p999_us max_us
   out=$(kt load-stop "$name" 2>&1)
   printf '%s\n' "$out" | grep -v '^result: ' | sed 's/^/          | /'
   res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
-  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0 responses=-1 outside2xx=0 statuses=-
+  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0 responses=-1 outside2xx=0 statuses=- p99_us=0 p999_us=0 max_us=0
   local kv
   for kv in $res; do
     case "$kv" in
-      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*|responses=*|outside2xx=*|statuses=*)
+      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*|responses=*|outside2xx=*|statuses=*|p99_us=*|p999_us=*|max_us=*)
         printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
   done
@@ -237,6 +239,7 @@ load_stop() {
   # shellcheck disable=SC2034  # read by the scenarios
   LOAD_SERVED=$requests
   LOAD_FAILED=$((connect + read + write + timeout + non2xx))
+  LOAD_NON2XX=$non2xx LOAD_P99_US=$p99_us LOAD_P999_US=$p999_us LOAD_MAX_US=$max_us
   _load_row "$step" "$name" "$requests" "$LOAD_FAILED" \
     "connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx (statuses $statuses)"
   if [ -z "$res" ] || [ "$requests" = 0 ]; then

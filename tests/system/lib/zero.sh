@@ -1,5 +1,5 @@
 #!/bin/bash
-# zero.sh — the zero-downtime routine of t_zero_starlet and t_zero_gunicorn: a real app server
+# zero.sh — the zero-downtime routine of the compatibility matrix's rows (t_compat_*): a real app server
 # behind kechi@demo.socket (its Unix socket and, from a drop-in, $KT_LISTEN), under load from one
 # pair of wrk runs that spans the whole test, from before step 1 until after the last step's settle
 # (16 keep-alive connections, and 16 connections that each carry one request: "Connection: close"),
@@ -28,8 +28,29 @@
 #   ZD_READY_DELAY    ready.delay (default 1s; what accept falls back to without /proc/PID/syscall)
 #   ZD_WAIT      seconds to wait for every worker to be replaced after a recycle or reload (180)
 #   ZD_SKIP      steps not to run, of: recycle reload age restart kill
-#   ZD_STOP_SIGNAL  stop.signal (default: kechi's, TERM)
-# and may define zd_after_start, called once the app runs (before any step).
+#   ZD_STOP_SIGNAL  stop.signal (default: not written, kechi's TERM)
+#   ZD_TCP_ONLY  1: kechi@demo.socket listens on $KT_LISTEN instead of its Unix socket (README's
+#                "instead" form: an empty ListenStream= first), for a server that takes one socket
+#   ZD_SOCKET_OPTIONS  lines for the [Socket] section of a drop-in of kechi@demo.socket (NoDelay=yes)
+# and may define zd_after_start, called once the app runs (before any step), and zd_after_step
+# STEP, called after each step's settle time, under load (e.g. to show what the workers wait on).
+#
+# A row of the compatibility matrix (tests/system/t_compat_*.sh, docs/APP-SERVERS.md) also sets
+#   ZD_ROW       the row's name (e.g. starlet)
+#   ZD_SERVER    the server as the matrix names it (e.g. "Starlet 0.31 (plackup -s Starlet)")
+#   ZD_KNOWN_LOSS  a row whose server loses requests by a mechanism of its own that neither kechi nor
+#                a flag of the server can remove: one line naming it (docs/APP-SERVERS.md); the
+#                row still fails at any failed request, and the matrix prints the line beside
+#                its count
+# and then, before the first step, both loads run alone for ZD_STEADY_SECS (5) seconds: their p99
+# there is the row's steady p99, the yardstick of the whole run's. At the end the row prints one
+# line per load for tests/compat-matrix.sh to collect from its log:
+#   COMPAT row=NAME load=keepalive|close tier=v1 server="..." command="..." ready=MODE stop=SIGNAL
+#     steps="..." served=N failed=N non2xx=N p99_steady_ms=X p99_ms=Y p99_ratio=Z p999_ms=X
+#     max_ms=X secs=N loadavg="A B C" date=ISO8601 known="ZD_KNOWN_LOSS or empty"
+# (one line; failed counts every failed request and non-2xx response of the whole run; p99_ms,
+# p999_ms and max_ms are the whole run's, through every replacement; secs is the row's duration
+# so far, loadavg the machine's at the end).
 # shellcheck disable=SC2034  # (ZD_* are set by the scenarios)
 
 ZD_WORKERS=${ZD_WORKERS:-2}
@@ -38,8 +59,13 @@ ZD_READY_TIMEOUT=${ZD_READY_TIMEOUT:-60s}
 ZD_READY_DELAY=${ZD_READY_DELAY:-1s}
 ZD_WAIT=${ZD_WAIT:-180}
 ZD_SETTLE=3   # seconds of load kept after each step is over, to see late failures
+ZD_STEADY_SECS=${ZD_STEADY_SECS:-5}
+declare -gA ZD_RESULT=()      # per load, once zd_loads_end ran: "served failed non2xx p99_us p999_us max_us"
+declare -gA ZD_STEADY_P99=()  # per load, the steady phase's p99 (µs)
 
 zd_config() {  # zd_config GENERATION [EXTRA_TOML_SECTIONS]
+  local sig=""
+  [ -n "${ZD_STOP_SIGNAL:-}" ] && sig="signal = \"$ZD_STOP_SIGNAL\""
   kechi_config <<EOF
 command = $ZD_COMMAND
 directory = "$KT_INSIDE"
@@ -57,7 +83,7 @@ timeout = "$ZD_READY_TIMEOUT"
 
 [stop]
 timeout = "60s"
-${ZD_STOP_SIGNAL:+signal = \"$ZD_STOP_SIGNAL\"}
+$sig
 ${2:-}
 EOF
 }
@@ -75,9 +101,49 @@ zd_loads_mark() {  # zd_loads_mark STEP
   load_mark close "$1"
 }
 
-zd_loads_end() {  # zd_loads_end LABEL
-  load_stop ka "$1"
-  load_stop close "$1"
+zd_loads_end() {  # zd_loads_end LABEL; keeps each load's figures in ZD_RESULT
+  local n
+  for n in ka close; do
+    load_stop "$n" "$1"
+    ZD_RESULT[$n]="$LOAD_SERVED $LOAD_FAILED $LOAD_NON2XX $LOAD_P99_US $LOAD_P999_US $LOAD_MAX_US"
+  done
+}
+
+# zd_steady_phase: both loads, as the whole run will have them, for ZD_STEADY_SECS before any step:
+# their p99 is the row's steady p99 (the same machine, the same moment, the same workers)
+zd_steady_phase() {
+  local n
+  say "steady phase: both loads for $ZD_STEADY_SECS s before any step (the row's steady p99)"
+  zd_loads_begin || return 1
+  sleep "$ZD_STEADY_SECS"
+  for n in ka close; do
+    load_stop "$n" "0 steady (no step)"
+    ZD_STEADY_P99[$n]=$LOAD_P99_US
+    info "steady p99 of $n: $(zd_ms "$LOAD_P99_US") ms (p99.9 $(zd_ms "$LOAD_P999_US") ms, max $(zd_ms "$LOAD_MAX_US") ms)"
+  done
+}
+
+zd_ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
+
+# zd_compat_lines: a row's COMPAT lines (see the top of this file)
+zd_compat_lines() {
+  local n load served failed non2xx p99 p999 max steady ratio cmd steps="" s la known=${ZD_KNOWN_LOSS:-}
+  cmd=$(printf '%s' "$ZD_COMMAND" | python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)))' 2> /dev/null) || cmd=$ZD_COMMAND
+  for s in recycle reload age restart kill; do
+    case " ${ZD_SKIP:-} " in *" $s "*) ;; *) steps="$steps${steps:+ }$s" ;; esac
+  done
+  la=$(cut -d' ' -f1-3 /proc/loadavg)
+  for n in ka close; do
+    [ -n "${ZD_RESULT[$n]:-}" ] || continue
+    read -r served failed non2xx p99 p999 max <<< "${ZD_RESULT[$n]}"
+    steady=${ZD_STEADY_P99[$n]:-0}
+    ratio=$(awk -v a="$p99" -v b="$steady" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "-" }')
+    if [ "$n" = ka ]; then load=keepalive; else load=close; fi
+    printf 'COMPAT row=%s load=%s tier=%s server="%s" command="%s" ready=%s stop=%s steps="%s" served=%s failed=%s non2xx=%s p99_steady_ms=%s p99_ms=%s p99_ratio=%s p999_ms=%s max_ms=%s secs=%s loadavg="%s" date=%s known="%s"\n' \
+      "$ZD_ROW" "$load" "$KT_TIER" "${ZD_SERVER//\"/\'}" "${cmd//\"/\'}" "$ZD_READY" "${ZD_STOP_SIGNAL:-TERM}" "$steps" \
+      "$served" "$failed" "$non2xx" "$(zd_ms "$steady")" "$(zd_ms "$p99")" "$ratio" "$(zd_ms "$p999")" "$(zd_ms "$max")" \
+      $((SECONDS - _KT_T0)) "$la" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${known//\"/\'}"
+  done
 }
 
 # zd_loads_start, then zd_loads_stop STEP: a pair of loads around one step alone (its settle
@@ -143,6 +209,18 @@ zd_reload() {  # zd_reload STEP
 
 zd_start() {
   local w pid
+  if [ "${ZD_TCP_ONLY:-0}" = 1 ]; then
+    kechi_socket_listen "" "$KT_LISTEN"
+    info "kechi@$KT_APP.socket: ListenStream= (none of the unit's own), then ListenStream=$KT_LISTEN"
+  fi
+  if [ -n "${ZD_SOCKET_OPTIONS:-}" ]; then
+    printf '[Socket]\n%s\n' "$ZD_SOCKET_OPTIONS" | tgt_write "/etc/systemd/system/kechi@$KT_APP.socket.d/options.conf" \
+      || abort "writing the drop-in of kechi@$KT_APP.socket"
+    info "kechi@$KT_APP.socket: $ZD_SOCKET_OPTIONS"
+  fi
+  if [ "${ZD_TCP_ONLY:-0}" = 1 ] || [ -n "${ZD_SOCKET_OPTIONS:-}" ]; then
+    tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
+  fi
   zd_config 1
   kechi_start || abort "kechi@$KT_APP did not start"
   zd_steady "start"
@@ -158,8 +236,9 @@ zd_start() {
   if declare -F zd_after_start > /dev/null; then zd_after_start; fi
 }
 
-zd_get_both() {  # zd_get_both STEP: both sockets of kechi@demo.socket answer
+zd_get_both() {  # zd_get_both STEP: both sockets of kechi@demo.socket answer (the one with ZD_TCP_ONLY)
   expect_eq "$1: GET http://$KT_LISTEN/" "$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$KT_LISTEN/")" 200
+  [ "${ZD_TCP_ONLY:-0}" = 1 ] && return 0
   expect_eq "$1: GET on /run/kechi/$KT_APP.sock" \
     "$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 10 --unix-socket "/run/kechi/$KT_APP.sock" http://localhost/)" 200
 }
@@ -263,6 +342,7 @@ zd_step_restart() {
   new=$(unit_prop "kechi@$KT_APP" MainPID)
   if [ "$new" != "$old" ] && [ "$new" != 0 ]; then ok "$step: a new kechid (pid $old -> $new)"; else bad "$step: kechid's MainPID $old -> $new"; fi
   zd_settle
+  if declare -F zd_after_step > /dev/null; then zd_after_step "$step"; fi
   zd_adopted "$step" "$cursor" "$w"
   zd_steady "$step"
   zd_loads_mark "$step"
@@ -290,6 +370,7 @@ zd_step_kill() {
   fi
   expect_eq "$step: NRestarts" "$(unit_prop "kechi@$KT_APP" NRestarts)" $((nr + 1))
   zd_settle
+  if declare -F zd_after_step > /dev/null; then zd_after_step "$step"; fi
   zd_adopted "$step" "$cursor" "$w"
   zd_steady "$step"
   zd_loads_mark "$step"
@@ -340,6 +421,7 @@ zd_main() {
   local s label="whole run (every step)"
   info "ready.mode = $ZD_READY; load for the whole test: wrk -c16 -t2 (keep-alive) and wrk -c16 -t1 -H 'Connection: close' against http://$KT_LISTEN/"
   zd_start
+  if [ -n "${ZD_ROW:-}" ]; then zd_steady_phase || abort "no load generator"; fi
   say "load starts, for the whole test"
   zd_loads_begin || abort "no load generator"
   for s in recycle reload age restart kill; do
@@ -354,4 +436,5 @@ zd_main() {
   zd_ready_how
   zd_stop
   load_summary
+  if [ -n "${ZD_ROW:-}" ]; then zd_compat_lines; fi
 }

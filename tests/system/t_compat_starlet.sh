@@ -1,16 +1,21 @@
 #!/bin/bash
-# t_zero_starlet: Starlet (4 processes per worker, the sockets through SERVER_STARTER_PORT) under
-# load through kechictl recycle --all, systemctl reload, age recycling, systemctl restart and
-# kill -9 of kechid: 0 failed requests, and after each exactly `workers` workers (lib/zero.sh).
+# t_compat_starlet: the compatibility matrix's Starlet row (docs/APP-SERVERS.md): Starlet as plackup
+# runs it (4 processes per worker, no keep-alive: Starlet's default), the sockets through
+# SERVER_STARTER_PORT, under keep-alive and "Connection: close" load through kechictl recycle --all,
+# systemctl reload, systemctl restart and kill -9 of kechid: 0 failed requests, and after each
+# exactly `workers` workers (lib/zero.sh). Age recycling is t_compat_starlet_keepalive's.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 # shellcheck source=tests/system/lib/zero.sh
 . "$KT_ROOT/tests/system/lib/zero.sh"
 
-scenario t_zero_starlet "Starlet via SERVER_STARTER_PORT: no failed request through recycle, reload, age, restart, kill -9"
+scenario t_compat_starlet "Starlet via SERVER_STARTER_PORT: no failed request through recycle, reload, restart, kill -9"
 perl -MPlack::Handler::Starlet -e 1 2> /dev/null || skip "no Starlet (Debian package starlet)"
 command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/plackup\", \"-s\", \"Starlet\", \"-E\", \"deployment\", \"--max-workers=4\", \"$KT_INSIDE/hello.psgi\"]"
 ZD_PROCS=5   # Starlet's master and its 4 children
+ZD_ROW=starlet
+ZD_SERVER="Starlet $(dpkg-query -W -f='${Version}' starlet 2> /dev/null | cut -d- -f1)"
+ZD_SKIP=age
 # Starlet takes its sockets from SERVER_STARTER_PORT alone: no --listen. The variable must be in
 # Server::Starter's format, ADDRESS=FD joined by ";", naming the two sockets of kechi@demo.socket,
 # and at each FD Starlet's master must hold that very socket, listening. Perl's $0 (set while
@@ -47,7 +52,7 @@ zd_after_start() {
   expect_eq "the addresses SERVER_STARTER_PORT names" "$(printf '%s\n' "${addrs[@]}" | sort | paste -sd ' ')" \
     "$(printf '%s\n' "$KT_LISTEN" "/run/kechi/$KT_APP.sock" | sort | paste -sd ' ')"
 }
-tgt_up zstarlet
+tgt_up cstarlet
 kechi_install
 zd_main
 finish
