@@ -13,6 +13,8 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/node\", \"$KT_INSIDE/hello_node.js\"${KT_NODE_ARGS:-}]"
 ZD_PROCS=1
 ZD_SKIP=${ZD_SKIP-age}
+ZD_ROW=node
+ZD_SERVER="Node.js $(node --version 2> /dev/null), http server"
 tgt_up znode
 kechi_install
 zd_main

@@ -14,6 +14,8 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/puma\", \"-C\", \"$KT_INSIDE/puma_kechi.rb\", \"-e\", \"production\", \"-w\", \"2\", \"--preload\", \"-b\", \"unix:///run/kechi/$KT_APP.sock\", \"-b\", \"tcp://$KT_LISTEN\", \"$KT_INSIDE/hello.ru\"]"
 ZD_PROCS=3   # puma's master and its 2 workers
 ZD_SKIP=${ZD_SKIP-age}
+ZD_ROW=puma_cluster
+ZD_SERVER="puma $(dpkg-query -W -f='${Version}' puma 2> /dev/null | cut -d- -f1), cluster -w 2 --preload"
 tgt_up zpumac
 kechi_install
 zd_main

@@ -13,6 +13,8 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/puma\", \"-C\", \"$KT_INSIDE/puma_kechi.rb\", \"-e\", \"production\", \"-b\", \"unix:///run/kechi/$KT_APP.sock\", \"-b\", \"tcp://$KT_LISTEN\", \"$KT_INSIDE/hello.ru\"]"
 ZD_PROCS=1
 ZD_SKIP=${ZD_SKIP-age}
+ZD_ROW=puma_single
+ZD_SERVER="puma $(dpkg-query -W -f='${Version}' puma 2> /dev/null | cut -d- -f1), single mode"
 tgt_up zpumas
 kechi_install
 zd_main

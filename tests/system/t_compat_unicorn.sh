@@ -16,6 +16,8 @@ ZD_PROCS=3   # unicorn's master and its 2 workers
 # TERM and INT are unicorn's immediate shutdown (workers killed mid-request); QUIT is graceful
 ZD_STOP_SIGNAL=QUIT
 ZD_SKIP=${ZD_SKIP-age}
+ZD_ROW=unicorn
+ZD_SERVER="unicorn $(dpkg-query -W -f='${Version}' unicorn 2> /dev/null | cut -d- -f1)"
 tgt_up zunicorn
 kechi_install
 zd_main

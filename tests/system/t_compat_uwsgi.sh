@@ -20,6 +20,9 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/uwsgi\", \"--master\", \"--processes\", \"2\", \"--plugin\", \"python3\", \"--protocol\", \"http\", \"--route-run\", \"addheader:Connection: close\", \"--hook-master-start\", \"unix_signal:15 gracefully_kill_them_all\", \"--wsgi-file\", \"$KT_INSIDE/hello_wsgi.py\", \"--callable\", \"app\"]"
 ZD_PROCS=3   # uWSGI's master and its 2 workers
 ZD_SKIP=${ZD_SKIP-age}
+ZD_ROW=uwsgi
+ZD_SERVER="uWSGI $(dpkg-query -W -f='${Version}' uwsgi-core 2> /dev/null | cut -d- -f1), --master, 2 processes"
+ZD_KNOWN_LOSS="uWSGI's own stop race (a worker that has accepted a connection but not yet marked itself in a request exits at once on gracefully_kill), see uWSGI below"
 tgt_up zuwsgi
 kechi_install
 zd_main
