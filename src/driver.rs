@@ -516,7 +516,7 @@ impl<S: Systemd> Driver<S> {
                     if let Some(sample) = self.sample_worker(serial, true)
                         && let Some(w) = self.state.workers.get_mut(&serial)
                     {
-                        w.mem = Some(sample);
+                        w.record_mem(sample, Instant::now());
                     }
                 }
                 control::Reply::ok(self.status())
@@ -630,6 +630,13 @@ impl<S: Systemd> Driver<S> {
             crate::metrics::textfile_dir(dir).join(format!("kechi-{app}.prom")),
         );
         let _ = std::fs::remove_dir(dir.join(app).join("tmp"));
+        // Without systemd no scope of this run can outlive it, so the next run owes nothing to
+        // this one's serials: it starts at worker 1 again. (Under systemd the serial carries
+        // over, so that a new kechid never names a worker after a scope still being torn down.)
+        if self.systemd.is_none() && self.procs.is_empty() {
+            let _ = std::fs::remove_file(self.serial_file());
+            let _ = std::fs::remove_dir(dir.join(app));
+        }
     }
 
     /// The bus daemon went away: workers keep running; reconnect with backoff.
@@ -850,6 +857,19 @@ impl<S: Systemd> Driver<S> {
         {
             // A bug, not an operational condition: log loudly, keep running.
             tracing::error!(APP = %self.opts.app, WORKER = serial, "{e}");
+        } else if matches!(event, Event::BecameReady) {
+            self.sample_on_ready(serial);
+        }
+    }
+
+    /// A worker that just became ready is sampled at once: figures from before its readiness
+    /// are not compared with others' (policy::Worker::fresh_metric), and this spares the
+    /// memory policies a wait for the next periodic sample.
+    fn sample_on_ready(&mut self, serial: u64) {
+        if let Some(sample) = self.sample_worker(serial, true)
+            && let Some(w) = self.state.workers.get_mut(&serial)
+        {
+            w.record_mem(sample, Instant::now());
         }
     }
 
@@ -1213,7 +1233,7 @@ impl<S: Systemd> Driver<S> {
                 self.last_detailed.insert(serial, sample.clone());
             }
             if let Some(w) = self.state.workers.get_mut(&serial) {
-                w.mem = Some(sample);
+                w.record_mem(sample, Instant::now());
             }
         }
         self.samples += 1;

@@ -188,6 +188,57 @@ fn runs_workers_as_children_and_stops_cleanly() {
     }
 }
 
+/// The WORKER= serials of the "worker started" log lines.
+fn serials_started(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| l.contains("worker started"))
+        .filter_map(|l| {
+            l.split("WORKER=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn each_foreground_run_starts_at_worker_1_and_leaves_no_serial_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_name("s");
+    let cfg = config(
+        dir.path(),
+        &app,
+        "command = [\"sleep\", \"120\"]\nworkers = 2\n[ready]\nmode = \"delay\"\ndelay = \"200ms\"\n",
+    );
+    let serial_file = dir.path().join(&app).join("last-serial");
+    for run in 1..=2 {
+        let mut k = Kechid::start(&cfg, dir.path());
+        k.expect("all 2 workers ready", Duration::from_secs(20));
+        assert!(
+            serial_file.exists(),
+            "run {run}: kechid records the last serial while it runs"
+        );
+        assert_eq!(
+            serials_started(&k.seen),
+            vec![1, 2],
+            "run {run}: serials carried over from an earlier run"
+        );
+        assert_eq!(k.stop(), 0);
+        assert!(
+            !serial_file.exists(),
+            "run {run}: {} left behind",
+            serial_file.display()
+        );
+        assert!(
+            !dir.path().join(&app).exists(),
+            "run {run}: the app's runtime directory left behind"
+        );
+    }
+}
+
 #[test]
 fn monitor_enforces_memory_max_without_systemd() {
     let dir = tempfile::tempdir().unwrap();
