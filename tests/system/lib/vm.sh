@@ -5,10 +5,13 @@
 #
 # The VM is not built here: an external VM tool provides it, expected at ../shared/vmbox/vmbox beside
 # the clone (KT_VMBOX overrides the path; its commands: setup, up, run [-i], cp, down, ls). Without
-# it, or if it cannot boot, the v2 tier is SKIPPED, loudly, and never counted as passed.
+# it (or as another user than root) the v2 tier is SKIPPED, loudly, and never counted as passed.
+# With it, a VM that cannot be set up or does not boot (after one more try) is a FAILURE: a run
+# that has the tool must have tested cgroup v2 to pass.
 #
 #   source tests/system/lib/vm.sh
-#   vm_up NAME || exit 77     # prints "SKIPPED (cgroup v2 VM unavailable: why)" when it cannot
+#   vm_up NAME; rc=$?         # 0 up; 77 after "SKIPPED (cgroup v2 VM unavailable: why)" (no tool,
+#                             # not root); 1 after "vm: ... did not boot: why" on stderr
 #   vm_run NAME CMD...        # root inside; output and exit status pass through; stdin not read
 #   vm_run_in NAME CMD...     # the same, CMD reads this command's stdin
 #   vm_copy_in NAME SRC DST   # mode kept
@@ -24,13 +27,13 @@ vm_tool() { echo "${KT_VMBOX:-$_VM_REPO/../shared/vmbox/vmbox}"; }
 
 vm_skip() { echo "SKIPPED (cgroup v2 VM unavailable: $*)"; }
 
-vm_up() {  # vm_up NAME: 0 when up; otherwise prints SKIPPED (...) and returns 77
+vm_up() {  # vm_up NAME: 0 when up; 77 (SKIPPED) without the tool or root; 1 when it does not boot
   local name=$1 tool out
   tool=$(vm_tool)
   if [ ! -f "$tool" ]; then vm_skip "no VM tool at $tool"; return 77; fi
   if [ "$(id -u)" != 0 ]; then vm_skip "needs root"; return 77; fi
   if ! out=$(bash "$tool" setup 2>&1); then
-    vm_skip "setup failed: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')"; return 77
+    echo "vm: $tool setup failed: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')" >&2; return 1
   fi
   _VM_MINE+=("$name")
   _box_install_trap
@@ -40,9 +43,9 @@ vm_up() {  # vm_up NAME: 0 when up; otherwise prints SKIPPED (...) and returns 7
     out=$(VMBOX_BOOT_TIMEOUT=${KT_VM_BOOT_TIMEOUT:-180} bash "$tool" up "$name" 2>&1) && break
     bash "$tool" down "$name" > /dev/null 2>&1 || true
     if [ "$try" = 2 ]; then
-      vm_skip "boot failed twice: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')"
+      echo "vm: $name did not boot, twice: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')" >&2
       vm_down "$name"
-      return 77
+      return 1
     fi
     echo "vm: boot of $name failed ($(printf '%s\n' "$out" | tail -n 1)); trying once more" >&2
     sleep 2
