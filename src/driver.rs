@@ -202,7 +202,6 @@ pub async fn run<S: Systemd>(
         control_group,
         samples: 0,
         last_detailed: HashMap::new(),
-        mem_total: None,
         slice_oom_kills: None,
         global_oom_kills: read_vmstat_oom_kills(),
         notify_socket: None,
@@ -251,7 +250,6 @@ struct Driver<S: Systemd> {
         control::Request,
         tokio::sync::oneshot::Sender<control::Reply>,
     )>,
-    mem_total: Option<u64>,
     /// OOM kills counted in the app's slice so far.
     slice_oom_kills: Option<u64>,
     /// OOM kills counted by the kernel (`/proc/vmstat`), for cgroup v1.
@@ -1197,8 +1195,6 @@ impl<S: Systemd> Driver<S> {
     /// memory.max enforcement without systemd; the jemalloc check of workers not yet checked.
     async fn sample(&mut self) {
         let serials: Vec<u64> = self.procs.keys().copied().collect();
-        let mut total = 0u64;
-        let mut any = false;
         for serial in serials {
             if self
                 .procs
@@ -1216,9 +1212,6 @@ impl<S: Systemd> Driver<S> {
             let Some(sample) = self.sample_worker(serial, self.samples % 6 == 0) else {
                 continue;
             };
-            let used = sample.cgroup.unwrap_or(sample.total.pss);
-            total += used;
-            any = true;
             if self.systemd.is_none()
                 && let Limit::Bytes(max) = self.loaded.config.memory.max
                 && sample.total.pss > max.0
@@ -1238,7 +1231,6 @@ impl<S: Systemd> Driver<S> {
         }
         self.samples += 1;
         self.last_detailed.retain(|s, _| self.procs.contains_key(s));
-        self.mem_total = any.then_some(total);
         self.write_metrics();
     }
 
@@ -1335,7 +1327,7 @@ impl<S: Systemd> Driver<S> {
             out.push_str(&format!(
                 "; app-budget {} (app total {})",
                 h(v),
-                h(self.mem_total.unwrap_or(0))
+                h(self.app_memory().unwrap_or(0))
             ));
         }
         if let Some(v) = p.min_shared {
@@ -1354,6 +1346,18 @@ impl<S: Systemd> Driver<S> {
         }
     }
 
+    /// The app's memory for STATUS= and the logs: the sum of [`Self::worker_memory`] over its
+    /// workers, from each one's latest figures (a total kept from the last periodic sample
+    /// lagged behind the table of `kechictl status` by up to check-interval).
+    fn app_memory(&self) -> Option<u64> {
+        let figures: Vec<u64> = self
+            .procs
+            .keys()
+            .filter_map(|s| self.worker_memory(*s))
+            .collect();
+        (!figures.is_empty()).then(|| figures.iter().sum())
+    }
+
     /// A worker's memory for display: its cgroup's charge, or its PSS without systemd.
     fn worker_memory(&self, serial: u64) -> Option<u64> {
         let w = self.state.workers.get(&serial)?;
@@ -1363,7 +1367,7 @@ impl<S: Systemd> Driver<S> {
     fn status_text(&self) -> String {
         let ready = self.state.ready_count();
         let mut s = format!("{ready}/{} workers ready", self.policy.workers);
-        if let Some(m) = self.mem_total {
+        if let Some(m) = self.app_memory() {
             s.push_str(&format!(", {} total", crate::quantity::Bytes(m).human()));
         }
         if self.loaded.config.jemalloc.enabled {
