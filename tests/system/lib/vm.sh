@@ -32,15 +32,25 @@ vm_up() {  # vm_up NAME: 0 when up; 77 (SKIPPED) without the tool or root; 1 whe
   tool=$(vm_tool)
   if [ ! -f "$tool" ]; then vm_skip "no VM tool at $tool"; return 77; fi
   if [ "$(id -u)" != 0 ]; then vm_skip "needs root"; return 77; fi
-  if ! out=$(bash "$tool" setup 2>&1); then
-    echo "vm: $tool setup failed: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')" >&2; return 1
-  fi
+  # setup may call apt-get, whose lock another apt-get on this machine may hold for a while
+  local try
+  for try in 1 2 3 4; do
+    out=$(bash "$tool" setup 2>&1) && break
+    if [ "$try" = 4 ]; then
+      echo "vm: $tool setup failed: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')" >&2; return 1
+    fi
+    echo "vm: $tool setup failed ($(printf '%s\n' "$out" | tail -n 1)); trying again in 20 s" >&2
+    sleep 20
+  done
   _VM_MINE+=("$name")
   _box_install_trap
-  # one retry: a boot can die when other VMs are set up or taken down at the same moment
-  local try
+  # one retry: a boot can die when other VMs are set up or taken down at the same moment. A boot
+  # alone takes ~10-15 s under qemu, but on a loaded 2-core machine (builds beside it, load ~40)
+  # the guest kernel was seen still early in its boot after vmbox's default 60 s per attempt:
+  # 150 s per attempt, 400 s in all (the boot lock's wait for another VM's boot included).
   for try in 1 2; do
-    out=$(VMBOX_BOOT_TIMEOUT=${KT_VM_BOOT_TIMEOUT:-180} bash "$tool" up "$name" 2>&1) && break
+    out=$(VMBOX_BOOT_TIMEOUT=${KT_VM_BOOT_TIMEOUT:-400} VMBOX_ATTEMPT_S=${KT_VM_ATTEMPT_S:-150} \
+      bash "$tool" up "$name" 2>&1) && break
     bash "$tool" down "$name" > /dev/null 2>&1 || true
     if [ "$try" = 2 ]; then
       echo "vm: $name did not boot, twice: $(printf '%s\n' "$out" | tail -n 3 | tr '\n' ' ')" >&2
