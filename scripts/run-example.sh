@@ -109,14 +109,13 @@ ready_workers() {  # ready_workers RUN: how many workers kechictl reports ready
 legend() {  # what the figures of `kechictl status` mean
   cat <<'TXT'
     what the figures say (kechictl(1) has them all):
-      "N/M workers ready": ready workers / workers wanted. "X total": the app's memory as the
-        kernel charges it, the sum of the CGROUP column (of PSS without systemd). It can be
-        below the sum of USS: USS counts the file pages only this worker maps (python3's own
-        code, its libraries), but the kernel charges those to the cgroup that first read them.
+      "N/M workers ready": ready workers / workers wanted. "X total": the app's memory, the
+        sum of the CGROUP column (of PSS without systemd).
       AGE since the worker started; RSS all its resident pages; PSS its share of them (shared
-        pages divided among their users); USS its private pages (what ending it frees);
-        SHARED the part of RSS shared with other processes; CGROUP its scope's charge
-        (memory.current); TMP its own TMPDIR's contents; JE jemalloc loaded in it.
+        pages divided among their users); USS the pages only it maps (what ending it frees);
+        SHARED the part of RSS shared with other processes; CGROUP what the kernel charges to
+        its scope (its own pages, and the page cache and kernel memory it brought in); TMP its
+        own TMPDIR's contents; JE jemalloc loaded in it.
 TXT
 }
 
