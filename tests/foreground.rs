@@ -88,19 +88,17 @@ impl Kechid {
     }
 }
 
-fn pids_of_worker_logs(lines: &[String]) -> Vec<i32> {
+/// The values of `key` (like "PID=") in the "worker started" log lines.
+fn started_field<T: std::str::FromStr>(lines: &[String], key: &str) -> Vec<T> {
     lines
         .iter()
         .filter(|l| l.contains("worker started"))
-        .filter_map(|l| {
-            l.split("PID=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+fn pids_of_worker_logs(lines: &[String]) -> Vec<i32> {
+    started_field(lines, "PID=")
 }
 
 fn config(dir: &Path, app: &str, body: &str) -> std::path::PathBuf {
@@ -190,18 +188,7 @@ fn runs_workers_as_children_and_stops_cleanly() {
 
 /// The WORKER= serials of the "worker started" log lines.
 fn serials_started(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter(|l| l.contains("worker started"))
-        .filter_map(|l| {
-            l.split("WORKER=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
+    started_field(lines, "WORKER=")
 }
 
 #[test]
