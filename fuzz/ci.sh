@@ -17,17 +17,10 @@ cd "$(dirname "$(readlink -f "$0")")" || exit 2
 FUZZ=$PWD
 SECONDS_EACH=${FUZZ_SECONDS:-15}
 
-find_cargo() {
-  local h
-  command -v cargo 2> /dev/null && return 0
-  for h in "${CARGO_HOME:-}" "$HOME/.cargo" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo"}; do
-    [ -n "$h" ] && [ -x "$h/bin/cargo" ] && { echo "$h/bin/cargo"; return 0; }
-  done
-  return 1
-}
-cargo=$(find_cargo) || { echo "fuzz: cargo not found (install rustup)" >&2; exit 1; }
-PATH="$(dirname "$cargo"):$PATH"
-export PATH
+# cargo where rustup put it, also under sudo (whose secure_path drops ~/.cargo/bin)
+# shellcheck source=../scripts/lib/cargo.sh
+. ../scripts/lib/cargo.sh
+use_cargo || { echo "fuzz: cargo not found (install rustup)" >&2; exit 1; }
 
 if ! command -v c++ > /dev/null && command -v apt-get > /dev/null && [ "$(id -u)" = 0 ]; then
   echo "fuzz: installing g++ (libFuzzer is C++)"

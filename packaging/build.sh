@@ -37,7 +37,10 @@ done
 say() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-command -v cargo > /dev/null || die "cargo not found (install Rust: rustup)"
+# cargo where rustup put it, also under sudo (whose secure_path drops ~/.cargo/bin)
+# shellcheck source=scripts/lib/cargo.sh
+. scripts/lib/cargo.sh
+use_cargo || die "cargo not found (install Rust: rustup)"
 target=${CARGO_TARGET_DIR:-$PWD/target}
 case "$target" in /*) ;; *) target=$PWD/$target ;; esac
 export CARGO_TARGET_DIR=$target

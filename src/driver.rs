@@ -202,7 +202,6 @@ pub async fn run<S: Systemd>(
         control_group,
         samples: 0,
         last_detailed: HashMap::new(),
-        mem_total: None,
         slice_oom_kills: None,
         global_oom_kills: read_vmstat_oom_kills(),
         notify_socket: None,
@@ -251,7 +250,6 @@ struct Driver<S: Systemd> {
         control::Request,
         tokio::sync::oneshot::Sender<control::Reply>,
     )>,
-    mem_total: Option<u64>,
     /// OOM kills counted in the app's slice so far.
     slice_oom_kills: Option<u64>,
     /// OOM kills counted by the kernel (`/proc/vmstat`), for cgroup v1.
@@ -593,7 +591,7 @@ impl<S: Systemd> Driver<S> {
                     if let Some(sample) = self.sample_worker(serial, true)
                         && let Some(w) = self.state.workers.get_mut(&serial)
                     {
-                        w.mem = Some(sample);
+                        w.record_mem(sample, Instant::now());
                     }
                 }
                 control::Reply::ok(self.status())
@@ -707,6 +705,13 @@ impl<S: Systemd> Driver<S> {
             crate::metrics::textfile_dir(dir).join(format!("kechi-{app}.prom")),
         );
         let _ = std::fs::remove_dir(dir.join(app).join("tmp"));
+        // Without systemd no scope of this run can outlive it, so the next run owes nothing to
+        // this one's serials: it starts at worker 1 again. (Under systemd the serial carries
+        // over, so that a new kechid never names a worker after a scope still being torn down.)
+        if self.systemd.is_none() && self.procs.is_empty() {
+            let _ = std::fs::remove_file(self.serial_file());
+            let _ = std::fs::remove_dir(dir.join(app));
+        }
     }
 
     /// The bus daemon went away: workers keep running; reconnect with backoff.
@@ -927,6 +932,19 @@ impl<S: Systemd> Driver<S> {
         {
             // A bug, not an operational condition: log loudly, keep running.
             tracing::error!(APP = %self.opts.app, WORKER = serial, "{e}");
+        } else if matches!(event, Event::BecameReady) {
+            self.sample_on_ready(serial);
+        }
+    }
+
+    /// A worker that just became ready is sampled at once: figures from before its readiness
+    /// are not compared with others' (policy::Worker::fresh_metric), and this spares the
+    /// memory policies a wait for the next periodic sample.
+    fn sample_on_ready(&mut self, serial: u64) {
+        if let Some(sample) = self.sample_worker(serial, true)
+            && let Some(w) = self.state.workers.get_mut(&serial)
+        {
+            w.record_mem(sample, Instant::now());
         }
     }
 
@@ -1261,8 +1279,6 @@ impl<S: Systemd> Driver<S> {
     /// memory.max enforcement without systemd; the jemalloc check of workers not yet checked.
     async fn sample(&mut self) {
         let serials: Vec<u64> = self.procs.keys().copied().collect();
-        let mut total = 0u64;
-        let mut any = false;
         for serial in serials {
             if self
                 .procs
@@ -1280,9 +1296,6 @@ impl<S: Systemd> Driver<S> {
             let Some(sample) = self.sample_worker(serial, self.samples % 6 == 0) else {
                 continue;
             };
-            let used = sample.cgroup.unwrap_or(sample.total.pss);
-            total += used;
-            any = true;
             if self.systemd.is_none()
                 && let Limit::Bytes(max) = self.loaded.config.memory.max
                 && sample.total.pss > max.0
@@ -1297,12 +1310,11 @@ impl<S: Systemd> Driver<S> {
                 self.last_detailed.insert(serial, sample.clone());
             }
             if let Some(w) = self.state.workers.get_mut(&serial) {
-                w.mem = Some(sample);
+                w.record_mem(sample, Instant::now());
             }
         }
         self.samples += 1;
         self.last_detailed.retain(|s, _| self.procs.contains_key(s));
-        self.mem_total = any.then_some(total);
         self.write_metrics();
     }
 
@@ -1399,7 +1411,7 @@ impl<S: Systemd> Driver<S> {
             out.push_str(&format!(
                 "; app-budget {} (app total {})",
                 h(v),
-                h(self.mem_total.unwrap_or(0))
+                h(self.app_memory().unwrap_or(0))
             ));
         }
         if let Some(v) = p.min_shared {
@@ -1418,6 +1430,18 @@ impl<S: Systemd> Driver<S> {
         }
     }
 
+    /// The app's memory for STATUS= and the logs: the sum of [`Self::worker_memory`] over its
+    /// workers, from each one's latest figures (a total kept from the last periodic sample
+    /// lagged behind the table of `kechictl status` by up to check-interval).
+    fn app_memory(&self) -> Option<u64> {
+        let figures: Vec<u64> = self
+            .procs
+            .keys()
+            .filter_map(|s| self.worker_memory(*s))
+            .collect();
+        (!figures.is_empty()).then(|| figures.iter().sum())
+    }
+
     /// A worker's memory for display: its cgroup's charge, or its PSS without systemd.
     fn worker_memory(&self, serial: u64) -> Option<u64> {
         let w = self.state.workers.get(&serial)?;
@@ -1427,7 +1451,7 @@ impl<S: Systemd> Driver<S> {
     fn status_text(&self) -> String {
         let ready = self.state.ready_count();
         let mut s = format!("{ready}/{} workers ready", self.policy.workers);
-        if let Some(m) = self.mem_total {
+        if let Some(m) = self.app_memory() {
             s.push_str(&format!(", {} total", crate::quantity::Bytes(m).human()));
         }
         if self.loaded.config.jemalloc.enabled {

@@ -161,8 +161,35 @@ pub struct Worker {
     pub ever_ready: bool,
     /// Last memory sample (`None` until the first).
     pub mem: Option<MemSample>,
+    /// When `mem` was taken: figures older than the worker's readiness are not compared
+    /// (see [`Worker::fresh_metric`]).
+    pub mem_at: Option<Instant>,
     /// When kechi last signalled one of its children for memory (child-signal).
     pub child_signaled: Option<Instant>,
+}
+
+impl Worker {
+    /// Records a memory sample taken at `at`.
+    pub fn record_mem(&mut self, sample: MemSample, at: Instant) {
+        self.mem = Some(sample);
+        self.mem_at = Some(at);
+    }
+
+    /// Its figure for `metric`, when that figure is fresh: the worker is ready and was sampled
+    /// after it became ready. A worker starts by loading its app, and its size at a sample taken
+    /// a moment before its READY=1 says nothing about its size once serving (measured: a worker
+    /// sampled 0.14 ms before READY=1, halfway through allocating, looked smaller than one
+    /// holding 80 MiB, which app-budget then recycled first). Choices that compare workers
+    /// (app-budget's largest-first) rest only on such figures.
+    pub fn fresh_metric(&self, metric: Metric) -> Option<u64> {
+        let WorkerState::Ready { since } = self.state else {
+            return None;
+        };
+        match (self.mem.as_ref(), self.mem_at) {
+            (Some(m), Some(at)) if at >= since => m.metric(metric),
+            _ => None,
+        }
+    }
 }
 
 /// Everything known about one app's workers.
@@ -215,6 +242,7 @@ impl AppState {
                 state: WorkerState::Spawning { since: now },
                 ever_ready: false,
                 mem: None,
+                mem_at: None,
                 child_signaled: None,
             },
         );
@@ -247,6 +275,7 @@ impl AppState {
                 state,
                 ever_ready: true,
                 mem: None,
+                mem_at: None,
                 child_signaled: None,
             },
         );
@@ -397,14 +426,19 @@ impl Decision {
 }
 
 /// The largest worker (by the metric) while the app's total is over `app-budget`.
+///
+/// Only on fresh figures ([`Worker::fresh_metric`]) of every worker that counts: while one of
+/// them is starting, or has not been sampled since it became ready, neither the total nor the
+/// largest is known, and nothing is chosen (the next sample, every `check-interval`, and the
+/// one kechid takes when a worker becomes ready, bring the figures).
 fn over_budget(state: &AppState, policy: &Policy) -> Option<u64> {
     let budget = policy.app_budget?;
     let sized: Vec<(u64, u64)> = state
         .workers
         .values()
         .filter(|w| state.counts(w.serial))
-        .filter_map(|w| Some((w.serial, w.mem.as_ref()?.metric(policy.metric)?)))
-        .collect();
+        .map(|w| Some((w.serial, w.fresh_metric(policy.metric)?)))
+        .collect::<Option<_>>()?;
     let total: u64 = sized.iter().map(|(_, v)| v).sum();
     (total > budget)
         .then(|| sized.iter().max_by_key(|(_, v)| *v).map(|(s, _)| *s))
@@ -1288,16 +1322,73 @@ mod tests {
         p.workers = 3;
         p.app_budget = Some(1000);
         let t = Instant::now();
+        let later = t + Duration::from_millis(1);
         let mut s = ready_set(&p, 3, t);
         for (serial, uss) in [(1, 300), (2, 500), (3, 300)] {
-            s.workers.get_mut(&serial).unwrap().mem = Some(mem(uss, uss, 0, 1));
+            s.workers
+                .get_mut(&serial)
+                .unwrap()
+                .record_mem(mem(uss, uss, 0, 1), later);
         }
-        assert_eq!(replaces(&decide(&s, &p, t)), vec![(2, StopReason::Budget)]);
-        s.workers.get_mut(&2).unwrap().mem = Some(mem(300, 300, 0, 1));
+        assert_eq!(
+            replaces(&decide(&s, &p, later)),
+            vec![(2, StopReason::Budget)]
+        );
+        s.workers
+            .get_mut(&2)
+            .unwrap()
+            .record_mem(mem(300, 300, 0, 1), later);
         assert!(
-            replaces(&decide(&s, &p, t)).is_empty(),
+            replaces(&decide(&s, &p, later)).is_empty(),
             "900 is within the budget"
         );
+    }
+
+    #[test]
+    fn app_budget_compares_only_figures_taken_since_ready() {
+        let mut p = policy();
+        p.workers = 3;
+        p.app_budget = Some(100);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut s = AppState::default();
+        // workers 1 and 2 ready and sampled: 40 and 80
+        for (serial, uss) in [(1, 40), (2, 80)] {
+            started(&mut s, serial, t0, &p);
+            s.apply(serial, &Event::BecameReady, ms(1), &p).unwrap();
+            s.workers
+                .get_mut(&serial)
+                .unwrap()
+                .record_mem(mem(uss, uss, 0, 1), ms(2));
+        }
+        // worker 3 sampled while still loading (64 of its 120), then READY=1 a moment later
+        started(&mut s, 3, t0, &p);
+        s.workers
+            .get_mut(&3)
+            .unwrap()
+            .record_mem(mem(64, 64, 0, 1), ms(3));
+        s.apply(3, &Event::BecameReady, ms(4), &p).unwrap();
+        s.ready_notified = true;
+        assert_eq!(
+            s.workers[&3].fresh_metric(Metric::Uss),
+            None,
+            "a sample from before READY=1 is stale"
+        );
+        // 40 + 80 + 64 is over 100, and worker 2 would look the largest: nothing is chosen
+        assert!(replaces(&decide(&s, &p, ms(5))).is_empty());
+        // once sampled after its readiness, worker 3 is known to be the largest
+        s.workers
+            .get_mut(&3)
+            .unwrap()
+            .record_mem(mem(120, 120, 0, 1), ms(5));
+        assert_eq!(s.workers[&3].fresh_metric(Metric::Uss), Some(120));
+        assert_eq!(
+            replaces(&decide(&s, &p, ms(6))),
+            vec![(3, StopReason::Budget)]
+        );
+        // a worker without any figure (not sampled yet) also holds the choice back
+        s.workers.get_mut(&1).unwrap().mem_at = None;
+        assert!(replaces(&decide(&s, &p, ms(7))).is_empty());
     }
 
     #[test]

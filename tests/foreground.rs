@@ -88,19 +88,17 @@ impl Kechid {
     }
 }
 
-fn pids_of_worker_logs(lines: &[String]) -> Vec<i32> {
+/// The values of `key` (like "PID=") in the "worker started" log lines.
+fn started_field<T: std::str::FromStr>(lines: &[String], key: &str) -> Vec<T> {
     lines
         .iter()
         .filter(|l| l.contains("worker started"))
-        .filter_map(|l| {
-            l.split("PID=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| l.split(key).nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+fn pids_of_worker_logs(lines: &[String]) -> Vec<i32> {
+    started_field(lines, "PID=")
 }
 
 fn config(dir: &Path, app: &str, body: &str) -> std::path::PathBuf {
@@ -184,6 +182,46 @@ fn runs_workers_as_children_and_stops_cleanly() {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "worker {pid} outlived kechid"
+        );
+    }
+}
+
+/// The WORKER= serials of the "worker started" log lines.
+fn serials_started(lines: &[String]) -> Vec<u64> {
+    started_field(lines, "WORKER=")
+}
+
+#[test]
+fn each_foreground_run_starts_at_worker_1_and_leaves_no_serial_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_name("s");
+    let cfg = config(
+        dir.path(),
+        &app,
+        "command = [\"sleep\", \"120\"]\nworkers = 2\n[ready]\nmode = \"delay\"\ndelay = \"200ms\"\n",
+    );
+    let serial_file = dir.path().join(&app).join("last-serial");
+    for run in 1..=2 {
+        let mut k = Kechid::start(&cfg, dir.path());
+        k.expect("all 2 workers ready", Duration::from_secs(20));
+        assert!(
+            serial_file.exists(),
+            "run {run}: kechid records the last serial while it runs"
+        );
+        assert_eq!(
+            serials_started(&k.seen),
+            vec![1, 2],
+            "run {run}: serials carried over from an earlier run"
+        );
+        assert_eq!(k.stop(), 0);
+        assert!(
+            !serial_file.exists(),
+            "run {run}: {} left behind",
+            serial_file.display()
+        );
+        assert!(
+            !dir.path().join(&app).exists(),
+            "run {run}: the app's runtime directory left behind"
         );
     }
 }

@@ -13,7 +13,8 @@
 #   --only NAME      only this scenario (t_NAME.sh, NAME may omit t_ and .sh); repeatable
 #   --jobs N         scenarios at once (default 2, KT_JOBS)
 #   --no-install     never call apt-get
-#   --no-packages    do not build the .deb/.rpm first (t_package then uses what is there, or skips)
+#   --no-packages    do not build the .deb/.rpm first (t_package then uses what is there, or skips);
+#                    they are built only when t_package is to run
 # Environment: KT_TEST_TIMEOUT (s per scenario, default 900), KT_LOGDIR (default
 # target/system-tests), KECHI_BIN_DIR (binaries to test, default target/debug).
 # System scenarios need root; as another user they are reported as SKIP.
@@ -74,14 +75,9 @@ install_deps() {
 }
 
 # ---- 2. cargo ------------------------------------------------------------------------------------
-find_cargo() {
-  local c h
-  c=$(command -v cargo 2> /dev/null) && { echo "$c"; return 0; }
-  for h in "${CARGO_HOME:-}" "$HOME/.cargo" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo"}; do
-    [ -n "$h" ] && [ -x "$h/bin/cargo" ] && { echo "$h/bin/cargo"; return 0; }
-  done
-  return 1
-}
+# cargo where rustup put it, under sudo too (secure_path drops ~/.cargo/bin)
+# shellcheck source=scripts/lib/cargo.sh
+. scripts/lib/cargo.sh
 
 step() {  # step NAME CMD...: run, time, record
   local name=$1 t0=$SECONDS rc
@@ -93,10 +89,7 @@ step() {  # step NAME CMD...: run, time, record
 }
 
 cargo_steps() {
-  local cargo
-  if ! cargo=$(find_cargo); then record "cargo" FAIL 0 "cargo not found (install rustup)"; return 1; fi
-  PATH="$(dirname "$cargo"):$PATH"
-  export PATH
+  if ! use_cargo; then record "cargo" FAIL 0 "cargo not found (install rustup)"; return 1; fi
   step "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy" cargo clippy --all-targets -- -D warnings
   step "cargo build" cargo build || return 1
@@ -197,9 +190,14 @@ if [ "$system_only" = 0 ]; then
   cargo_steps || build_ok=0
 fi
 if [ "$quick" = 0 ]; then
-  if [ "$build_ok" = 1 ] && [ "$packages" = 1 ] && [ "$(id -u)" = 0 ]; then
-    # the .deb and .rpm for t_package (installs cargo-deb and cargo-generate-rpm when missing)
-    step "packages" bash packaging/build.sh || true
+  # the .deb and .rpm for t_package (installs cargo-deb and cargo-generate-rpm when missing):
+  # only when t_package is among the scenarios to run
+  if [ "$build_ok" = 1 ] && [ "$packages" = 1 ] && [ "$(id -u)" = 0 ] && scenarios | grep -q '/t_package\.sh$'; then
+    if use_cargo; then
+      step "packages" bash packaging/build.sh || true
+    else
+      record "packages" FAIL 0 "cargo not found (install rustup)"
+    fi
   fi
   if [ "$build_ok" = 1 ]; then
     system_steps

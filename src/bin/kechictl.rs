@@ -476,7 +476,7 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
             Some(false) => "no",
             None => "?",
         };
-        let age = kechi::quantity::format_duration(std::time::Duration::from_secs(w.age_secs));
+        let age = age_text(w.age_secs);
         println!(
             "{:>6} {:>8} {:<24} {:<9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>4}",
             w.serial,
@@ -507,9 +507,7 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
                 .and_then(|(t, what)| Some((t.parse::<u64>().ok()?, what)))
             {
                 Some((t, what)) => {
-                    let ago = kechi::quantity::format_duration(std::time::Duration::from_secs(
-                        now.saturating_sub(t),
-                    ));
+                    let ago = age_text(now.saturating_sub(t));
                     println!("  {ago:>8} ago  {what}");
                 }
                 None => println!("  {e}"),
@@ -517,6 +515,15 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A time span in whole seconds as the status table shows it, always with a unit ("0s", "42s",
+/// "1h2m"): a bare "0" would read as a count.
+fn age_text(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    kechi::quantity::format_duration(std::time::Duration::from_secs(secs))
 }
 
 fn list(json: bool) -> Result<(), Failure> {
@@ -774,5 +781,12 @@ mod tests {
         assert!(t.app.is_none());
         assert!(resolve("x.toml").ok().unwrap().app.is_none());
         assert!(matches!(resolve("Bad App"), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn ages_always_carry_a_unit() {
+        assert_eq!(age_text(0), "0s");
+        assert_eq!(age_text(42), "42s");
+        assert_eq!(age_text(3720), "1h2m");
     }
 }

@@ -107,6 +107,33 @@ until status=$(unit_prop "kechi@$KT_APP.service" StatusText); [[ $status =~ $sta
 done
 if [[ $status =~ $status_re ]]; then ok "STATUS=$status"; else bad "STATUS='$status', want /$status_re/"; fi
 
+# ---- 2b. the same example without systemd: kechid --foreground on the packaged sample ----------
+# (no listen key and no socket unit: the example app binds 127.0.0.1:8080 of the test machine
+# itself; kechid keeps its runtime files apart from the service's)
+fg_ready() {
+  tgt_run env KECHI_RUNTIME_DIR=/run/kechi-fg kechictl status example --json 2> /dev/null |
+    python3 -c 'import json, sys; print(sum(w["state"] == "ready" for w in json.load(sys.stdin)["workers"]))' 2> /dev/null
+}
+tgt_run mkdir -p /root/fg /run/kechi-fg
+tgt_run cp /etc/kechi/example.toml.sample /root/fg/example.toml
+if tgt_run systemd-run --quiet --unit=kt-fg-example --service-type=exec -E KECHI_RUNTIME_DIR=/run/kechi-fg \
+  /usr/bin/kechid --foreground /root/fg/example.toml; then
+  end=$((SECONDS + 60))
+  until [ "$(fg_ready)" = 2 ] || [ "$SECONDS" -ge "$end" ]; do sleep 0.5; done
+  expect_eq "kechid --foreground /etc/kechi/example.toml.sample (a copy): workers ready" "$(fg_ready)" 2
+  body=$(tgt_run curl -sS --max-time 30 http://127.0.0.1:8080/ 2>&1)
+  case "$body" in
+    "hello from worker "*) ok "--foreground example on 127.0.0.1:8080: $body" ;;
+    *) bad "--foreground example on 127.0.0.1:8080: '$body'" ;;
+  esac
+  tgt_run systemctl stop kt-fg-example
+  expect_eq "kechid --foreground: exit status on SIGTERM" "$(unit_prop kt-fg-example ExecMainStatus)" 0
+  expect_eq "its runtime files left" "$(tgt_run find /run/kechi-fg -mindepth 1 | tr '\n' ' ')" ""
+  tgt_run systemctl reset-failed kt-fg-example 2> /dev/null
+else
+  bad "systemd-run kechid --foreground /root/fg/example.toml"
+fi
+
 # ---- 3. policy from a drop-in ------------------------------------------------------------------
 # 120M: the example's memory.high (112M) and recycle-above (96M) stay below it
 printf '[Service]\nEnvironment=KECHI_WORKERS=3 KECHI_MEMORY_MAX=120M\n' |

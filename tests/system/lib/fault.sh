@@ -38,7 +38,7 @@ EOF
 # any state (TIME-WAIT included); otherwise it is stopped and started once more.
 fault_load() {
   local out n c=${2:-8}
-  if out=$(kt load-start "$1" keepalive "http://$KT_LISTEN/" "$c" 1 2>&1); then return 0; fi
+  if out=$(kt load-start "$1" keepalive "http://$KT_LISTEN/" "$c" 1 "$(load_start_wait)" 2>&1); then return 0; fi
   n=$(tgt_run ss -Htan "dst $KT_LISTEN" 2> /dev/null | grep -c .)
   if tgt_run systemctl -q is-active "kt-load-$1" && [ "$n" -gt 0 ]; then
     info "load generator $1: wrk runs, $n sockets to $KT_LISTEN (load-start saw none established)"

@@ -18,8 +18,9 @@
 #   kt steady APP N PROCS USER SECS     until exactly N kechi-APP-* scopes (in any state, so none
 #                               left over), all active, each with PROCS processes ("-": any), and
 #                               USER running N*PROCS processes in all (no second set); prints why not
-#   kt load-start NAME MODE URL CONNS THREADS   a load generator (wrk) as unit kt-load-NAME, until
-#                               load-stop; MODE keepalive or close (a new connection per request)
+#   kt load-start NAME MODE URL CONNS THREADS [WAIT]   a load generator (wrk) as unit kt-load-NAME,
+#                               until load-stop; MODE keepalive or close (a new connection per
+#                               request); it must have a connection within WAIT s (default 30)
 #   kt load-stop NAME           stop it (SIGINT: wrk prints its totals); its output, then one line
 #                               "result: requests=N time=T connect=N read=N write=N timeout=N non2xx=N
 #                               responses=N outside2xx=N statuses=S" (T as wrk prints it: 6.92s,
@@ -195,7 +196,7 @@ steady() {
 load_out() { echo "/run/kt-load/$1.out"; }
 
 load_start() {
-  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 unit="kt-load-$1" end
+  local name=$1 mode=$2 url=$3 conns=$4 threads=$5 wait=${6:-30} unit="kt-load-$1" end t0
   mkdir -p /run/kt-load
   rm -f "$(load_out "$name")" "$(load_counts "$name")".*
   # a load of this name left over from a step that failed must not block this one
@@ -203,16 +204,19 @@ load_start() {
   systemd-run --quiet --unit="$unit" --collect --service-type=exec \
     "$0" load-run "$name" "$mode" "$url" "$conns" "$threads" || return 1
   # wrk buffers its output until it ends: it runs once it has connections to the address
-  # (30 s: on a loaded machine wrk itself can take that long to get going)
-  end=$((SECONDS + 30))
-  # (or once it has an answer: against a server that closes every connection after one response,
-  # a connection may never be seen established between two looks)
+  # (WAIT s, 30 by default: on a loaded machine wrk itself can take that long to get going, and
+  # the test machine's caller passes more for a slower guest), or once it has an answer: against a
+  # server that closes every connection after one response, a connection may never be seen
+  # established between two looks
+  t0=$SECONDS end=$((SECONDS + wait))
   until [ "$(ss -Htnp state established "dst $(load_hostport "$url")" 2>/dev/null | grep -c '"wrk"')" -ge 1 ] ||
     compgen -G "$(load_counts "$name").*" > /dev/null; do
     systemctl -q is-active "$unit" || { echo "$unit ended at once:"; cat "$(load_out "$name")"; return 1; }
-    [ "$SECONDS" -lt "$end" ] || { echo "$unit has no connection to $url after 30 s"; systemctl stop "$unit"; return 1; }
+    [ "$SECONDS" -lt "$end" ] || { echo "$unit has no connection to $url after $wait s"; systemctl stop "$unit"; return 1; }
     sleep 0.05
   done
+  # a slow start is worth knowing (how far the wait is from its limit)
+  [ $((SECONDS - t0)) -lt 5 ] || echo "wrk took $((SECONDS - t0)) s of the $wait s allowed to hold a connection"
 }
 
 load_hostport() { local u=${1#*://}; echo "${u%%/*}"; }
@@ -377,7 +381,7 @@ case "$cmd" in
   wait-gone) wait_gone "$1" "$2" ;;
   wait-new) wait_new "$1" "$2" "$3" "$4" ;;
   steady) steady "$1" "$2" "$3" "$4" "$5" ;;
-  load-start) load_start "$1" "$2" "$3" "$4" "$5" ;;
+  load-start) load_start "$1" "$2" "$3" "$4" "$5" "${6:-30}" ;;
   load-run) load_run "$1" "$2" "$3" "$4" "$5" ;;
   load-stop) load_stop "$1" ;;
   load-count) load_count "$1" ;;
