@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! Spawning ──spawned──► Starting ──ready──► Ready
-//!    │                     │                  │
-//!    │ spawn failed        │ stop / exit      │ stop / exit
-//!    ▼                     ▼                  ▼
-//!   Gone ◄────exit──── Draining ◄─────stop────┘
+//!    │  │                  │                  │
+//!    │  └─stop─────────┐   │ stop / exit      │ stop / exit
+//!    │ spawn failed    ▼   ▼                  ▼
+//!    └──────────► Gone ◄─exit── Draining ◄────stop────┘
 //! ```
+//! (Spawning lasts while the worker's scope is being created, which can take a while when
+//! systemd is slow; a stop meanwhile lets the held child go without it ever running.)
 //! A worker that exits from Starting or Ready crashed; one that exits from Draining was
 //! stopped. Crash backoff is not a worker state but an app-level delay before the next spawn
 //! (see [`crate::policy`]). [`next`] is the whole transition table; anything else is refused.
@@ -193,11 +195,15 @@ pub fn next(
             gone(Exit::SpawnFailed { error: e.clone() }, true)
         }
         (S::Starting { .. }, E::BecameReady) => S::Ready { since: now },
-        (S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => S::Draining {
-            since: now,
-            reason: r.clone(),
-            killed: false,
-        },
+        // A worker still held while its scope is being created drains too: it is let go
+        // of without ever running (or stopped as soon as it runs).
+        (S::Spawning { .. } | S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => {
+            S::Draining {
+                since: now,
+                reason: r.clone(),
+                killed: false,
+            }
+        }
         (S::Starting { .. } | S::Ready { .. }, E::Exited(x)) => gone(x.clone(), true),
         (S::Draining { since, reason, .. }, E::Killed) => S::Draining {
             since: *since,
@@ -257,6 +263,7 @@ mod tests {
         let legal: &[(&str, usize, &str)] = &[
             ("spawning", 0, "starting"),
             ("spawning", 1, "gone"),
+            ("spawning", 3, "draining"),
             ("starting", 2, "ready"),
             ("starting", 3, "draining"),
             ("starting", 5, "gone"),

@@ -350,6 +350,55 @@ impl AppState {
     }
 }
 
+/// Why a `kechictl recycle` request names no worker to recycle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecycleRefused {
+    #[error("worker {worker} is not a running worker (running: {running:?})")]
+    NoSuchWorker { worker: u64, running: Vec<u64> },
+    #[error("give exactly one of worker or all")]
+    Ambiguous,
+}
+
+/// The workers an operator may ask to recycle: live, and in no replacement already (neither
+/// being replaced nor a replacement).
+pub fn recyclable(state: &AppState) -> Vec<u64> {
+    state
+        .live()
+        .map(|w| w.serial)
+        .filter(|s| !state.in_recycle(*s))
+        .collect()
+}
+
+/// The workers a `kechictl recycle` request (`worker` N, or `all`) names.
+pub fn recycle_request(
+    state: &AppState,
+    worker: Option<u64>,
+    all: bool,
+) -> Result<Vec<u64>, RecycleRefused> {
+    let candidates = recyclable(state);
+    match (worker, all) {
+        (Some(n), false) if candidates.contains(&n) => Ok(vec![n]),
+        (Some(n), false) => Err(RecycleRefused::NoSuchWorker {
+            worker: n,
+            running: candidates,
+        }),
+        (None, true) => Ok(candidates),
+        _ => Err(RecycleRefused::Ambiguous),
+    }
+}
+
+/// kechid's own monitor (no systemd, so no kernel limit): whether a worker sampled over
+/// `memory.max` (`max`; `None` = infinity) by PSS is to be killed now. Once per worker
+/// (`already`); never where the kernel enforces the limit.
+pub fn monitor_kill(
+    enforced_by_kernel: bool,
+    max: Option<u64>,
+    sample: &MemSample,
+    already: bool,
+) -> bool {
+    !enforced_by_kernel && !already && max.is_some_and(|max| sample.total.pss > max)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("no worker with serial {0}")]
@@ -726,6 +775,61 @@ pub fn crash_reason(exit: &Exit) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_kills_over_max_once_and_only_without_the_kernel() {
+        let mut m = MemSample::default();
+        m.total.pss = 101;
+        assert!(monitor_kill(false, Some(100), &m, false));
+        assert!(!monitor_kill(false, Some(100), &m, true), "once");
+        assert!(
+            !monitor_kill(true, Some(100), &m, false),
+            "the kernel enforces it"
+        );
+        assert!(!monitor_kill(false, None, &m, false), "infinity");
+        m.total.pss = 100;
+        assert!(
+            !monitor_kill(false, Some(100), &m, false),
+            "at the limit is not over it"
+        );
+    }
+
+    #[test]
+    fn recycle_requests_name_live_workers_outside_replacements() {
+        let t = Instant::now();
+        let mut s = AppState::default();
+        for serial in 1..=4 {
+            s.add_spawning(serial, t);
+            s.apply(serial, &Event::Spawned, t, &policy()).unwrap();
+            s.apply(serial, &Event::BecameReady, t, &policy()).unwrap();
+        }
+        s.add_spawning(5, t);
+        s.recycles.push(Recycle {
+            old: 2,
+            new: 5,
+            reason: StopReason::Age,
+        });
+        s.apply(4, &Event::StopRequested(StopReason::Surplus), t, &policy())
+            .unwrap();
+        assert_eq!(recyclable(&s), vec![1, 3]);
+        assert_eq!(recycle_request(&s, None, true), Ok(vec![1, 3]));
+        assert_eq!(recycle_request(&s, Some(3), false), Ok(vec![3]));
+        assert_eq!(
+            recycle_request(&s, Some(2), false),
+            Err(RecycleRefused::NoSuchWorker {
+                worker: 2,
+                running: vec![1, 3]
+            })
+        );
+        assert_eq!(
+            recycle_request(&s, Some(1), true),
+            Err(RecycleRefused::Ambiguous)
+        );
+        assert_eq!(
+            recycle_request(&s, None, false),
+            Err(RecycleRefused::Ambiguous)
+        );
+    }
 
     fn policy() -> Policy {
         Policy {
