@@ -141,7 +141,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready");
             }
             Action::Stop(serial, reason) => {
-                let recycled = self.state.end_recycle(serial).is_some();
+                let recycled = self.state.replacement_of(serial).is_some();
                 self.stop(serial, reason.clone());
                 if recycled {
                     self.record(format!("worker {serial} recycled ({})", reason.as_str()));
@@ -168,15 +168,10 @@ impl<S: Systemd + 'static> Driver<S> {
                 pid,
                 signal,
             } => self.signal_child(serial, pid, signal),
-            Action::DropRecycle {
-                old,
-                replacement_failed,
-            } => {
-                self.state.end_recycle(old);
-                if replacement_failed {
-                    tracing::warn!(APP = %self.opts.app, WORKER = old, "the replacement of worker {old} failed; worker {old} keeps serving");
-                    self.record(format!("replacement of worker {old} failed"));
-                }
+            Action::ReplacementFailed(old) => {
+                self.apply(old, Event::ReplacementFailed);
+                tracing::warn!(APP = %self.opts.app, WORKER = old, "the replacement of worker {old} failed; worker {old} keeps serving");
+                self.record(format!("replacement of worker {old} failed"));
             }
             Action::Kill(serial) => self.kill(serial),
             Action::NotifyReady => {

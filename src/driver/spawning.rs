@@ -20,7 +20,6 @@ use super::ops::{Done, OpError};
 use super::startup::{IdentityError, resolve_identity};
 use super::{Driver, Proc, limit};
 use crate::lifecycle::{Event, Exit, StopReason, WorkerState};
-use crate::policy;
 use crate::sockets;
 use crate::spawn::{self, Held, Prepared, SpawnError, WorkerCommand};
 use crate::systemd::{ScopeSpec, Systemd};
@@ -77,12 +76,13 @@ impl<S: Systemd + 'static> Driver<S> {
             tracing::debug!("recording the serial: {e}");
         }
         self.state.add_spawning(serial, Instant::now());
-        if let Some((old, reason)) = replacing {
-            self.state.recycles.push(policy::Recycle {
-                old,
-                new: serial,
-                reason,
-            });
+        if let Some((old, reason)) = replacing
+            && let Err(e) =
+                self.state
+                    .begin_recycle(old, serial, reason, Instant::now(), &self.policy)
+        {
+            // A bug, not an operational condition: log loudly, keep running.
+            tracing::error!(APP = %self.opts.app, WORKER = old, "{e}");
         }
         match self.fork_held(serial) {
             Ok(pending) if self.systemd.is_some() => {
