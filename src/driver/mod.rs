@@ -257,6 +257,7 @@ async fn run_local<S: Systemd + 'static>(
         reconnecting: false,
         adopting: false,
         asking_restart: false,
+        relinking_for_term: false,
         reload: reload::ReloadState::Idle,
         proc_root: env.proc_root,
         opts,
@@ -329,6 +330,8 @@ struct Driver<S: Systemd> {
     adopting: bool,
     /// SIGTERM came; systemd is being asked whether it is a restart.
     asking_restart: bool,
+    /// That question re-establishes the lost link first (it is the reconnect attempt).
+    relinking_for_term: bool,
     reload: reload::ReloadState,
     proc_root: ProcRoot,
 }

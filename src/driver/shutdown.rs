@@ -33,12 +33,17 @@ impl<S: Systemd + 'static> Driver<S> {
             return;
         }
         self.asking_restart = true;
-        // A lost link gets one immediate attempt here rather than waiting for its next retry.
-        let relink = self.link_down();
+        // A lost link gets one immediate attempt here rather than waiting for its next retry
+        // (unless an attempt is under way already: one at a time).
+        let relink = self.link_down() && !self.reconnecting;
+        if relink {
+            self.reconnecting = true;
+            self.relinking_for_term = true;
+        }
         self.launch(
             RESTART_QUERY_DEADLINE,
             move |sd| async move {
-                if relink || sd.link_is_closed() {
+                if relink {
                     sd.reconnect().await?;
                 }
                 Ok((sd.unit_job_type(&unit).await?, relink))
@@ -63,8 +68,13 @@ impl<S: Systemd + 'static> Driver<S> {
         reconnected: bool,
     ) -> Option<i32> {
         self.asking_restart = false;
-        if reconnected {
-            self.link_restored();
+        if std::mem::take(&mut self.relinking_for_term) {
+            self.reconnecting = false;
+            if reconnected {
+                self.link_restored();
+            } else {
+                self.link.failed(std::time::Instant::now());
+            }
         }
         if self.state.shutting_down {
             return None;
