@@ -135,11 +135,7 @@ impl<S: Systemd + 'static> Driver<S> {
             Action::Spawn => {
                 self.spawn(None);
             }
-            Action::MarkReady(serial) => {
-                self.apply(serial, Event::BecameReady);
-                self.check_jemalloc(serial);
-                tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready");
-            }
+            Action::MarkReady(serial) => self.became_ready(serial, None),
             Action::Stop(serial, reason) => {
                 let recycled = self.state.replacement_of(serial).is_some();
                 self.stop(serial, reason.clone());

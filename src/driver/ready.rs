@@ -8,6 +8,21 @@ use crate::systemd::Systemd;
 use crate::{memory, monitor, readiness};
 
 impl<S: Systemd + 'static> Driver<S> {
+    /// A worker is ready (`how`, when a sign other than the delay said so). Its memory is
+    /// sampled again at once: a sample taken while it started (a prefork master that loaded
+    /// the app and had not forked yet holds it all privately) does not describe the ready
+    /// worker, and the memory policies judge ready workers by their last sample.
+    pub(super) fn became_ready(&mut self, serial: u64, how: Option<&str>) {
+        self.apply(serial, Event::BecameReady);
+        self.check_jemalloc(serial);
+        let fresh = self.sample_worker(serial, true);
+        if let Some(w) = self.state.workers.get_mut(&serial) {
+            w.mem = fresh;
+        }
+        let how = how.map(|h| format!(" ({h})")).unwrap_or_default();
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready{how}");
+    }
+
     pub(super) fn awaiting_accept(&self) -> bool {
         self.policy.ready_mode == crate::config::ReadyMode::Accept
             && self
@@ -47,9 +62,7 @@ impl<S: Systemd + 'static> Driver<S> {
             } else {
                 continue;
             };
-            self.apply(serial, Event::BecameReady);
-            self.check_jemalloc(serial);
-            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready ({how})");
+            self.became_ready(serial, Some(how));
         }
     }
 
@@ -88,9 +101,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 .get(&serial)
                 .is_some_and(|w| matches!(w.state, WorkerState::Starting { .. }))
         {
-            self.apply(serial, Event::BecameReady);
-            self.check_jemalloc(serial);
-            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid, "worker ready (READY=1)");
+            self.became_ready(serial, Some("READY=1"));
         }
     }
 
