@@ -94,7 +94,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Host, parse};
+    use crate::config::{Host, PathFacts, PathKind, parse};
     use crate::jemalloc::JemallocError;
     use std::path::PathBuf;
 
@@ -114,6 +114,28 @@ mod tests {
         }
         fn check_jemalloc(&self, p: &Path) -> Result<PathBuf, JemallocError> {
             Ok(p.to_owned())
+        }
+        fn path_facts(&self, p: &Path) -> Result<Option<PathFacts>, String> {
+            let kind = if p == Path::new("/") {
+                PathKind::Directory
+            } else {
+                PathKind::File
+            };
+            Ok(Some(PathFacts {
+                kind,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            }))
+        }
+        fn find_program(&self, name: &str, _: Option<&str>) -> Option<PathBuf> {
+            Some(Path::new("/usr/bin").join(name))
+        }
+        fn user_ids(&self, _: &str) -> Option<(u32, u32)> {
+            Some((1000, 1000))
+        }
+        fn group_gid(&self, _: &str) -> Option<u32> {
+            Some(1000)
         }
     }
 

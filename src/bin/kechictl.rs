@@ -11,11 +11,13 @@ use clap::{Parser, Subcommand};
 use kechi::app::AppName;
 use kechi::config::{self, ConfigErrors, Loaded, RealHost};
 use kechi::control::{self, Request};
+use kechi::servers;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  success (for check: the configuration is valid)
-  1  the configuration is invalid (every problem is printed to stderr)
+  0  success (for check: the configuration is valid; warnings may have been printed)
+  1  the configuration is invalid (every problem is printed to stderr), or, for check
+     --strict, it has warnings
   2  usage error (unknown command or option, malformed argument)
   3  cannot read a file, or another runtime error
   4  permission denied (the control socket is for root and members of control.group)
@@ -81,12 +83,21 @@ enum Cmd {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },
-    /// Check an app's configuration (file, KECHI_* overrides of this shell, users, jemalloc)
-    /// and print every problem with file, line and key.
+    /// Check an app's configuration (file, KECHI_* overrides of this shell, users, directory,
+    /// program, jemalloc, and how the recognised app server is run) and print every problem
+    /// with file, line and key. Warnings (the app may still work) do not fail the check
+    /// unless --strict.
     Check {
-        /// A config file, or an app name for /etc/kechi/APP.toml.
+        /// A config file, or an app name for /etc/kechi/APP.toml (then the sockets of
+        /// kechi@APP.socket are checked against the app server too).
         #[arg(value_name = "FILE|APP")]
         target: String,
+        /// Print JSON: {"file", "ok", "server", "sockets", "problems": [...]}.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the effective value of every key and where it came from (default, file line,
     /// KECHI_* variable, or Server::Starter alias). For an app name, the overrides are read
@@ -109,6 +120,10 @@ struct Target {
 
 enum Failure {
     Invalid(ConfigErrors),
+    /// Invalid, and already printed (as JSON).
+    Printed(ConfigErrors),
+    /// `check` found errors, or warnings with --strict, and printed them.
+    Reported,
     Control(control::ClientError),
     Usage(String),
     Runtime(anyhow::Error),
@@ -124,7 +139,11 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Check { target } => check(&target),
+        Cmd::Check {
+            target,
+            json,
+            strict,
+        } => check(&target, json, strict),
         Cmd::Config { target, json } => show_config(&target, json),
         Cmd::Status { app, json } => status(&app, json),
         Cmd::List { json } => list(json),
@@ -139,6 +158,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Printed(errors)) => ExitCode::from(if errors.is_read_error() { 3 } else { 1 }),
         Err(Failure::Invalid(errors)) => {
             eprintln!("{errors}");
             ExitCode::from(if errors.is_read_error() { 3 } else { 1 })
@@ -212,10 +233,135 @@ fn load(target: &Target, env: &BTreeMap<String, String>) -> Result<Loaded, Failu
     config::load(&target.path, env, &RealHost).map_err(Failure::Invalid)
 }
 
-fn check(target: &str) -> Result<(), Failure> {
+/// The listening sockets the workers of `target` get: for an app, those of its socket unit
+/// (the template's default when systemd cannot be asked) plus `listen`; for a file alone,
+/// only its `listen` (the socket unit it would run with is not known).
+fn worker_sockets(target: &Target, listen: &[String]) -> (servers::Sockets, Option<String>) {
+    let mut addresses = Vec::new();
+    let mut note = None;
+    let complete = match &target.app {
+        Some(app) => {
+            let unit = format!("kechi@{app}.socket");
+            match socket_unit_listens(&unit) {
+                Ok(found) => addresses = found,
+                Err(e) => {
+                    addresses.push(format!("/run/kechi/{app}.sock"));
+                    note = Some(format!(
+                        "{e}; assuming {unit}'s default ListenStream=/run/kechi/{app}.sock"
+                    ));
+                }
+            }
+            true
+        }
+        None => false,
+    };
+    for a in servers::listen_addresses(listen) {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    (
+        servers::Sockets {
+            addresses,
+            complete,
+        },
+        note,
+    )
+}
+
+/// `Listen=` of a socket unit as systemd has it loaded: `/run/kechi/x.sock (Stream)` lines.
+fn socket_unit_listens(unit: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("systemctl")
+        .args(["show", "-p", "Listen", "--value", unit])
+        .output()
+        .context("cannot run systemctl")?;
+    if !out.status.success() {
+        bail!("systemctl show {unit} failed");
+    }
+    Ok(stream_listens(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The stream addresses of `systemctl show -p Listen --value` output.
+fn stream_listens(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let (addr, kind) = l.trim().rsplit_once(" (")?;
+            (kind == "Stream)").then(|| addr.to_owned())
+        })
+        .collect()
+}
+
+fn check(target: &str, json: bool, strict: bool) -> Result<(), Failure> {
     let target = resolve(target)?;
-    load(&target, &process_env())?;
-    println!("{}: ok", target.path.display());
+    let loaded = match load(&target, &process_env()) {
+        Ok(l) => l,
+        Err(Failure::Invalid(errors)) if json => {
+            let doc = serde_json::json!({
+                "file": target.path.display().to_string(),
+                "ok": false,
+                "problems": errors.errors().iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).context("cannot encode JSON")?
+            );
+            return Err(Failure::Printed(errors));
+        }
+        Err(e) => return Err(e),
+    };
+    let (sockets, note) = worker_sockets(&target, &loaded.config.listen);
+    let (server, advice) = servers::advise(&servers::Subject {
+        config: &loaded.config,
+        provenance: &loaded.provenance,
+        file: &target.path,
+        sockets: &sockets,
+    });
+    let mut problems = loaded.warnings.clone();
+    problems.extend(advice);
+    problems.sort_by(|a, b| a.location.cmp(&b.location));
+    let errors = problems.iter().filter(|p| !p.is_warning()).count();
+    let warnings = problems.len() - errors;
+    if json {
+        let doc = serde_json::json!({
+            "file": target.path.display().to_string(),
+            "ok": errors == 0,
+            "server": server.as_ref().map(|s| s.name()),
+            "sockets": sockets.addresses,
+            "sockets_complete": sockets.complete,
+            "problems": problems.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).context("cannot encode JSON")?
+        );
+    } else {
+        if let Some(n) = note {
+            eprintln!("kechictl: {n}");
+        }
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        let server = server.map_or(String::new(), |s| format!(" ({})", s.name()));
+        match (errors, warnings) {
+            (0, 0) => println!("{}: ok{server}", target.path.display()),
+            (0, w) => println!("{}: ok{server}, {w} warning(s)", target.path.display()),
+            (e, _) => println!(
+                "{}: {e} error(s){server}, {warnings} warning(s)",
+                target.path.display()
+            ),
+        }
+    }
+    if errors > 0 {
+        let errors = problems.into_iter().collect();
+        return Err(if json {
+            Failure::Printed(ConfigErrors::new(errors))
+        } else {
+            Failure::Reported
+        });
+    }
+    if strict && warnings > 0 {
+        return Err(Failure::Reported);
+    }
     Ok(())
 }
 
@@ -605,6 +751,17 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_unit_addresses() {
+        assert_eq!(
+            stream_listens(
+                "/run/kechi/demo.sock (Stream)\n127.0.0.1:8080 (Stream)\n[::]:9000 (Stream)\n127.0.0.1:53 (Datagram)\n"
+            ),
+            ["/run/kechi/demo.sock", "127.0.0.1:8080", "[::]:9000"]
+        );
+        assert!(stream_listens("").is_empty());
     }
 
     #[test]

@@ -89,6 +89,10 @@ fn run(args: DaemonArgs) -> i32 {
             return exitcode::CONFIG;
         }
     };
+    if let Err(errors) = advise(&opts, &loaded, &inherited) {
+        refuse(opts.app.as_str(), &errors);
+        return exitcode::CONFIG;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,10 +118,53 @@ fn run(args: DaemonArgs) -> i32 {
     })
 }
 
+/// Logs the warnings of the config and of how its app server is run (see `kechi::servers`),
+/// judged against the sockets the workers will really get: socket activation plus `listen`.
+/// `Err` when one of them is certain to make every worker fail.
+fn advise(
+    opts: &Options,
+    loaded: &kechi::config::Loaded,
+    inherited: &[kechi::sockets::Listener],
+) -> Result<(), kechi::config::ConfigErrors> {
+    let mut addresses: Vec<String> = inherited.iter().map(|l| l.address.clone()).collect();
+    for a in kechi::servers::listen_addresses(&loaded.config.listen) {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    let sockets = kechi::servers::Sockets {
+        addresses,
+        complete: true,
+    };
+    let (server, advice) = kechi::servers::advise(&kechi::servers::Subject {
+        config: &loaded.config,
+        provenance: &loaded.provenance,
+        file: &opts.config_path,
+        sockets: &sockets,
+    });
+    let mut problems = loaded.warnings.clone();
+    problems.extend(advice);
+    problems.sort_by(|a, b| a.location.cmp(&b.location));
+    if problems.iter().any(|p| !p.is_warning()) {
+        return Err(kechi::config::ConfigErrors::new(problems));
+    }
+    if let Some(s) = &server {
+        tracing::info!(APP = %opts.app, "app server: {}", s.name());
+    }
+    for p in &problems {
+        tracing::warn!(APP = %opts.app, "{p}");
+    }
+    Ok(())
+}
+
 /// Logs every problem of a refused configuration, one record each, then the verdict.
 fn refuse(app: &str, errors: &kechi::config::ConfigErrors) {
     for e in errors.errors() {
-        tracing::error!(APP = %app, "{e}");
+        if e.is_warning() {
+            tracing::warn!(APP = %app, "{e}");
+        } else {
+            tracing::error!(APP = %app, "{e}");
+        }
     }
-    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.errors().len());
+    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.error_count());
 }

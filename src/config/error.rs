@@ -3,6 +3,11 @@
 //!
 //! Loading collects every problem it can find before giving up, so [`ConfigErrors`] is a list;
 //! its `Display` prints one problem per line, sorted by file line, environment last.
+//!
+//! A problem is an error (kechid refuses to start, exit 78; `kechictl check` exits 1) or a
+//! [`Severity::Warning`]: something that may well work but probably will not work as meant
+//! (a worker user without execute permission by the mode bits, an app server given a stop
+//! signal that is not graceful for it). Warnings read `FILE:LINE: KEY: warning: what; fix: how`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,10 +53,21 @@ pub enum ErrorKind {
     Host,
 }
 
+/// Whether a problem stops kechid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Severity {
+    /// Refused: kechid does not start (or a reload keeps the running config).
+    #[default]
+    Error,
+    /// Reported (by `kechictl check`, and in the journal at kechid's start), not refused.
+    Warning,
+}
+
 /// One problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub kind: ErrorKind,
+    pub severity: Severity,
     pub location: Location,
     /// Dotted key (`memory.max`), when the problem is about one key.
     pub key: Option<String>,
@@ -65,6 +81,7 @@ impl ConfigError {
     pub fn new(kind: ErrorKind, location: Location, message: impl Into<String>) -> Self {
         ConfigError {
             kind,
+            severity: Severity::Error,
             location,
             key: None,
             message: message.into(),
@@ -80,6 +97,45 @@ impl ConfigError {
     pub fn expected(mut self, expected: impl Into<String>) -> Self {
         self.expected = Some(expected.into());
         self
+    }
+
+    /// Makes this a warning; `fix` says what to change (printed as `; fix: ...`).
+    pub fn warning(mut self, fix: impl Into<String>) -> Self {
+        self.severity = Severity::Warning;
+        self.expected = Some(fix.into());
+        self
+    }
+
+    pub fn is_warning(&self) -> bool {
+        self.severity == Severity::Warning
+    }
+
+    /// The 1-based file line, when the problem has one.
+    pub fn line(&self) -> Option<usize> {
+        match &self.location {
+            Location::File { line, .. } => *line,
+            Location::Env { .. } => None,
+        }
+    }
+
+    /// For scripts (`kechictl check --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (file, var) = match &self.location {
+            Location::File { path, .. } => (Some(path.display().to_string()), None),
+            Location::Env { var } => (None, Some(var.clone())),
+        };
+        let warning = self.is_warning();
+        serde_json::json!({
+            "severity": if warning { "warning" } else { "error" },
+            "file": file,
+            "line": self.line(),
+            "variable": var,
+            "key": self.key,
+            "message": self.message,
+            "expected": if warning { None } else { self.expected.clone() },
+            "fix": if warning { self.expected.clone() } else { None },
+            "text": self.to_string(),
+        })
     }
 }
 
@@ -97,15 +153,20 @@ impl fmt::Display for ConfigError {
         if let (Some(key), Location::File { .. }) = (&self.key, &self.location) {
             write!(f, "{key}: ")?;
         }
+        if self.is_warning() {
+            f.write_str("warning: ")?;
+        }
         f.write_str(&self.message)?;
-        if let Some(expected) = &self.expected {
-            write!(f, "; expected {expected}")?;
+        match (&self.expected, self.severity) {
+            (Some(fix), Severity::Warning) => write!(f, "; fix: {fix}")?,
+            (Some(expected), Severity::Error) => write!(f, "; expected {expected}")?,
+            (None, _) => {}
         }
         Ok(())
     }
 }
 
-/// Every problem found, in reading order. Never empty.
+/// Every problem found, in reading order: at least one error, and any warnings found with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(Vec<ConfigError>);
 
@@ -113,9 +174,13 @@ impl ConfigErrors {
     /// Sorts by location (file lines first, in order; then environment variables).
     ///
     /// # Panics
-    /// If `errors` is empty: an empty error list would be a success reported as a failure.
+    /// If `errors` holds no error: a list of warnings only would be a success reported as a
+    /// failure.
     pub fn new(mut errors: Vec<ConfigError>) -> Self {
-        assert!(!errors.is_empty(), "ConfigErrors needs at least one error");
+        assert!(
+            errors.iter().any(|e| !e.is_warning()),
+            "ConfigErrors needs at least one error"
+        );
         errors.sort_by(|a, b| a.location.cmp(&b.location));
         errors.dedup();
         ConfigErrors(errors)
@@ -127,6 +192,11 @@ impl ConfigErrors {
 
     pub fn into_vec(self) -> Vec<ConfigError> {
         self.0
+    }
+
+    /// How many of the problems are errors (the rest are warnings).
+    pub fn error_count(&self) -> usize {
+        self.0.iter().filter(|e| !e.is_warning()).count()
     }
 
     /// True when the file could not be read at all (as opposed to read and found wanting).
@@ -180,6 +250,23 @@ mod tests {
         assert_eq!(e.to_string(), "environment: KECHI_WORKERS: got \"x\"");
         let e = ConfigError::new(ErrorKind::Invalid, at(None), "missing").key("command");
         assert_eq!(e.to_string(), "/etc/kechi/demo.toml: command: missing");
+        let w = ConfigError::new(ErrorKind::Host, at(Some(2)), "puma ignores TERM")
+            .key("stop.signal")
+            .warning("stop.signal = \"INT\"");
+        assert_eq!(
+            w.to_string(),
+            "/etc/kechi/demo.toml:2: stop.signal: warning: puma ignores TERM; fix: stop.signal = \"INT\""
+        );
+        assert_eq!(w.to_json()["severity"], "warning");
+        assert_eq!(w.to_json()["line"], 2);
+        assert_eq!(w.to_json()["fix"], "stop.signal = \"INT\"");
+    }
+
+    #[test]
+    #[should_panic(expected = "at least one error")]
+    fn warnings_alone_are_not_a_failure() {
+        let w = ConfigError::new(ErrorKind::Host, at(Some(2)), "x").warning("y");
+        ConfigErrors::new(vec![w]);
     }
 
     #[test]

@@ -1,5 +1,13 @@
-//! Stage 3: can this host honour the config? Users and groups exist, and the jemalloc library
-//! is found and safe to preload.
+//! Stage 3: can this host honour the config? Users and groups exist, the working directory
+//! and the program exist, and the jemalloc library is found and safe to preload.
+//!
+//! A worker starts by `chdir(directory)` and `execve(program)` as its user (see
+//! [`crate::spawn`]); a missing directory or program would make every worker die at once and
+//! kechid crash-loop, so those are errors, found here before anything starts. The program is
+//! looked up exactly as the start does it ([`crate::spawn::resolve_command`]: an absolute path
+//! as is, a bare name in the workers' `PATH`, never relative to `directory`). Whether the
+//! worker's user may enter the directory or run the program is judged from the mode bits only
+//! (ACLs could say otherwise), so a "no" there is a warning.
 //!
 //! The host is behind the [`Host`] trait so tests can fake it; [`RealHost`] asks the live
 //! system (NSS for users and groups, [`crate::jemalloc`] for the library). On success the
@@ -18,6 +26,25 @@ use crate::jemalloc::{self, JemallocError};
 /// The user workers run as when `user` is not set and kechid runs as root.
 pub const DEFAULT_USER: &str = "nobody";
 
+/// What a path is, as `chdir` and `execve` see it (symlinks followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Directory,
+    File,
+    /// A socket, device, fifo...
+    Other,
+}
+
+/// The facts of an existing path that decide whether a worker can use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathFacts {
+    pub kind: PathKind,
+    /// Permission bits (`0o755`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What the checks ask of the host.
 pub trait Host {
     /// Whether kechid runs as root (and so would default workers to [`DEFAULT_USER`]).
@@ -33,6 +60,14 @@ pub trait Host {
     fn find_jemalloc(&self) -> Option<PathBuf>;
     /// See [`jemalloc::check_library`].
     fn check_jemalloc(&self, path: &Path) -> Result<PathBuf, JemallocError>;
+    /// `Ok(None)` when there is no such path; `Err` when it cannot be told.
+    fn path_facts(&self, path: &Path) -> Result<Option<PathFacts>, String>;
+    /// Where the worker start finds a program name without '/' ([`crate::spawn::resolve_command`]),
+    /// with the workers' `PATH` (`None`: the default one).
+    fn find_program(&self, name: &str, path_var: Option<&str>) -> Option<PathBuf>;
+    /// uid and primary gid of a user.
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)>;
+    fn group_gid(&self, name: &str) -> Option<u32>;
 }
 
 /// The live system.
@@ -66,6 +101,45 @@ impl Host for RealHost {
 
     fn check_jemalloc(&self, path: &Path) -> Result<PathBuf, JemallocError> {
         jemalloc::check_library(path)
+    }
+
+    fn path_facts(&self, path: &Path) -> Result<Option<PathFacts>, String> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some(PathFacts {
+                kind: if m.is_dir() {
+                    PathKind::Directory
+                } else if m.is_file() {
+                    PathKind::File
+                } else {
+                    PathKind::Other
+                },
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            })),
+            // ENOTDIR: a component on the way is a file; for chdir and exec that is "not there".
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn find_program(&self, name: &str, path_var: Option<&str>) -> Option<PathBuf> {
+        crate::spawn::resolve_command(name, path_var).ok()
+    }
+
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        let u = nix::unistd::User::from_name(name).ok()??;
+        Some((u.uid.as_raw(), u.gid.as_raw()))
+    }
+
+    fn group_gid(&self, name: &str) -> Option<u32> {
+        Some(nix::unistd::Group::from_name(name).ok()??.gid.as_raw())
     }
 }
 
@@ -116,12 +190,49 @@ pub fn check(
     if let Some(g) = &config.control.group {
         c.exists("control.group", "group", g, host.group_exists(g));
     }
+    let ids = worker_ids(config, host);
+    c.directory(&config.directory, ids, host);
+    if let Some(program) = config.command.first() {
+        c.program(program, config.environment.get("PATH"), ids, host);
+    }
     config.jemalloc.library = if config.jemalloc.enabled {
         c.jemalloc(&config.jemalloc.path, host)
     } else {
         None
     };
     c.errors
+}
+
+/// The uid and gid workers run as, when kechid switches to a user (`None`: it does not, or the
+/// user is unknown, which is reported on its own).
+fn worker_ids(config: &Config, host: &dyn Host) -> Option<(u32, u32)> {
+    let user = match &config.user {
+        Some(u) => u.as_str(),
+        None if host.is_root() => DEFAULT_USER,
+        None => return None,
+    };
+    let (uid, gid) = host.user_ids(user)?;
+    match &config.group {
+        Some(g) => Some((uid, host.group_gid(g)?)),
+        None => Some((uid, gid)),
+    }
+}
+
+/// Whether `ids` may use `facts` for `bit` (1: execute/search) by the mode bits, the way the
+/// kernel decides it for a process without supplementary groups (workers have none). Root may
+/// enter any directory, and run a file with any execute bit.
+fn permits(facts: &PathFacts, (uid, gid): (u32, u32), bit: u32) -> bool {
+    if uid == 0 {
+        return facts.kind == PathKind::Directory || facts.mode & 0o111 != 0;
+    }
+    let class = if facts.uid == uid {
+        facts.mode >> 6
+    } else if facts.gid == gid {
+        facts.mode >> 3
+    } else {
+        facts.mode
+    };
+    class & bit != 0
 }
 
 struct Checks<'a> {
@@ -153,6 +264,121 @@ impl Checks<'_> {
                 key,
                 format!("cannot look up {what} {name:?}: {e}"),
                 &format!("a {what} database that answers"),
+            ),
+        }
+    }
+
+    fn warn(&mut self, key: &str, message: String, fix: &str) {
+        let source = self.prov.get(key).cloned().unwrap_or(Source::Default);
+        self.errors.push(
+            ConfigError::new(ErrorKind::Host, Location::of(&source, self.file), message)
+                .key(key)
+                .warning(fix),
+        );
+    }
+
+    /// `directory`: workers `chdir` into it before exec.
+    fn directory(&mut self, dir: &Path, ids: Option<(u32, u32)>, host: &dyn Host) {
+        let d = dir.display();
+        match host.path_facts(dir) {
+            Ok(None) => self.fail(
+                "directory",
+                format!("{d} does not exist, so no worker could start (each changes into it)"),
+                "an existing directory: create it (mkdir -p), or set directory to where the \
+                 app lives",
+            ),
+            Ok(Some(f)) if f.kind != PathKind::Directory => self.fail(
+                "directory",
+                format!("{d} is not a directory"),
+                "the directory the app runs in, like \"/srv/app\"",
+            ),
+            Ok(Some(f)) => {
+                if let Some(ids) = ids.filter(|ids| !permits(&f, *ids, 1)) {
+                    self.warn(
+                        "directory",
+                        format!(
+                            "uid {} (gid {}) may not enter {d} (mode {:04o}, owner {}:{}), so \
+                             workers would fail to start in it",
+                            ids.0, ids.1, f.mode, f.uid, f.gid
+                        ),
+                        "let the workers' user search it (chmod o+x, or chgrp to its group and \
+                         chmod g+x), or choose another user",
+                    );
+                }
+            }
+            Err(e) => self.warn(
+                "directory",
+                format!("cannot check {d}: {e}"),
+                "run the check as root, or check that the directory exists",
+            ),
+        }
+    }
+
+    /// `command[0]`: the program the workers exec.
+    fn program(
+        &mut self,
+        program: &str,
+        path_var: Option<&String>,
+        ids: Option<(u32, u32)>,
+        host: &dyn Host,
+    ) {
+        let path = if program.contains('/') {
+            PathBuf::from(program)
+        } else {
+            match host.find_program(program, path_var.map(String::as_str)) {
+                Some(p) => p,
+                None => {
+                    let searched = path_var.map_or(
+                        "the default PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        |p| p.as_str(),
+                    );
+                    return self.fail(
+                        "command",
+                        format!(
+                            "no executable {program:?} in {searched}, so no worker could start"
+                        ),
+                        "the program's absolute path as command[0] (a bare name is looked up in \
+                         the workers' PATH, which environment.PATH sets; never in directory)",
+                    );
+                }
+            }
+        };
+        let p = path.display();
+        match host.path_facts(&path) {
+            Ok(None) => self.fail(
+                "command",
+                format!("{p} does not exist, so no worker could start"),
+                "the absolute path of an installed program as command[0] (`command -v NAME` \
+                 finds it), or install it",
+            ),
+            Ok(Some(f)) if f.kind != PathKind::File => self.fail(
+                "command",
+                format!("{p} is not a file that can be run"),
+                "a program file as command[0]",
+            ),
+            Ok(Some(f)) if f.mode & 0o111 == 0 => self.fail(
+                "command",
+                format!("{p} is not executable (mode {:04o})", f.mode),
+                "chmod +x on it, or its interpreter first: [\"/usr/bin/python3\", \"app.py\"]",
+            ),
+            Ok(Some(f)) => {
+                if let Some(ids) = ids.filter(|ids| !permits(&f, *ids, 1)) {
+                    self.warn(
+                        "command",
+                        format!(
+                            "uid {} (gid {}) may not execute {p} (mode {:04o}, owner {}:{}), so \
+                             workers would fail to start",
+                            ids.0, ids.1, f.mode, f.uid, f.gid
+                        ),
+                        "let the workers' user run it (chmod o+x, or chgrp to its group and \
+                         chmod g+x), or choose another user",
+                    );
+                }
+            }
+            Err(e) => self.warn(
+                "command",
+                format!("cannot check {p}: {e}"),
+                "run the check as root, or check that the program exists",
             ),
         }
     }
@@ -228,6 +454,26 @@ pub(crate) mod fake {
         pub safe: BTreeSet<PathBuf>,
         /// Users with uid 0 (root is added by `user_is_uid_zero` itself).
         pub uid_zero: BTreeSet<String>,
+        /// Existing paths.
+        pub paths: std::collections::BTreeMap<PathBuf, PathFacts>,
+    }
+
+    pub fn dir(mode: u32) -> PathFacts {
+        PathFacts {
+            kind: PathKind::Directory,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    pub fn file(mode: u32) -> PathFacts {
+        PathFacts {
+            kind: PathKind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 
     impl FakeHost {
@@ -241,6 +487,15 @@ pub(crate) mod fake {
                 auto: Some(lib.clone()),
                 safe: [lib].into(),
                 uid_zero: BTreeSet::new(),
+                paths: [
+                    ("/", dir(0o755)),
+                    ("/srv/app", dir(0o755)),
+                    ("/bin/app", file(0o755)),
+                    ("/usr/bin/python3", file(0o755)),
+                    ("/usr/bin/plackup", file(0o755)),
+                ]
+                .map(|(p, f)| (PathBuf::from(p), f))
+                .into(),
             }
         }
     }
@@ -260,6 +515,37 @@ pub(crate) mod fake {
         }
         fn find_jemalloc(&self) -> Option<PathBuf> {
             self.auto.clone()
+        }
+        fn path_facts(&self, path: &Path) -> Result<Option<PathFacts>, String> {
+            Ok(self.paths.get(path).copied())
+        }
+        fn find_program(&self, name: &str, path_var: Option<&str>) -> Option<PathBuf> {
+            // As spawn::resolve_command: the first PATH entry holding an executable file.
+            path_var
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| Path::new(d).join(name))
+                .find(|p| {
+                    self.paths
+                        .get(p)
+                        .is_some_and(|f| f.kind == PathKind::File && f.mode & 0o111 != 0)
+                })
+        }
+        fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+            match name {
+                "root" => Some((0, 0)),
+                "nobody" => Some((65534, 65534)),
+                n if self.users.contains(n) => Some((1000, 1000)),
+                _ => None,
+            }
+        }
+        fn group_gid(&self, name: &str) -> Option<u32> {
+            match name {
+                "root" => Some(0),
+                n if self.groups.contains(n) => Some(1000),
+                _ => None,
+            }
         }
         fn check_jemalloc(&self, path: &Path) -> Result<PathBuf, JemallocError> {
             if self.safe.contains(path) {
@@ -393,6 +679,197 @@ mod tests {
             ),
             "{errs:?}"
         );
+    }
+
+    fn warnings(text: &str, host: &FakeHost) -> Vec<String> {
+        parse(
+            text,
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            host,
+        )
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    #[test]
+    fn directory_must_exist_and_be_a_directory() {
+        let mut host = FakeHost::new();
+        let errs = run(&format!("{CMD}directory = \"/srv/gone\"\n"), &host).unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "/etc/kechi/demo.toml:2: directory: /srv/gone does not exist, so no worker could start (each changes into it); expected an existing directory: create it (mkdir -p), or set directory to where the app lives"
+            ]
+        );
+        host.paths.insert("/srv/file".into(), fake::file(0o644));
+        let errs = run(&format!("{CMD}directory = \"/srv/file\"\n"), &host).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("/etc/kechi/demo.toml:2: directory: /srv/file is not a directory;"),
+            "{errs:?}"
+        );
+        run(&format!("{CMD}directory = \"/srv/app\"\n"), &host).unwrap();
+    }
+
+    #[test]
+    fn directory_the_worker_cannot_enter_is_a_warning() {
+        let mut host = FakeHost::new();
+        host.paths.insert("/srv/private".into(), fake::dir(0o700));
+        let text = format!("{CMD}directory = \"/srv/private\"\nuser = \"diary\"\n");
+        let w = warnings(&text, &host);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("/etc/kechi/demo.toml:2: directory: warning: uid 1000 (gid 1000) may not enter /srv/private (mode 0700, owner 0:0)"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("; fix: "), "{w:?}");
+        // Root may enter it; so may its group.
+        assert!(
+            warnings(
+                &format!("{CMD}directory = \"/srv/private\"\nuser = \"root\"\n"),
+                &host
+            )
+            .is_empty()
+        );
+        host.paths.insert(
+            "/srv/private".into(),
+            PathFacts {
+                gid: 1000,
+                ..fake::dir(0o750)
+            },
+        );
+        assert!(warnings(&text, &host).is_empty());
+    }
+
+    #[test]
+    fn program_must_exist_and_be_executable() {
+        let mut host = FakeHost::new();
+        let errs = run("command = [\"/usr/bin/gone\", \"-x\"]\n", &host).unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "/etc/kechi/demo.toml:1: command: /usr/bin/gone does not exist, so no worker could start; expected the absolute path of an installed program as command[0] (`command -v NAME` finds it), or install it"
+            ]
+        );
+        host.paths
+            .insert("/srv/app/app.py".into(), fake::file(0o644));
+        let errs = run("command = [\"/srv/app/app.py\"]\n", &host).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("/etc/kechi/demo.toml:1: command: /srv/app/app.py is not executable (mode 0644); expected chmod +x on it, or its interpreter first"),
+            "{errs:?}"
+        );
+        let errs = run("command = [\"/srv/app\"]\n", &host).unwrap_err();
+        assert!(
+            errs[0].contains("command: /srv/app is not a file that can be run"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn bare_program_names_are_found_in_the_workers_path() {
+        let mut host = FakeHost::new();
+        let errs = run("command = [\"puma\"]\n", &host).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with(
+                "/etc/kechi/demo.toml:1: command: no executable \"puma\" in the default PATH"
+            ),
+            "{errs:?}"
+        );
+        host.paths.insert("/usr/bin/puma".into(), fake::file(0o755));
+        run("command = [\"puma\"]\n", &host).unwrap();
+        // environment.PATH replaces the default, as it does for the worker start.
+        host.paths
+            .insert("/opt/app/bin/server".into(), fake::file(0o755));
+        let errs = run("command = [\"server\"]\n", &host).unwrap_err();
+        assert!(errs[0].contains("no executable \"server\""), "{errs:?}");
+        run(
+            "command = [\"server\"]\nenvironment = { PATH = \"/opt/app/bin:/usr/bin\" }\n",
+            &host,
+        )
+        .unwrap();
+        let errs = run(
+            "command = [\"python3\"]\nenvironment = { PATH = \"/opt/app/bin\" }\n",
+            &host,
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].contains("no executable \"python3\" in /opt/app/bin,"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn program_the_worker_cannot_run_is_a_warning() {
+        let mut host = FakeHost::new();
+        host.paths
+            .insert("/srv/app/server".into(), fake::file(0o750));
+        let text = "command = [\"/srv/app/server\"]\nuser = \"diary\"\n";
+        let w = warnings(text, &host);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("/etc/kechi/demo.toml:1: command: warning: uid 1000 (gid 1000) may not execute /srv/app/server (mode 0750, owner 0:0)"),
+            "{w:?}"
+        );
+        // group = "diary" gives the worker gid 1000... which does not own it either.
+        host.paths.insert(
+            "/srv/app/server".into(),
+            PathFacts {
+                gid: 1000,
+                ..fake::file(0o750)
+            },
+        );
+        assert!(warnings(text, &host).is_empty());
+    }
+
+    #[test]
+    fn every_host_problem_at_once() {
+        let host = FakeHost::new();
+        let errs = run(
+            "command = [\"/usr/bin/gone\"]\ndirectory = \"/srv/gone\"\nuser = \"ghost\"\n",
+            &host,
+        )
+        .unwrap_err();
+        let heads: Vec<&str> = errs
+            .iter()
+            .map(|e| &e[..e.find(": ").unwrap() + 2])
+            .collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].contains(":1: command: "), "{errs:?}");
+        assert!(errs[1].contains(":2: directory: "), "{errs:?}");
+        assert!(
+            errs[2].contains(":3: user: no user \"ghost\""),
+            "{errs:?} {heads:?}"
+        );
+    }
+
+    #[test]
+    fn real_host_path_facts() {
+        let f = RealHost.path_facts(Path::new("/bin/sh")).unwrap().unwrap();
+        assert_eq!(f.kind, PathKind::File);
+        assert_ne!(f.mode & 0o111, 0);
+        assert_eq!(
+            RealHost.path_facts(Path::new("/")).unwrap().unwrap().kind,
+            PathKind::Directory
+        );
+        assert_eq!(
+            RealHost
+                .path_facts(Path::new("/nonexistent-kechi"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(RealHost.path_facts(Path::new("/bin/sh/x")).unwrap(), None);
+        assert_eq!(
+            RealHost.find_program("sh", Some("/nonexistent:/bin")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(RealHost.user_ids("root"), Some((0, 0)));
+        assert_eq!(RealHost.group_gid("root"), Some(0));
     }
 
     #[test]

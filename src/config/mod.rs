@@ -5,14 +5,19 @@
 //! [`load`] / [`parse`] run these stages and report every problem they find, each as
 //! `FILE:LINE: KEY: what was wrong; expected WHAT` (or `environment: VAR: ...`):
 //! 1. shape (`shape`): TOML syntax, unknown keys ("did you mean ..."), sections that are not
-//!    tables;
+//!    tables; only a syntax error stops here, the others are reported with the rest;
 //! 2. raw values (`raw`): serde into [`RawConfig`](raw::RawConfig), keeping each value's span
 //!    and tolerating wrong types so they are reported with the rest;
 //! 3. overlay (`env`): precedence, lowest first: built-in defaults < the file <
 //!    Server::Starter aliases (`ENABLE_AUTO_RESTART`/`AUTO_RESTART_INTERVAL`,
 //!    `KILL_OLD_DELAY`) < `KECHI_*` variables;
 //! 4. meaning (`validate`): types, ranges, cross-key rules, the app name from the file name;
-//! 5. host (`host`): users and groups exist, jemalloc is found and safe to preload.
+//! 5. host (`host`): users and groups exist, `directory` and the program of `command` exist
+//!    and can be used, jemalloc is found and safe to preload.
+//!
+//! Problems are errors or warnings ([`Severity`]); warnings alone do not fail a load and come
+//! back in [`Loaded::warnings`]. How the recognised app server is run is judged separately, by
+//! [`crate::servers`], since that needs the listening sockets.
 //!
 //! The environment is passed in as a map; the library never reads the process environment.
 //!
@@ -53,8 +58,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use env::{ALIASES, parse_unit_environment};
-pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
-pub use host::{DEFAULT_USER, Host, RealHost};
+pub use error::{ConfigError, ConfigErrors, ErrorKind, Location, Severity};
+pub use host::{DEFAULT_USER, Host, PathFacts, PathKind, RealHost};
 pub use keys::{KEYS, env_var};
 pub use model::*;
 pub use render::{render_json, render_text, source_text};
@@ -65,6 +70,8 @@ pub use validate::OWNED_VARS;
 pub struct Loaded {
     pub config: Config,
     pub provenance: Provenance,
+    /// Problems that do not stop kechid ([`Severity::Warning`]), in line order.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Reads `path` and runs [`parse`] on it. An unreadable file is one [`ErrorKind::Read`] error
@@ -96,12 +103,18 @@ pub fn parse(
     host: &dyn Host,
 ) -> Result<Loaded, ConfigErrors> {
     let lines = lines::LineIndex::new(text);
-    let key_lines = shape::check(text, path, &lines).map_err(ConfigErrors::new)?;
+    let shape = shape::check(text, path, &lines).map_err(ConfigErrors::new)?;
+    let key_lines = shape.key_lines;
     let mut raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        // The shape check should have caught whatever serde refuses; keep its word anyway.
-        ConfigErrors::new(vec![shape::from_toml_error(&e, text, path, &lines)])
+        // Unknown keys and misplaced sections are skipped by serde (the shape check has
+        // reported them), so this is only a safety net; keep serde's word with the others.
+        let mut all = shape.problems.clone();
+        all.push(shape::from_toml_error(&e, text, path, &lines));
+        ConfigErrors::new(all)
     })?;
-    let mut errors = env::overlay(&mut raw, env);
+    // Shape problems first: the rest of the file is still checked, so one run shows them all.
+    let mut errors = shape.problems;
+    errors.extend(env::overlay(&mut raw, env));
     let ctx = validate::Ctx {
         path,
         text,
@@ -111,11 +124,15 @@ pub fn parse(
     let (mut config, provenance, invalid) = validate::validate(raw, &ctx);
     errors.extend(invalid);
     errors.extend(host::check(&mut config, &provenance, path, host));
-    if errors.is_empty() {
-        Ok(Loaded { config, provenance })
-    } else {
-        Err(ConfigErrors::new(errors))
+    if errors.iter().any(|e| !e.is_warning()) {
+        return Err(ConfigErrors::new(errors));
     }
+    errors.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(Loaded {
+        config,
+        provenance,
+        warnings: errors,
+    })
 }
 
 #[cfg(test)]
@@ -196,6 +213,50 @@ mod tests {
         assert!(
             msgs[2].starts_with("environment: KECHI_MEMORY_MAX: got \"lots\"; expected a size")
         );
+    }
+
+    #[test]
+    fn unknown_key_does_not_hide_the_other_problems() {
+        // Before, serde's deny_unknown_fields stopped at `workerz` and the rest showed up only
+        // once it was fixed.
+        let errs = parse(
+            "command = [\"/usr/bin/gone\"]\nworkerz = 4\ndirectory = \"/srv/gone\"\n[memory]\nmax = \"lots\"\n",
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            &FakeHost::new(),
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = errs.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 4, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("/etc/kechi/demo.toml:1: command: /usr/bin/gone does not exist"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1]
+                .starts_with("/etc/kechi/demo.toml:2: workerz: unknown key; did you mean workers?"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].starts_with("/etc/kechi/demo.toml:3: directory: /srv/gone does not exist"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[3].starts_with("/etc/kechi/demo.toml:5: memory.max: got \"lots\""),
+            "{msgs:?}"
+        );
+        // A section that is not a table, with a bad value elsewhere: both.
+        let errs = parse(
+            "command = [\"/bin/app\"]\nready = 5\nworkers = 0\n",
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            &FakeHost::new(),
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = errs.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].contains(":2: ready: got an integer"), "{msgs:?}");
+        assert!(msgs[1].contains(":3: workers: got 0"), "{msgs:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Stage 1: the shape of a config file, as serde sees it.
 //!
-//! [`RawConfig`] mirrors the TOML layout (`deny_unknown_fields`, kebab-case keys) with every key
-//! optional. Each leaf is a [`Field`], which remembers where its value came from (the TOML span
+//! [`RawConfig`] mirrors the TOML layout (kebab-case keys) with every key optional. Unknown keys
+//! are skipped here rather than refused (`deny_unknown_fields` would stop serde at the first one,
+//! hiding every other problem of the file): the shape check (`shape`) has already reported each
+//! of them with its line. Likewise a section that is not a table reads as an empty one. Each leaf is a [`Field`], which remembers where its value came from (the TOML span
 //! via `toml::Spanned`, or the variable that overrode it) and tolerates a value of the wrong TOML
 //! type: the mismatch is kept and reported by validation together with every other problem,
 //! instead of aborting the parse at the first one.
@@ -74,6 +76,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
             origin,
         })
     }
+}
+
+/// A section (`[ready]`, ...): one that is not a table reads as empty; the shape check reports it.
+fn section<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Lenient::<T>::deserialize(d)?.0.unwrap_or_default())
 }
 
 /// A size or duration as written: `"512M"` / `"30s"`, or a bare integer (bytes / seconds).
@@ -162,7 +173,7 @@ impl FromEnv for BTreeMap<String, String> {
 
 /// The whole file. Field names are the TOML keys in kebab-case.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawConfig {
     pub command: Option<Field<Vec<String>>>,
     pub directory: Option<Field<String>>,
@@ -171,26 +182,26 @@ pub struct RawConfig {
     pub workers: Option<Field<i64>>,
     pub environment: Option<Field<BTreeMap<String, String>>>,
     pub listen: Option<Field<Vec<String>>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub ready: RawReady,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub stop: RawStop,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub memory: RawMemory,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub recycle: RawRecycle,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub restart: RawRestart,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub jemalloc: RawJemalloc,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub tmpdir: RawTmpDir,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "section")]
     pub control: RawControl,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawReady {
     pub mode: Option<Field<String>>,
     pub delay: Option<Field<Quantity>>,
@@ -198,14 +209,14 @@ pub struct RawReady {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawStop {
     pub signal: Option<Field<String>>,
     pub timeout: Option<Field<Quantity>>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawMemory {
     pub max: Option<Field<Quantity>>,
     pub high: Option<Field<Quantity>>,
@@ -218,7 +229,7 @@ pub struct RawMemory {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawRecycle {
     pub max_age: Option<Field<Quantity>>,
     pub jitter: Option<Field<String>>,
@@ -228,7 +239,7 @@ pub struct RawRecycle {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawRestart {
     pub backoff: Option<Field<Quantity>>,
     pub backoff_max: Option<Field<Quantity>>,
@@ -237,7 +248,7 @@ pub struct RawRestart {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawJemalloc {
     pub enabled: Option<Field<bool>>,
     pub path: Option<Field<String>>,
@@ -245,14 +256,14 @@ pub struct RawJemalloc {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawTmpDir {
     pub enabled: Option<Field<bool>>,
     pub size: Option<Field<Quantity>>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct RawControl {
     pub group: Option<Field<String>>,
 }
@@ -342,9 +353,14 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        assert!(toml::from_str::<RawConfig>("[memory]\nmaxx = 1\n").is_err());
-        assert!(toml::from_str::<RawConfig>("bogus = 1\n").is_err());
+    fn unknown_keys_and_non_table_sections_do_not_stop_the_parse() {
+        // The shape check reports these; serde must still read every other key.
+        let raw: RawConfig =
+            toml::from_str("workerz = 3\nworkers = 4\nready = 5\n[memory]\nmaxx = 1\nmax = 2\n")
+                .unwrap();
+        assert_eq!(raw.workers.unwrap().value, Ok(4));
+        assert_eq!(raw.ready, RawReady::default());
+        assert_eq!(raw.memory.max.unwrap().value, Ok(Quantity::Int(2)));
     }
 
     #[test]

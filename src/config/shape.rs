@@ -18,8 +18,19 @@ use super::lines::LineIndex;
 /// Line of every key in the file, by dotted path (`memory.max`, `environment.PLACK_ENV`).
 pub type KeyLines = BTreeMap<String, usize>;
 
+/// What the shape check found in a file that is valid TOML: the line of every key, and the
+/// problems of shape (unknown keys, sections that are not tables), in line order. These do not
+/// stop the later stages: the rest of the file is still read and checked, so one run reports
+/// every problem.
+#[derive(Debug, Default)]
+pub struct Shape {
+    pub key_lines: KeyLines,
+    pub problems: Vec<ConfigError>,
+}
+
 /// Parses `text` and checks that it only uses known keys and tables where tables belong.
-pub fn check(text: &str, path: &Path, lines: &LineIndex) -> Result<KeyLines, Vec<ConfigError>> {
+/// `Err` only when the text is not TOML at all (then nothing else can be read).
+pub fn check(text: &str, path: &Path, lines: &LineIndex) -> Result<Shape, Vec<ConfigError>> {
     // Only the first syntax error is reported: after one, recovery guesses, and the guesses
     // (an unclosed array swallowing the next lines...) would only mislead.
     // Errors are not reported in text order, so take the earliest.
@@ -39,11 +50,10 @@ pub fn check(text: &str, path: &Path, lines: &LineIndex) -> Result<KeyLines, Vec
     walk.table("", doc.get_ref());
     // The tree is sorted by key, not by position; users read top to bottom.
     walk.errors.sort_by(|a, b| a.location.cmp(&b.location));
-    if walk.errors.is_empty() {
-        Ok(walk.key_lines)
-    } else {
-        Err(walk.errors)
-    }
+    Ok(Shape {
+        key_lines: walk.key_lines,
+        problems: walk.errors,
+    })
 }
 
 struct Walk<'a> {
@@ -208,8 +218,12 @@ mod tests {
 
     fn run(text: &str) -> Result<KeyLines, Vec<String>> {
         let lines = LineIndex::new(text);
-        check(text, Path::new("t.toml"), &lines)
-            .map_err(|es| es.iter().map(ToString::to_string).collect())
+        let msgs = |es: &[ConfigError]| es.iter().map(ToString::to_string).collect();
+        match check(text, Path::new("t.toml"), &lines) {
+            Err(es) => Err(msgs(&es)),
+            Ok(shape) if !shape.problems.is_empty() => Err(msgs(&shape.problems)),
+            Ok(shape) => Ok(shape.key_lines),
+        }
     }
 
     #[test]

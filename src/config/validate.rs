@@ -609,7 +609,9 @@ mod tests {
     fn check_at(path: &str, text: &str) -> (Config, Provenance, Vec<String>) {
         let raw: RawConfig = toml::from_str(text).unwrap();
         let lines = LineIndex::new(text);
-        let key_lines = super::super::shape::check(text, Path::new(path), &lines).unwrap();
+        let key_lines = super::super::shape::check(text, Path::new(path), &lines)
+            .unwrap()
+            .key_lines;
         let ctx = Ctx {
             path: Path::new(path),
             text,

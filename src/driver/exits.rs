@@ -113,12 +113,19 @@ impl<S: Systemd + 'static> Driver<S> {
             .workers
             .get(&serial)
             .is_some_and(|w| w.state.is_live());
+        let started = self.state.workers.get(&serial).map(|w| w.started);
         self.apply(serial, Event::Exited(exit.clone()));
         if crashed {
             let reason = policy::crash_reason(&exit);
             let backoff = self.policy.backoff_after(self.state.consecutive_crashes);
             tracing::warn!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "worker died unexpectedly: {exit}; replacing it after a backoff of {} ({} crashes in a row)", crate::quantity::format_duration(backoff), self.state.consecutive_crashes);
             self.record(format!("worker {serial} {reason}: {exit}"));
+            // Died right after its start: the app's last stderr lines and a hint, off the loop.
+            if let Some(started) = started {
+                let (app, unit) = (&self.opts.app, self.opts.unit.as_deref());
+                let (worker, command) = ((serial, pid.as_raw()), &self.config().command);
+                crate::early_death::report(app, unit, worker, started, exit.to_string(), command);
+            }
         } else {
             tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), "worker stopped: {exit}");
         }

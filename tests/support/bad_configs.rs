@@ -18,11 +18,13 @@ pub const MANY_PROBLEMS: &str = "many-problems.toml";
 
 /// The `FILE:LINE: KEY` heads of [`MANY_PROBLEMS`]'s problems, in line order.
 pub const MANY_PROBLEMS_HEADS: &[&str] = &[
+    "2: command",
     "3: directory",
     "4: workers",
-    "7: memory.max",
-    "8: memory.metric",
-    "11: restart.burst",
+    "5: workerz",
+    "8: memory.max",
+    "9: memory.metric",
+    "12: restart.burst",
 ];
 
 /// Every `.toml` in [`bad_dir`] but [`MANY_PROBLEMS`], sorted.
@@ -190,6 +192,18 @@ pub const BAD: &[(&str, Option<usize>, &str, &str)] = &[
         Some(3),
         "ready",
         "expected a table",
+    ),
+    (
+        "missing-directory.toml",
+        Some(4),
+        "directory",
+        "/srv/kechi-test-no-such-directory does not exist",
+    ),
+    (
+        "missing-program.toml",
+        Some(3),
+        "command",
+        "/usr/lib/kechi-test/no-such-program does not exist",
     ),
     (
         "zero-max-concurrent.toml",

@@ -1,7 +1,8 @@
 #!/bin/bash
 # t_crash: a worker killed with SIGKILL is replaced by a new scope with a higher serial; an app whose
 # workers exit at once makes kechid give up after restart.burst crashes (with backoff between them),
-# and systemd marks kechi@demo failed instead of restarting it forever.
+# and systemd marks kechi@demo failed instead of restarting it forever; the journal quotes what the
+# dying app wrote to stderr, with a hint.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_crash "SIGKILL of a worker; a crash loop ends in 'failed'"
@@ -34,10 +35,10 @@ fi
 expect_eq "the other workers, untouched" "$(printf '%s\n' "$w2" | awk -v s="$top" '$1 <= s { print $3 }' | sort | tr '\n' ' ')" "$others"
 expect_eq "kechi@demo is" "$(tgt_run systemctl is-active kechi@demo)" active
 
-say "an app that exits at once: command = /bin/false, restart.burst = 3"
+say "an app that exits at once, saying why on stderr: sys.exit(\"boom\"), restart.burst = 3"
 tgt_run timeout 120 systemctl stop kechi@demo || bad "systemctl stop kechi@demo failed"
 kechi_config <<EOF
-command = ["/bin/false"]
+command = ["/usr/bin/python3", "-c", "import sys; sys.exit('boom: no database')"]
 user = "$KT_USER"
 workers = 3
 
@@ -67,6 +68,12 @@ log=$(journal_unit_after "$cursor" kechi@demo.service)
 printf '%s\n' "$log" | tail -n 15 | sed 's/^/          | /'
 n=$(printf '%s\n' "$log" | grep -ciE 'back-?off|backing off')
 if [ "$n" -gt 0 ]; then ok "the journal shows backoff ($n lines)"; else bad "no backoff message in the journal of kechi@demo"; fi
+early=$(printf '%s\n' "$log" | grep -F 'died' | grep -F 'ms after it started' | grep -F 'boom: no database' | grep -F 'kechictl check demo' | head -1)
+if [ -n "$early" ]; then
+  ok "the journal quotes the app's stderr, with a hint: ${early#*kechid*: }"
+else
+  bad "no journal line quoting the app's stderr ('boom: no database') with a hint"
+fi
 left=$(workers)
 expect_eq "worker scopes left" "$(count_lines "$left")" 0
 

@@ -9,9 +9,11 @@
 #      file:line: key), the workers are not replaced, the old config stays in force.
 #   3. the app's user deleted after start: the next recycle cannot start a replacement; the journal
 #      says the user does not exist; the old worker keeps serving. With the user back, it recycles.
-#   4. a reload onto a command that does not exist: every replacement fails with the exec error in
-#      the journal, kechid backs off between attempts (restart.backoff, doubling) instead of
-#      retrying at once, and the old workers keep serving (a serving app is never given up on).
+#   4. a reload onto a command that does not exist is refused (the journal names command and the
+#      path; the old config stays); a reload onto one that exists but cannot be executed (its
+#      interpreter is missing, which only execve finds): every replacement fails with the exec
+#      error in the journal, kechid backs off between attempts (restart.backoff, doubling) instead
+#      of retrying at once, and the old workers keep serving (a serving app is never given up on).
 #   5. then the old workers die too: nothing is ready, the replacements keep failing, and past
 #      restart.burst kechid exits 69 and the unit ends "failed" without being restarted.
 # Start-time crash loops and bad files at start are t_crash and t_config_errors.
@@ -24,6 +26,8 @@ command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 WORKERS=2
 CONF=/etc/kechi/$KT_APP.toml
 MISSING=/usr/bin/kt-no-such-app
+# exists and is executable, but its interpreter does not: the config check passes, execve fails
+BROKEN=/usr/bin/kt-broken-app
 
 # config COMMAND: the app file (restart.backoff short, so a failing start is retried within a step)
 config() {
@@ -175,15 +179,23 @@ load_stop user "$step"
 if why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30); then ok "$step: $WORKERS workers, steady"; else bad "$step: not steady: $why"; fi
 
 # ---- 4 ------------------------------------------------------------------------------------------
-step="4 reload onto a missing command"
+step="4 reload onto a missing command, then onto one that cannot be executed"
 w=$(workers)
 config "[\"$MISSING\"]"
+cursor=$(journal_cursor)
+tgt_run timeout 60 systemctl reload "kechi@$KT_APP" || bad "$step: systemctl reload failed"
+sleep 2
+journal_has "$step" "$cursor" "the reload is refused, naming command and the path" "command: $MISSING does not exist"
+same_workers "$step (missing command refused)" "$w"
+printf '#!/usr/bin/kt-no-such-interpreter\n' | tgt_write "$BROKEN" || abort "writing $BROKEN"
+tgt_run chmod 755 "$BROKEN"
+config "[\"$BROKEN\"]"
 fault_load missing || abort "no load generator"
 cursor=$(journal_cursor)
 tgt_run timeout 60 systemctl reload "kechi@$KT_APP" || bad "$step: systemctl reload failed"
 sleep 12  # the observation window: how often kechid retries, while the old workers serve
 log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service")
-journal_has "$step" "$cursor" "exec failed, naming the command" "worker failed to start" "$MISSING" "No such file or directory"
+journal_has "$step" "$cursor" "exec failed, naming the command" "worker failed to start" "$BROKEN" "No such file or directory"
 tries=$(printf '%s\n' "$log" | grep -c 'worker failed to start')
 # backoff 500ms doubling to 4s: about 0.5+1+2+4+4 s for 5 tries; at once, hundreds
 if [ "$tries" -ge 2 ] && [ "$tries" -le 8 ]; then ok "$step: $tries failed starts in 12 s (backing off)"; else bad "$step: $tries failed starts in 12 s (want 2..8: backoff from 500ms, doubling)"; fi
