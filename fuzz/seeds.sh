@@ -10,7 +10,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 C=fuzz/corpus
 F=tests/fixtures
 rm -f "$C"/*/seed-*
-mkdir -p "$C"/{config,quantity,notify,control_request,control_reply,proc,cgroup,accept,dbus_message}
+mkdir -p "$C"/{config,quantity,notify,control_request,control_reply,proc,cgroup,accept}
 
 # ---- config: every fixture as it is; a few with an environment after a NUL byte ----------------
 for f in $F/config/good/*.toml $F/config/bad/*.toml; do
@@ -84,11 +84,4 @@ printf 'socket:[23071]\n' > "$C/accept/seed-link"
 printf '\x00\x7f\x00\x00\x01\x1f\x90\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x7f\x00\x00\x01\x1f\x90' > "$C/accept/seed-addresses"
 printf '\x03\x00\x00\x00\x01\x00\x00\x00\x07\x00\x00\x00\x01\x00\x00\x00' > "$C/accept/seed-pollfds"
 
-# ---- dbus_message: byte 0 even = a whole message, odd = signature length, signature, values ----
-# a big-endian method return (reply to serial 3, body u 42)
-printf '\x00B\x02\x00\x01\x00\x00\x00\x04\x00\x00\x00\x05\x00\x00\x00\x0f\x05\x01u\x00\x00\x00\x00\x03\x08\x01g\x00\x01u\x00\x00\x00\x00\x00\x2a' \
-  > "$C/dbus_message/seed-reply-be"
-# a(sv) holding ("a", <u 1>)
-printf '\x01\x05a(sv)\x10\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00a\x00\x01u\x00\x00\x01\x00\x00\x00' \
-  > "$C/dbus_message/seed-values"
 echo "seeds: $(find "$C" -name 'seed-*' | wc -l) files, $(cat "$C"/*/seed-* | wc -c) bytes"

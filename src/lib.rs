@@ -17,7 +17,6 @@ pub mod config;
 pub mod control;
 pub mod control_server;
 pub mod daemon_cli;
-pub mod dbus;
 pub mod driver;
 pub mod early_death;
 pub mod exitcode;

@@ -13,7 +13,7 @@ pub enum Sink {
 }
 
 /// Installs the global subscriber. `KECHI_LOG` sets the level: a level (`debug`), or targets with
-/// levels (`info,kechi::driver=debug,kechi::dbus=warn`); default `info`. A value that does not parse is
+/// levels (`info,kechi::driver=debug,zbus=warn`); default `info`. A value that does not parse is
 /// reported once and `info` used. (A plain target filter rather than tracing's EnvFilter: the
 /// latter brings a regex engine, some 170 KB of code in a daemon whose size is a goal.)
 pub fn init() -> Sink {
@@ -96,8 +96,8 @@ mod tests {
         let (t, bad) = parse_filter(Some("warn,kechi::driver=debug"));
         assert!(bad.is_none());
         assert!(t.would_enable("kechi::driver", &Level::DEBUG));
-        assert!(!t.would_enable("kechi::dbus", &Level::INFO));
-        assert!(t.would_enable("kechi::dbus", &Level::WARN));
+        assert!(!t.would_enable("zbus", &Level::INFO));
+        assert!(t.would_enable("zbus", &Level::WARN));
     }
 
     #[test]

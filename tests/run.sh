@@ -47,9 +47,10 @@ banner() { printf '\n##### %s\n' "$*"; }
 
 # ---- 1. what the tests need ---------------------------------------------------------------------
 # (lintian, rpm, man-db, zsh, fish: t_package checks the packages and the completions with them;
-# busybox-static: t_sec_worker's statically linked worker)
+# busybox-static: t_sec_worker's statically linked worker; puma, unicorn, ruby-rack, uwsgi,
+# uwsgi-plugin-python3, nodejs: the t_compat_* rows)
 PACKAGES="libjemalloc2 python3 curl wrk starlet gunicorn procps util-linux dbus systemd
- lintian rpm man-db zsh fish busybox-static"
+ lintian rpm man-db zsh fish busybox-static puma unicorn ruby-rack uwsgi uwsgi-plugin-python3 nodejs"
 install_deps() {
   local p missing="" t0=$SECONDS
   command -v dpkg-query > /dev/null || { record "install packages" SKIP 0 "no dpkg here"; return 0; }

@@ -1,5 +1,5 @@
 //! `DbusSystemd` against a fake systemd manager served over a peer-to-peer D-Bus socket pair
-//! (tests/support/fake_manager.rs): kechi's own D-Bus client, the real job waiting, fake answers.
+//! (tests/support/fake_manager.rs): the real proxies, the real job waiting, fake answers.
 
 #[path = "support/fake_manager.rs"]
 mod fake_manager;
@@ -285,8 +285,11 @@ async fn start_scope_unit_exists_is_a_call_error() {
         SystemdError::Call {
             method,
             unit,
-            source: kechi::dbus::Error::Method { name, .. },
-        } => {
+            source,
+        } if matches!(*source, zbus::Error::MethodError(..)) => {
+            let zbus::Error::MethodError(name, _, _) = *source else {
+                unreachable!()
+            };
             assert_eq!(method, "StartTransientUnit");
             assert_eq!(unit, "kechi-demo-1.scope");
             assert_eq!(name.as_str(), "org.freedesktop.systemd1.UnitExists");
@@ -551,9 +554,9 @@ async fn connection_lost_while_waiting_for_a_job() {
             &err,
             SystemdError::Call {
                 method: "StopUnit",
-                source: kechi::dbus::Error::Failure(_),
+                source,
                 ..
-            }
+            } if matches!(**source, zbus::Error::Failure(_))
         ),
         "{err:?}"
     );

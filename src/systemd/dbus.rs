@@ -1,28 +1,43 @@
-//! [`Systemd`] over D-Bus: the system bus when kechid runs as root, the user bus otherwise.
+//! [`Systemd`] over D-Bus with zbus: the system bus when kechid runs as root, the user bus
+//! otherwise.
 //!
 //! Jobs are awaited the way `systemd-run` does it: subscribe, start listening for
 //! `JobRemoved` *before* issuing the call (so a job that finishes before the reply arrives is
-//! not missed), then wait for the signal naming our job path, with a deadline. On a bus, a
-//! `JobRemoved` counts only if it comes from the current owner of `org.freedesktop.systemd1`
-//! (anyone may send us a signal directly).
+//! not missed), then wait for the signal naming our job path, with a deadline.
+//!
+//! Any local peer may send kechid a signal directly (the bus policy allows signals to anyone),
+//! so a `JobRemoved` counts only if its sender is the unique name that owns
+//! `org.freedesktop.systemd1` now, as the bus daemon says (`GetNameOwner`, asked again when a
+//! signal for our job comes from another name: the manager may have re-executed). The check is
+//! kechid's own ([`JobWatch`]) rather than zbus's proxy signal stream, which follows the
+//! owner through `NameOwnerChanged` signals that a peer could forge as well.
+//!
+//! Every call has a deadline: a job's call and its wait share the caller's; any other call
+//! has [`CALL_DEADLINE`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UnixStream;
+use futures_util::StreamExt;
+use zbus::message::Type as MessageType;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::{Connection, MatchRule, MessageStream};
 
-use super::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo, props};
-use crate::dbus::{self, Connection, Value};
+use super::proxy::{JobProxy, JobRemoved, ManagerProxy, ServiceProxy, UnitProxy};
+use super::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo, address, props};
 
 const SERVICE: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
-const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
-const BUS: &str = "org.freedesktop.DBus";
-const BUS_PATH: &str = "/org/freedesktop/DBus";
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+const ALREADY_SUBSCRIBED: &str = "org.freedesktop.systemd1.AlreadySubscribed";
+
+/// How long any call without a job of its own may take (and the connection's own bound on
+/// every method call).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(25);
 
 /// Which bus the manager is reached on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +64,12 @@ pub type Connector = Arc<
         + Sync,
 >;
 
-/// One connection, and the unique bus name that owned the manager's name when last asked.
+/// One connection, its manager proxy, and the unique bus name that owned the manager's name
+/// when last asked.
 #[derive(Debug, Clone)]
 struct Link {
     conn: Connection,
+    manager: ManagerProxy<'static>,
     owner: Arc<Mutex<Option<String>>>,
 }
 
@@ -100,15 +117,9 @@ impl DbusSystemd {
         })
     }
 
-    /// Speaks peer-to-peer on `stream` (the manager's own end of a socket, in tests); such a
+    /// Uses an existing connection (a peer-to-peer one to a fake manager, in tests); such a
     /// link cannot be re-established.
-    pub async fn on_connection(
-        stream: UnixStream,
-        what: &'static str,
-    ) -> Result<Self, SystemdError> {
-        let conn = Connection::peer(stream)
-            .await
-            .map_err(|source| SystemdError::Connect { bus: what, source })?;
+    pub async fn on_connection(conn: Connection, what: &'static str) -> Result<Self, SystemdError> {
         let link = open_link(conn, what).await?;
         Ok(DbusSystemd {
             link: Arc::new(Mutex::new(link)),
@@ -121,79 +132,18 @@ impl DbusSystemd {
         self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    fn manager(&self) -> ManagerProxy<'static> {
+        self.link().manager
+    }
+
     /// The current connection.
     pub fn connection(&self) -> Connection {
         self.link().conn
     }
 
-    async fn manager_call(
-        &self,
-        member: &str,
-        body: Vec<Value>,
-    ) -> Result<Vec<Value>, dbus::Error> {
-        self.connection()
-            .call(SERVICE, MANAGER_PATH, MANAGER, member, body)
-            .await
-    }
-
-    /// A property of the object at `path`, through `org.freedesktop.DBus.Properties.Get`.
-    async fn property(
-        &self,
-        path: &str,
-        interface: &str,
-        name: &str,
-    ) -> Result<Value, dbus::Error> {
-        let body = vec![Value::str(interface), Value::str(name)];
-        let mut reply = self
-            .connection()
-            .call(SERVICE, path, PROPERTIES, "Get", body)
-            .await?;
-        match reply.pop() {
-            Some(Value::Variant(v)) if reply.is_empty() => Ok(*v),
-            _ => Err(dbus::Error::Reply("Get did not return one variant")),
-        }
-    }
-
     /// `GetUnit`: the unit's object path.
-    async fn unit_path(&self, unit: &str) -> Result<String, SystemdError> {
-        let reply = self.manager_call("GetUnit", vec![Value::str(unit)]).await;
-        match reply.and_then(object_path) {
-            Ok(p) => Ok(p),
-            Err(e) => Err(call_error("GetUnit", unit, e)),
-        }
-    }
-
-    /// Whether a signal from `sender` comes from systemd's manager.
-    async fn from_manager(link: &Link, sender: Option<&str>) -> bool {
-        if !link.conn.is_bus() {
-            return true;
-        }
-        let Some(sender) = sender else { return false };
-        if link
-            .owner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref()
-            == Some(sender)
-        {
-            return true;
-        }
-        // Not the owner we knew: the manager may have re-executed and taken its name again.
-        let owner = link
-            .conn
-            .call(
-                BUS,
-                BUS_PATH,
-                BUS,
-                "GetNameOwner",
-                vec![Value::str(SERVICE)],
-            )
-            .await
-            .ok()
-            .and_then(|b| Some(b.first()?.as_str()?.to_owned()));
-        let ok = owner.as_deref() == Some(sender);
-        *link.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
-        ok
+    async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
+        bounded("GetUnit", unit, self.manager().get_unit(unit)).await
     }
 
     /// Runs `call`, which returns a job path, and waits for that job's `JobRemoved`.
@@ -205,124 +155,230 @@ impl DbusSystemd {
         call: F,
     ) -> Result<JobResult, SystemdError>
     where
-        F: Future<Output = Result<Vec<Value>, dbus::Error>>,
+        F: Future<Output = zbus::Result<OwnedObjectPath>>,
     {
-        // One deadline for the call and the wait together: a manager that does not answer the
-        // call at all must not hold kechid longer than one that never finishes the job.
-        let until = tokio::time::Instant::now() + deadline;
+        // One deadline for the subscription, the call and the wait together: a manager that
+        // does not answer the call at all must not hold kechid longer than one that never
+        // finishes the job.
         let timed_out = || SystemdError::JobTimeout {
             unit: unit.to_owned(),
             waited: deadline,
         };
-        let link = self.link();
-        let mut removed = link.conn.signals(MANAGER, "JobRemoved");
-        let job = tokio::time::timeout_at(until, call)
-            .await
-            .map_err(|_| timed_out())?
-            .and_then(object_path)
-            .map_err(|e| call_error(method, unit, e))?;
-        let wait = async {
-            while let Some(sig) = removed.next().await {
-                // JobRemoved(u id, o job, s unit, s result)
-                let [_, Value::Path(path), _, Value::Str(result)] = &sig.body[..] else {
-                    continue;
-                };
-                if *path == job && Self::from_manager(&link, sig.sender.as_deref()).await {
-                    return Some(JobResult::parse(result));
-                }
+        let job = async {
+            let mut watch = JobWatch::new(self.link())
+                .await
+                .map_err(|e| call_error(method, unit, e))?;
+            let job = call.await.map_err(|e| call_error(method, unit, e))?;
+            match watch.removed(&job).await {
+                Some(result) => Ok(result),
+                None => Err(SystemdError::Call {
+                    method,
+                    unit: unit.to_owned(),
+                    source: Box::new(zbus::Error::Failure(
+                        "the bus connection closed while waiting for a job".into(),
+                    )),
+                }),
             }
-            None
         };
-        match tokio::time::timeout_at(until, wait).await {
-            Ok(Some(result)) => Ok(result),
-            Ok(None) => Err(SystemdError::Call {
-                method,
-                unit: unit.to_owned(),
-                source: dbus::Error::Failure(
-                    "the bus connection closed while waiting for a job".into(),
-                ),
-            }),
-            Err(_) => Err(timed_out()),
+        tokio::time::timeout(deadline, job)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+}
+
+/// The manager's `JobRemoved` signals as they arrive on one link, from the moment it is made.
+struct JobWatch {
+    link: Link,
+    signals: MessageStream,
+}
+
+impl JobWatch {
+    async fn new(link: Link) -> zbus::Result<Self> {
+        // The bus daemon forwards broadcasts from the manager's name only; a signal sent to
+        // kechid directly passes this rule too (zbus cannot match a well-known sender
+        // locally), hence the sender check in `sent_by_manager`.
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(SERVICE)?
+            .path(MANAGER_PATH)?
+            .interface(MANAGER)?
+            .member("JobRemoved")?
+            .build();
+        let signals = MessageStream::for_match_rule(rule, &link.conn, None).await?;
+        Ok(JobWatch { link, signals })
+    }
+
+    /// The result of `job`, once the manager reports it removed; `None` if the link closed.
+    async fn removed(&mut self, job: &OwnedObjectPath) -> Option<JobResult> {
+        while let Some(msg) = self.signals.next().await {
+            let Ok(msg) = msg else { continue };
+            let Some(signal) = JobRemoved::from_message(msg.clone()) else {
+                continue;
+            };
+            let Ok(args) = signal.args() else { continue };
+            if args.job != *job {
+                continue;
+            }
+            let sender = msg.header().sender().map(|s| s.as_str().to_owned());
+            if self.sent_by_manager(sender.as_deref()).await {
+                return Some(JobResult::parse(&args.result));
+            }
+            tracing::warn!(
+                sender = sender.as_deref().unwrap_or("-"),
+                job = job.as_str(),
+                "ignored a JobRemoved signal not sent by systemd's manager"
+            );
         }
+        None
+    }
+
+    /// Whether a signal from `sender` comes from systemd's manager.
+    async fn sent_by_manager(&self, sender: Option<&str>) -> bool {
+        if !self.link.conn.is_bus() {
+            // Peer to peer: the only peer is the manager.
+            return true;
+        }
+        let Some(sender) = sender else { return false };
+        let known = |owner: &Mutex<Option<String>>| {
+            owner.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(sender)
+        };
+        if known(&self.link.owner) {
+            return true;
+        }
+        // Not the owner we knew: the manager may have re-executed and taken its name again.
+        let owner = match zbus::fdo::DBusProxy::new(&self.link.conn).await {
+            Ok(bus) => tokio::time::timeout(
+                CALL_DEADLINE,
+                bus.get_name_owner(SERVICE.try_into().expect("a valid bus name")),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|o| o.as_str().to_owned()),
+            Err(_) => None,
+        };
+        *self.link.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+        known(&self.link.owner)
+    }
+}
+
+/// `call`, bounded by [`CALL_DEADLINE`]; `NoSuchUnit` as its own error.
+async fn bounded<T>(
+    method: &'static str,
+    unit: &str,
+    call: impl Future<Output = zbus::Result<T>>,
+) -> Result<T, SystemdError> {
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Ok(r) => r.map_err(|e| call_error(method, unit, e)),
+        Err(_) => Err(SystemdError::Call {
+            method,
+            unit: unit.to_owned(),
+            source: Box::new(zbus::Error::InputOutput(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply within {CALL_DEADLINE:?}"),
+            )))),
+        }),
     }
 }
 
 /// `NoSuchUnit` as its own error, anything else as a failed call.
-fn call_error(method: &'static str, unit: &str, e: dbus::Error) -> SystemdError {
-    if e.is_named(NO_SUCH_UNIT) {
+fn call_error(method: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    if is_named(&e, NO_SUCH_UNIT) {
         SystemdError::NoSuchUnit(unit.to_owned())
     } else {
         SystemdError::Call {
             method,
             unit: unit.to_owned(),
-            source: e,
+            source: Box::new(e),
         }
     }
 }
 
-/// A reply of one object path.
-fn object_path(mut body: Vec<Value>) -> Result<String, dbus::Error> {
-    match body.pop() {
-        Some(Value::Path(p)) if body.is_empty() => Ok(p),
-        _ => Err(dbus::Error::Reply("expected an object path")),
-    }
+/// Whether `e` is an error reply named `name`.
+fn is_named(e: &zbus::Error, name: &str) -> bool {
+    matches!(e, zbus::Error::MethodError(n, _, _) if n.as_str() == name)
 }
 
 async fn open_bus(bus: Bus) -> Result<Connection, SystemdError> {
-    let address = match bus {
-        Bus::System => Ok(dbus::system_bus_address()),
-        Bus::User => dbus::session_bus_address(),
-    };
-    let conn = match address {
-        Ok(a) => Connection::open_bus(&a).await,
-        Err(e) => Err(e),
-    };
-    conn.map_err(|source| SystemdError::Connect {
+    let connect_err = |source| SystemdError::Connect {
         bus: bus.name(),
-        source,
-    })
+        source: Box::new(source),
+    };
+    let address = match bus {
+        Bus::System => address::system_bus(),
+        Bus::User => address::user_bus(),
+    }
+    .map_err(connect_err)?;
+    let shown = address.to_string();
+    let connect = async {
+        zbus::connection::Builder::address(address)?
+            .method_timeout(CALL_DEADLINE)
+            .build()
+            .await
+    };
+    match tokio::time::timeout(CALL_DEADLINE, connect).await {
+        Ok(conn) => conn.map_err(connect_err),
+        Err(_) => Err(connect_err(zbus::Error::Failure(format!(
+            "no answer from {shown} within {CALL_DEADLINE:?}"
+        )))),
+    }
 }
 
 async fn open_link(conn: Connection, what: &'static str) -> Result<Link, SystemdError> {
-    let connect_err = |source| SystemdError::Connect { bus: what, source };
-    if conn.is_bus() {
-        // Ask the bus daemon for the manager's JobRemoved broadcasts.
-        let rule = format!(
-            "type='signal',sender='{SERVICE}',path='{MANAGER_PATH}',interface='{MANAGER}',member='JobRemoved'"
-        );
-        conn.call(BUS, BUS_PATH, BUS, "AddMatch", vec![Value::str(rule)])
-            .await
-            .map_err(connect_err)?;
-    }
+    let connect_err = |source| SystemdError::Connect {
+        bus: what,
+        source: Box::new(source),
+    };
+    let manager = ManagerProxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(connect_err)?;
     // Without Subscribe() the manager does not emit JobRemoved to us. Subscribing twice is
     // harmless: the manager answers that we already are.
-    match conn
-        .call(SERVICE, MANAGER_PATH, MANAGER, "Subscribe", vec![])
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.is_named("org.freedesktop.systemd1.AlreadySubscribed") => {}
-        Err(e) => return Err(connect_err(e)),
+    match tokio::time::timeout(CALL_DEADLINE, manager.subscribe()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if is_named(&e, ALREADY_SUBSCRIBED) => {}
+        Ok(Err(e)) => return Err(connect_err(e)),
+        Err(_) => {
+            return Err(connect_err(zbus::Error::Failure(format!(
+                "Subscribe: no reply within {CALL_DEADLINE:?}"
+            ))));
+        }
     }
     Ok(Link {
         conn,
+        manager,
         owner: Arc::new(Mutex::new(None)),
     })
 }
 
+/// A property proxy for the object at `path` (no cache: each property is read once).
+async fn object<'p, P>(
+    conn: &Connection,
+    path: OwnedObjectPath,
+    method: &'static str,
+    unit: &str,
+) -> Result<P, SystemdError>
+where
+    P: From<zbus::Proxy<'p>> + zbus::proxy::Defaults,
+{
+    let build = async {
+        zbus::proxy::Builder::<P>::new(conn)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+    };
+    bounded(method, unit, build).await
+}
+
 impl Systemd for DbusSystemd {
     async fn start_scope(&self, spec: &ScopeSpec, deadline: Duration) -> Result<(), SystemdError> {
-        let props = props::scope_properties(spec)
-            .into_iter()
-            .map(|(name, v)| Value::Struct(vec![Value::str(name), Value::Variant(Box::new(v))]))
-            .collect();
-        let body = vec![
-            Value::str(spec.unit.as_str()),
-            Value::str("fail"),
-            Value::Array("(sv)".into(), props),
-            Value::Array("(sa(sv))".into(), vec![]),
-        ];
-        let call = self.manager_call("StartTransientUnit", body);
+        let props = props::scope_properties(spec);
+        let aux: &[(&str, &[(&str, Value<'_>)])] = &[];
+        let manager = self.manager();
+        let call = manager.start_transient_unit(&spec.unit, "fail", &props, aux);
         match self
             .run_job("StartTransientUnit", &spec.unit, deadline, call)
             .await?
@@ -336,7 +392,8 @@ impl Systemd for DbusSystemd {
     }
 
     async fn stop_unit(&self, unit: &str, deadline: Duration) -> Result<JobResult, SystemdError> {
-        let call = self.manager_call("StopUnit", vec![Value::str(unit), Value::str("replace")]);
+        let manager = self.manager();
+        let call = manager.stop_unit(unit, "replace");
         self.run_job("StopUnit", unit, deadline, call).await
     }
 
@@ -345,115 +402,56 @@ impl Systemd for DbusSystemd {
             KillWho::Main => "main",
             KillWho::All => "all",
         };
-        let body = vec![Value::str(unit), Value::str(whom), Value::I32(signal)];
-        match self.manager_call("KillUnit", body).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(call_error("KillUnit", unit, e)),
-        }
+        let manager = self.manager();
+        bounded("KillUnit", unit, manager.kill_unit(unit, whom, signal)).await
     }
 
     async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitInfo>, SystemdError> {
-        let err = |source| SystemdError::Call {
-            method: "ListUnitsByPatterns",
-            unit: patterns.join(" "),
-            source,
-        };
-        let body = vec![Value::strs(&[]), Value::strs(patterns)];
-        let reply = self
-            .manager_call("ListUnitsByPatterns", body)
-            .await
-            .map_err(err)?;
-        // a(ssssssouso): name, description, load, active, sub, ...
-        let row = |r: &Value| {
-            let f = r.as_struct()?;
-            let s = |i: usize| f.get(i)?.as_str().map(str::to_owned);
-            Some(UnitInfo {
-                name: s(0)?,
-                active_state: s(3)?,
-                sub_state: s(4)?,
+        let manager = self.manager();
+        let joined = patterns.join(" ");
+        let call = manager.list_units_by_patterns(&[], patterns);
+        let rows = bounded("ListUnitsByPatterns", &joined, call).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UnitInfo {
+                name: r.0,
+                active_state: r.3,
+                sub_state: r.4,
             })
-        };
-        let rows = reply.first().and_then(Value::as_array);
-        rows.and_then(|rows| rows.iter().map(row).collect())
-            .ok_or_else(|| err(dbus::Error::Reply("ListUnitsByPatterns: not a(ssssssouso)")))
+            .collect())
     }
 
     async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
-        let reply = self
-            .manager_call("GetUnitProcesses", vec![Value::str(unit)])
-            .await
-            .map_err(|e| call_error("GetUnitProcesses", unit, e))?;
-        // a(sus): cgroup path, pid, command line.
-        let pid = |r: &Value| r.as_struct()?.get(1)?.as_u32();
-        let rows = reply.first().and_then(Value::as_array);
-        rows.and_then(|rows| rows.iter().map(pid).collect())
-            .ok_or_else(|| {
-                call_error(
-                    "GetUnitProcesses",
-                    unit,
-                    dbus::Error::Reply("GetUnitProcesses: not a(sus)"),
-                )
-            })
+        let manager = self.manager();
+        let rows = bounded("GetUnitProcesses", unit, manager.get_unit_processes(unit)).await?;
+        Ok(rows.into_iter().map(|(_, pid, _)| pid).collect())
     }
 
     async fn service_environment(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
         let path = self.unit_path(unit).await?;
-        let err = |source| SystemdError::Call {
-            method: "Get(Environment)",
-            unit: unit.to_owned(),
-            source,
-        };
-        let env = self
-            .property(&path, "org.freedesktop.systemd1.Service", "Environment")
-            .await
-            .map_err(err)?;
-        let strings = env
-            .as_array()
-            .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect());
-        strings.ok_or_else(|| err(dbus::Error::Reply("Environment is not as")))
+        let conn = self.connection();
+        let svc: ServiceProxy<'_> = object(&conn, path, "Service", unit).await?;
+        bounded("Get(Environment)", unit, svc.environment()).await
     }
 
     async fn unit_job_type(&self, unit: &str) -> Result<Option<String>, SystemdError> {
         let path = self.unit_path(unit).await?;
-        let err = |source| SystemdError::Call {
-            method: "Get(Job)",
-            unit: unit.to_owned(),
-            source,
-        };
-        let job = self
-            .property(&path, "org.freedesktop.systemd1.Unit", "Job")
-            .await
-            .map_err(err)?;
-        // (uo): 0 and "/" when no job is pending.
-        let (id, job) = match job.as_struct() {
-            Some([Value::U32(id), Value::Path(p)]) => (*id, p.clone()),
-            _ => return Err(err(dbus::Error::Reply("Job is not (uo)"))),
-        };
+        let conn = self.connection();
+        let u: UnitProxy<'_> = object(&conn, path, "Unit", unit).await?;
+        let (id, job) = bounded("Get(Job)", unit, u.job()).await?;
         if id == 0 {
             return Ok(None);
         }
-        match self
-            .property(&job, "org.freedesktop.systemd1.Job", "JobType")
-            .await
-        {
-            Ok(Value::Str(t)) => Ok(Some(t)),
-            // The job may have finished between the two reads.
-            _ => Ok(None),
-        }
+        let j: JobProxy<'_> = object(&conn, job, "Job", unit).await?;
+        // The job may have finished between the two reads.
+        Ok(bounded("Get(JobType)", unit, j.job_type()).await.ok())
     }
 
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        match self
-            .manager_call("ResetFailedUnit", vec![Value::str(unit)])
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_named(NO_SUCH_UNIT) => Ok(()),
-            Err(source) => Err(SystemdError::Call {
-                method: "ResetFailedUnit",
-                unit: unit.to_owned(),
-                source,
-            }),
+        let manager = self.manager();
+        match bounded("ResetFailedUnit", unit, manager.reset_failed_unit(unit)).await {
+            Err(SystemdError::NoSuchUnit(_)) => Ok(()),
+            r => r,
         }
     }
 
@@ -473,7 +471,9 @@ impl Systemd for DbusSystemd {
         let Some(connector) = &self.connector else {
             return Err(SystemdError::Connect {
                 bus: self.what,
-                source: dbus::Error::Failure("this connection cannot be re-established".into()),
+                source: Box::new(zbus::Error::Failure(
+                    "this connection cannot be re-established".into(),
+                )),
             });
         };
         let link = open_link(connector().await?, self.what).await?;

@@ -1,16 +1,18 @@
 //! The seam between kechi and systemd's manager.
 //!
 //! Everything above this module speaks kechi's types ([`ScopeSpec`], [`JobResult`],
-//! [`UnitInfo`]) through the [`Systemd`] trait; D-Bus names and values appear only below it
-//! (`dbus` the implementation over kechi's own small D-Bus client, [`crate::dbus`]; `props`
-//! the pure translation of a scope spec into unit properties).
+//! [`UnitInfo`]) through the [`Systemd`] trait; zbus and D-Bus names appear only below it
+//! (`proxy` holds one zbus proxy trait per interface, `dbus` the implementation, `address`
+//! where the bus is, `props` the pure translation of a scope spec into unit properties).
 
+mod address;
 mod dbus;
 pub mod props;
+mod proxy;
 
 use std::time::Duration;
 
-pub use dbus::{Bus, Connector, DbusSystemd};
+pub use dbus::{Bus, CALL_DEADLINE, Connector, DbusSystemd};
 
 /// What a worker's transient scope is made of.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,20 +89,22 @@ pub enum KillWho {
     All,
 }
 
+/// Why an operation on systemd's manager failed. (zbus's error is boxed: it is large, and these
+/// errors travel in every result of the seam.)
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot connect to systemd's manager on the {bus} bus: {source}")]
     Connect {
         bus: &'static str,
         #[source]
-        source: crate::dbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("D-Bus call {method}({unit}) failed: {source}")]
     Call {
         method: &'static str,
         unit: String,
         #[source]
-        source: crate::dbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("job for {unit} ended with result '{}'", result.as_str())]
     Job { unit: String, result: JobResult },

@@ -3,7 +3,7 @@
 //! Kept free of IO so the exact property list (names, D-Bus types, infinity encoding) is
 //! unit-tested; systemd rejects a property of the wrong type with an opaque error.
 
-use crate::dbus::Value;
+use zbus::zvariant::Value;
 
 use super::ScopeSpec;
 
@@ -11,17 +11,11 @@ use super::ScopeSpec;
 pub const INFINITY: u64 = u64::MAX;
 
 /// The properties of a worker scope, in the order they are sent.
-pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value)> {
-    let mut p: Vec<(&'static str, Value)> = vec![
-        ("Description", Value::Str(spec.description.clone())),
-        ("Slice", Value::Str(spec.slice.clone())),
-        (
-            "PIDs",
-            Value::Array(
-                "u".into(),
-                spec.pids.iter().map(|p| Value::U32(*p)).collect(),
-            ),
-        ),
+pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value<'static>)> {
+    let mut p: Vec<(&'static str, Value<'static>)> = vec![
+        ("Description", Value::from(spec.description.clone())),
+        ("Slice", Value::from(spec.slice.clone())),
+        ("PIDs", Value::from(spec.pids.clone())),
         // Without accounting, MemoryCurrent reads nothing and cgroup v1 gets no memory cgroup.
         ("MemoryAccounting", Value::Bool(true)),
         ("MemoryMax", Value::U64(spec.memory_max.unwrap_or(INFINITY))),
@@ -34,9 +28,9 @@ pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value)> {
         ("SendSIGKILL", Value::Bool(true)),
         // A prefork master respawns an OOM-killed child; whether the worker as a whole must
         // go is kechid's decision, so systemd must not tear the scope down on its own.
-        ("OOMPolicy", Value::str("continue")),
+        ("OOMPolicy", Value::from("continue")),
         // A failed scope must not linger as a failed unit: kechid reports it itself.
-        ("CollectMode", Value::str("inactive-or-failed")),
+        ("CollectMode", Value::from("inactive-or-failed")),
     ];
     if let Some(swap) = spec.memory_swap_max {
         p.push(("MemorySwapMax", Value::U64(swap.unwrap_or(INFINITY))));
@@ -67,7 +61,7 @@ mod tests {
         }
     }
 
-    fn get<'a>(p: &'a [(&str, Value)], k: &str) -> &'a Value {
+    fn get<'a>(p: &'a [(&str, Value<'static>)], k: &str) -> &'a Value<'static> {
         &p.iter()
             .find(|(n, _)| *n == k)
             .unwrap_or_else(|| panic!("no {k}"))
@@ -77,13 +71,13 @@ mod tests {
     #[test]
     fn types_match_systemd() {
         let p = scope_properties(&spec());
-        assert_eq!(get(&p, "PIDs").signature(), "au");
+        assert_eq!(get(&p, "PIDs").value_signature().to_string(), "au");
         assert_eq!(get(&p, "MemoryMax"), &Value::U64(64 << 20));
         assert_eq!(get(&p, "MemoryHigh"), &Value::U64(u64::MAX));
         assert_eq!(get(&p, "MemoryAccounting"), &Value::Bool(true));
         assert_eq!(get(&p, "KillSignal"), &Value::I32(libc::SIGTERM));
         assert_eq!(get(&p, "TimeoutStopUSec"), &Value::U64(30_000_000));
-        assert_eq!(get(&p, "Slice").signature(), "s");
+        assert_eq!(get(&p, "Slice").value_signature().to_string(), "s");
         assert!(!p.iter().any(|(n, _)| *n == "MemorySwapMax"));
     }
 

@@ -1,6 +1,6 @@
 //! A scriptable stand-in for systemd's `org.freedesktop.systemd1.Manager`, served with zbus on
-//! one end of a peer-to-peer socket pair, so that `DbusSystemd` and kechi's own D-Bus client
-//! run unchanged on the other end (zbus is an independent implementation of the protocol).
+//! one end of a peer-to-peer socket pair, so that `DbusSystemd`, its proxies and its job
+//! waiting run unchanged on the other end.
 //!
 //! Every call is recorded (with the D-Bus signature of each `StartTransientUnit` property).
 //! What the fake answers is set per test through [`Fake`]: the job result, when `JobRemoved`
@@ -410,6 +410,15 @@ async fn serve(a: UnixStream, state: Arc<Mutex<State>>) -> Connection {
         .unwrap()
 }
 
+/// The client end of a peer-to-peer connection on `b`, as kechid's side of the fake.
+async fn client(b: UnixStream) -> Connection {
+    connection::Builder::unix_stream(b)
+        .p2p()
+        .build()
+        .await
+        .unwrap()
+}
+
 /// The server ends of a reconnecting fake's connections, and whether to refuse new ones.
 #[derive(Clone, Default)]
 pub struct Reconnects {
@@ -434,11 +443,9 @@ impl Fake {
         let state = Arc::new(Mutex::new(state));
         let (a, b) = UnixStream::pair().unwrap();
         // The handshake needs both ends at once.
-        let (server, sd) = tokio::join!(
-            serve(a, state.clone()),
-            DbusSystemd::on_connection(b, "test")
-        );
-        (Fake { state, server }, sd.unwrap())
+        let (server, client) = tokio::join!(serve(a, state.clone()), client(b));
+        let sd = DbusSystemd::on_connection(client, "test").await.unwrap();
+        (Fake { state, server }, sd)
     }
 
     /// Like [`Fake::start`], but `DbusSystemd` reconnects through a connector that serves the
@@ -458,14 +465,13 @@ impl Fake {
                     if *servers.refuse.lock().unwrap() {
                         return Err(kechi::systemd::SystemdError::Connect {
                             bus: "test",
-                            source: kechi::dbus::Error::Failure("refused".into()),
+                            source: Box::new(zbus::Error::Failure("refused".into())),
                         });
                     }
                     let (a, b) = UnixStream::pair().unwrap();
-                    let (server, client) =
-                        tokio::join!(serve(a, state), kechi::dbus::Connection::peer(b));
+                    let (server, client) = tokio::join!(serve(a, state), client(b));
                     servers.conns.lock().unwrap().push(server);
-                    Ok(client.unwrap())
+                    Ok(client)
                 })
             })
         };

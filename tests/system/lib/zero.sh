@@ -28,6 +28,7 @@
 #   ZD_READY_DELAY    ready.delay (default 1s; what accept falls back to without /proc/PID/syscall)
 #   ZD_WAIT      seconds to wait for every worker to be replaced after a recycle or reload (180)
 #   ZD_SKIP      steps not to run, of: recycle reload age restart kill
+#   ZD_STOP_SIGNAL  stop.signal (default: kechi's, TERM)
 # and may define zd_after_start, called once the app runs (before any step).
 # shellcheck disable=SC2034  # (ZD_* are set by the scenarios)
 
@@ -56,6 +57,7 @@ timeout = "$ZD_READY_TIMEOUT"
 
 [stop]
 timeout = "60s"
+${ZD_STOP_SIGNAL:+signal = \"$ZD_STOP_SIGNAL\"}
 ${2:-}
 EOF
 }
