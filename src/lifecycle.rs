@@ -1,15 +1,24 @@
 //! The life of one worker as an explicit state machine.
 //!
 //! ```text
-//! Spawning ──spawned──► Starting ──ready──► Ready
-//!    │                     │                  │
-//!    │ spawn failed        │ stop / exit      │ stop / exit
-//!    ▼                     ▼                  ▼
-//!   Gone ◄────exit──── Draining ◄─────stop────┘
+//!                                        replacement started
+//!                                          ┌───────────┐
+//!                                          │           ▼
+//! Spawning ──spawned──► Starting ──ready──► Ready ◄── Ready{replaced_by}
+//!    │   │                 │                  │     replacement failed │
+//!    │   │ stop            │ stop / exit      │ stop / exit            │ stop / exit
+//!    │   └──────────────── ▼ ──────────────── ▼ ◄──────────────────────┘
+//!    │ spawn failed     Draining ──exit──► Gone
+//!    └─────────────────────────────────────► Gone
 //! ```
+//! Spawning lasts while the worker's scope is being created, which can take a while when
+//! systemd is slow; a stop meanwhile lets the held child go without it ever running.
 //! A worker that exits from Starting or Ready crashed; one that exits from Draining was
-//! stopped. Crash backoff is not a worker state but an app-level delay before the next spawn
-//! (see [`crate::policy`]). [`next`] is the whole transition table; anything else is refused.
+//! stopped. A recycle pairs a ready worker with its replacement (`Ready { replaced_by }`,
+//! entered by `ReplacementStarted`, left by `ReplacementFailed` or by the old worker's stop
+//! or exit): the pairing is part of the old worker's state, so it ends with it. Crash backoff
+//! is not a worker state but an app-level delay before the next spawn (see
+//! [`crate::policy`]). [`next`] is the whole transition table; anything else is refused.
 
 use std::time::Instant;
 
@@ -104,18 +113,26 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// The pairing of a recycle, held by the worker being replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The serial of the new worker.
+    pub by: u64,
+    /// Why the old one goes.
+    pub reason: StopReason,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
     /// Forked and held; its scope is being created.
-    Spawning {
-        since: Instant,
-    },
+    Spawning { since: Instant },
     /// Running the app, not yet ready.
-    Starting {
-        since: Instant,
-    },
+    Starting { since: Instant },
+    /// Serving. `replaced_by`: a replacement is starting for it (a recycle); it stops once
+    /// that one is ready, and keeps serving if that one fails.
     Ready {
         since: Instant,
+        replaced_by: Option<Replacement>,
     },
     /// Asked to stop; `killed` once stop.timeout passed and SIGKILL was sent.
     Draining {
@@ -163,6 +180,10 @@ pub enum Event {
     /// SIGKILL sent after stop.timeout.
     Killed,
     Exited(Exit),
+    /// A replacement for this (ready) worker was started.
+    ReplacementStarted(Replacement),
+    /// Its replacement failed (crashed, never got ready, could not start): it keeps serving.
+    ReplacementFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,12 +213,39 @@ pub fn next(
         (S::Spawning { .. }, E::SpawnFailed(e)) => {
             gone(Exit::SpawnFailed { error: e.clone() }, true)
         }
-        (S::Starting { .. }, E::BecameReady) => S::Ready { since: now },
-        (S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => S::Draining {
+        (S::Starting { .. }, E::BecameReady) => S::Ready {
             since: now,
-            reason: r.clone(),
-            killed: false,
+            replaced_by: None,
         },
+        (
+            S::Ready {
+                since,
+                replaced_by: None,
+            },
+            E::ReplacementStarted(r),
+        ) => S::Ready {
+            since: *since,
+            replaced_by: Some(r.clone()),
+        },
+        (
+            S::Ready {
+                since,
+                replaced_by: Some(_),
+            },
+            E::ReplacementFailed,
+        ) => S::Ready {
+            since: *since,
+            replaced_by: None,
+        },
+        // A worker still held while its scope is being created drains too: it is let go
+        // of without ever running (or stopped as soon as it runs).
+        (S::Spawning { .. } | S::Starting { .. } | S::Ready { .. }, E::StopRequested(r)) => {
+            S::Draining {
+                since: now,
+                reason: r.clone(),
+                killed: false,
+            }
+        }
         (S::Starting { .. } | S::Ready { .. }, E::Exited(x)) => gone(x.clone(), true),
         (S::Draining { since, reason, .. }, E::Killed) => S::Draining {
             since: *since,
@@ -224,7 +272,17 @@ mod tests {
         vec![
             WorkerState::Spawning { since: t },
             WorkerState::Starting { since: t },
-            WorkerState::Ready { since: t },
+            WorkerState::Ready {
+                since: t,
+                replaced_by: None,
+            },
+            WorkerState::Ready {
+                since: t,
+                replaced_by: Some(Replacement {
+                    by: 9,
+                    reason: StopReason::Age,
+                }),
+            },
             WorkerState::Draining {
                 since: t,
                 reason: StopReason::Manual,
@@ -247,7 +305,23 @@ mod tests {
             Event::StopRequested(StopReason::Age),
             Event::Killed,
             Event::Exited(Exit::Code { code: 1 }),
+            Event::ReplacementStarted(Replacement {
+                by: 7,
+                reason: StopReason::Manual,
+            }),
+            Event::ReplacementFailed,
         ]
+    }
+
+    /// A state's name in the table: "replaced" is a ready worker with a replacement starting.
+    fn label(s: &WorkerState) -> &'static str {
+        match s {
+            WorkerState::Ready {
+                replaced_by: Some(_),
+                ..
+            } => "replaced",
+            other => other.name(),
+        }
     }
 
     /// Every (state, event) pair: exactly the legal edges succeed, with the expected target.
@@ -257,11 +331,16 @@ mod tests {
         let legal: &[(&str, usize, &str)] = &[
             ("spawning", 0, "starting"),
             ("spawning", 1, "gone"),
+            ("spawning", 3, "draining"),
             ("starting", 2, "ready"),
             ("starting", 3, "draining"),
             ("starting", 5, "gone"),
             ("ready", 3, "draining"),
             ("ready", 5, "gone"),
+            ("ready", 6, "replaced"),
+            ("replaced", 3, "draining"),
+            ("replaced", 5, "gone"),
+            ("replaced", 7, "ready"),
             ("draining", 3, "draining"),
             ("draining", 4, "draining"),
             ("draining", 5, "gone"),
@@ -270,12 +349,12 @@ mod tests {
             for (i, e) in all_events().iter().enumerate() {
                 let want = legal
                     .iter()
-                    .find(|(from, ev, _)| *from == s.name() && *ev == i)
+                    .find(|(from, ev, _)| *from == label(&s) && *ev == i)
                     .map(|l| l.2);
                 match (next(&s, e, t, false), want) {
-                    (Ok(n), Some(to)) => assert_eq!(n.name(), to, "{} on {e:?}", s.name()),
+                    (Ok(n), Some(to)) => assert_eq!(label(&n), to, "{} on {e:?}", label(&s)),
                     (Err(_), None) => {}
-                    (got, want) => panic!("{} on {e:?}: got {got:?}, want {want:?}", s.name()),
+                    (got, want) => panic!("{} on {e:?}: got {got:?}, want {want:?}", label(&s)),
                 }
             }
         }
@@ -285,7 +364,11 @@ mod tests {
     fn crash_versus_stop() {
         let t = Instant::now();
         let exit = Event::Exited(Exit::Signal { signal: 9 });
-        let crashed = next(&WorkerState::Ready { since: t }, &exit, t, true).unwrap();
+        let ready = WorkerState::Ready {
+            since: t,
+            replaced_by: None,
+        };
+        let crashed = next(&ready, &exit, t, true).unwrap();
         assert!(matches!(
             crashed,
             WorkerState::Gone {

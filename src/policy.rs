@@ -141,7 +141,8 @@ pub fn proc_metric(m: &ProcMem, metric: Metric) -> u64 {
     }
 }
 
-/// A planned replacement: `new` takes over from `old`, which stops once `new` is ready.
+/// A planned replacement: `new` takes over from `old`, which stops once `new` is ready. A view
+/// of the pairings the old workers' states hold ([`AppState::recycles`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recycle {
     pub old: u64,
@@ -182,7 +183,7 @@ impl Worker {
     /// holding 80 MiB, which app-budget then recycled first). Choices that compare workers
     /// (app-budget's largest-first) rest only on such figures.
     pub fn fresh_metric(&self, metric: Metric) -> Option<u64> {
-        let WorkerState::Ready { since } = self.state else {
+        let WorkerState::Ready { since, .. } = self.state else {
             return None;
         };
         match (self.mem.as_ref(), self.mem_at) {
@@ -204,8 +205,6 @@ pub struct AppState {
     pub shutting_down: bool,
     pub generation: u64,
     pub ready_notified: bool,
-    /// Replacements in flight.
-    pub recycles: Vec<Recycle>,
     /// When the last automatic recycle began (for `recycle.min-interval`).
     pub last_recycle: Option<Instant>,
     /// Workers an operator asked to recycle (`kechictl recycle`), not yet begun.
@@ -222,7 +221,6 @@ impl Default for AppState {
             shutting_down: false,
             generation: 1,
             ready_notified: false,
-            recycles: Vec::new(),
             last_recycle: None,
             requested: std::collections::BTreeSet::new(),
         }
@@ -263,7 +261,10 @@ impl AppState {
                 reason,
                 killed: false,
             },
-            None => WorkerState::Ready { since: started },
+            None => WorkerState::Ready {
+                since: started,
+                replaced_by: None,
+            },
         };
         self.workers.insert(
             serial,
@@ -356,8 +357,50 @@ impl AppState {
         self.workers.get(&serial).is_some_and(|w| w.state.is_live())
     }
 
+    /// The replacements in flight, oldest worker first.
+    pub fn recycles(&self) -> Vec<Recycle> {
+        self.workers
+            .values()
+            .filter_map(|w| match &w.state {
+                WorkerState::Ready {
+                    replaced_by: Some(r),
+                    ..
+                } => Some(Recycle {
+                    old: w.serial,
+                    new: r.by,
+                    reason: r.reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pairs `old` with its replacement `new` (through the lifecycle table).
+    pub fn begin_recycle(
+        &mut self,
+        old: u64,
+        new: u64,
+        reason: StopReason,
+        now: Instant,
+        policy: &Policy,
+    ) -> Result<(), ApplyError> {
+        let event = Event::ReplacementStarted(lifecycle::Replacement { by: new, reason });
+        self.apply(old, &event, now, policy).map(|_| ())
+    }
+
+    /// The replacement `serial` is paired with, if it is being replaced.
+    pub fn replacement_of(&self, serial: u64) -> Option<u64> {
+        match &self.workers.get(&serial)?.state {
+            WorkerState::Ready {
+                replaced_by: Some(r),
+                ..
+            } => Some(r.by),
+            _ => None,
+        }
+    }
+
     fn in_recycle(&self, serial: u64) -> bool {
-        self.recycles
+        self.recycles()
             .iter()
             .any(|r| r.old == serial || r.new == serial)
     }
@@ -366,17 +409,60 @@ impl AppState {
     /// ready yet does not, nor does an old worker whose replacement is ready (it is about to go).
     fn counts(&self, serial: u64) -> bool {
         self.is_live(serial)
-            && !self.recycles.iter().any(|r| {
+            && !self.recycles().iter().any(|r| {
                 (r.new == serial && !self.is_ready(r.new))
                     || (r.old == serial && self.is_ready(r.new))
             })
     }
+}
 
-    /// Removes the bookkeeping of a recycle whose old worker is `old`.
-    pub fn end_recycle(&mut self, old: u64) -> Option<Recycle> {
-        let i = self.recycles.iter().position(|r| r.old == old)?;
-        Some(self.recycles.remove(i))
+/// Why a `kechictl recycle` request names no worker to recycle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecycleRefused {
+    #[error("worker {worker} is not a running worker (running: {running:?})")]
+    NoSuchWorker { worker: u64, running: Vec<u64> },
+    #[error("give exactly one of worker or all")]
+    Ambiguous,
+}
+
+/// The workers an operator may ask to recycle: live, and in no replacement already (neither
+/// being replaced nor a replacement).
+pub fn recyclable(state: &AppState) -> Vec<u64> {
+    state
+        .live()
+        .map(|w| w.serial)
+        .filter(|s| !state.in_recycle(*s))
+        .collect()
+}
+
+/// The workers a `kechictl recycle` request (`worker` N, or `all`) names.
+pub fn recycle_request(
+    state: &AppState,
+    worker: Option<u64>,
+    all: bool,
+) -> Result<Vec<u64>, RecycleRefused> {
+    let candidates = recyclable(state);
+    match (worker, all) {
+        (Some(n), false) if candidates.contains(&n) => Ok(vec![n]),
+        (Some(n), false) => Err(RecycleRefused::NoSuchWorker {
+            worker: n,
+            running: candidates,
+        }),
+        (None, true) => Ok(candidates),
+        _ => Err(RecycleRefused::Ambiguous),
     }
+}
+
+/// kechid's own monitor (no systemd, so no kernel limit): whether a worker sampled over
+/// `memory.max` (`max`; `None` = infinity) by PSS is to be killed now. Once per worker
+/// (`already`); never where the kernel enforces the limit.
+pub fn monitor_kill(
+    enforced_by_kernel: bool,
+    max: Option<u64>,
+    sample: &MemSample,
+    already: bool,
+) -> bool {
+    !enforced_by_kernel && !already && max.is_some_and(|max| sample.total.pss > max)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -401,9 +487,8 @@ pub enum Action {
     /// Signal one child process of a prefork worker (child-signal): its master replaces it with
     /// a fresh, fully shared fork.
     SignalChild { serial: u64, pid: i32, signal: i32 },
-    /// Forget a recycle: its replacement failed (the old worker keeps serving) or its old
-    /// worker is gone already.
-    DropRecycle { old: u64, replacement_failed: bool },
+    /// The replacement of `old` failed: `old` keeps serving (the pairing ends).
+    ReplacementFailed(u64),
     /// stop.timeout passed: SIGKILL everything in the worker's scope.
     Kill(u64),
     /// Tell systemd READY=1.
@@ -544,19 +629,12 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
     }
 
     // Recycles in flight: finish those whose replacement is ready, drop failed ones.
-    for r in &state.recycles {
-        if !state.is_live(r.old) {
-            d.actions.push(Action::DropRecycle {
-                old: r.old,
-                replacement_failed: false,
-            });
-        } else if !state.is_live(r.new) {
-            d.actions.push(Action::DropRecycle {
-                old: r.old,
-                replacement_failed: true,
-            });
+    // (A pairing lives in the old worker's Ready state: it ends with the old worker.)
+    for r in state.recycles() {
+        if !state.is_live(r.new) {
+            d.actions.push(Action::ReplacementFailed(r.old));
         } else if state.is_ready(r.new) {
-            d.actions.push(Action::Stop(r.old, r.reason.clone()));
+            d.actions.push(Action::Stop(r.old, r.reason));
         }
     }
 
@@ -593,7 +671,7 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
         .keys()
         .filter(|s| state.counts(**s) && state.is_ready(**s))
         .count();
-    if state.recycles.len() < policy.max_concurrent as usize
+    if state.recycles().len() < policy.max_concurrent as usize
         && ready_counted >= wanted
         && counted == wanted
     {
@@ -760,6 +838,58 @@ pub fn crash_reason(exit: &Exit) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_kills_over_max_once_and_only_without_the_kernel() {
+        let mut m = MemSample::default();
+        m.total.pss = 101;
+        assert!(monitor_kill(false, Some(100), &m, false));
+        assert!(!monitor_kill(false, Some(100), &m, true), "once");
+        assert!(
+            !monitor_kill(true, Some(100), &m, false),
+            "the kernel enforces it"
+        );
+        assert!(!monitor_kill(false, None, &m, false), "infinity");
+        m.total.pss = 100;
+        assert!(
+            !monitor_kill(false, Some(100), &m, false),
+            "at the limit is not over it"
+        );
+    }
+
+    #[test]
+    fn recycle_requests_name_live_workers_outside_replacements() {
+        let t = Instant::now();
+        let mut s = AppState::default();
+        for serial in 1..=4 {
+            s.add_spawning(serial, t);
+            s.apply(serial, &Event::Spawned, t, &policy()).unwrap();
+            s.apply(serial, &Event::BecameReady, t, &policy()).unwrap();
+        }
+        s.add_spawning(5, t);
+        s.begin_recycle(2, 5, StopReason::Age, t, &policy())
+            .unwrap();
+        s.apply(4, &Event::StopRequested(StopReason::Surplus), t, &policy())
+            .unwrap();
+        assert_eq!(recyclable(&s), vec![1, 3]);
+        assert_eq!(recycle_request(&s, None, true), Ok(vec![1, 3]));
+        assert_eq!(recycle_request(&s, Some(3), false), Ok(vec![3]));
+        assert_eq!(
+            recycle_request(&s, Some(2), false),
+            Err(RecycleRefused::NoSuchWorker {
+                worker: 2,
+                running: vec![1, 3]
+            })
+        );
+        assert_eq!(
+            recycle_request(&s, Some(1), true),
+            Err(RecycleRefused::Ambiguous)
+        );
+        assert_eq!(
+            recycle_request(&s, None, false),
+            Err(RecycleRefused::Ambiguous)
+        );
+    }
 
     fn policy() -> Policy {
         Policy {
@@ -1025,11 +1155,8 @@ mod tests {
         );
         // the driver spawns serial 3 as its replacement
         started(&mut s, 3, t1, &p);
-        s.recycles.push(Recycle {
-            old,
-            new: 3,
-            reason: StopReason::Age,
-        });
+        s.begin_recycle(old, 3, StopReason::Age, t, &policy())
+            .unwrap();
         s.last_recycle = Some(t1);
         let d = decide(&s, &p, t1);
         assert!(
@@ -1046,6 +1173,46 @@ mod tests {
     }
 
     #[test]
+    fn a_pairing_is_the_old_workers_state_and_ends_with_it() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        started(&mut s, 3, t, &p);
+        s.begin_recycle(1, 3, StopReason::Age, t, &p).unwrap();
+        assert_eq!(s.replacement_of(1), Some(3));
+        assert!(
+            s.begin_recycle(1, 4, StopReason::Age, t, &p).is_err(),
+            "one replacement per worker"
+        );
+        assert!(
+            s.begin_recycle(3, 4, StopReason::Age, t, &p).is_err(),
+            "only a ready worker is replaced"
+        );
+        // The replacement does not count yet: nothing to spawn, nothing surplus.
+        let d = decide(&s, &p, t);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Spawn | Action::Stop(..))),
+            "{d:?}"
+        );
+        // The old worker dies mid-recycle: the pairing goes with it, and its replacement is
+        // an ordinary starting worker that counts.
+        s.apply(1, &Event::Exited(Exit::Signal { signal: 9 }), t, &p)
+            .unwrap();
+        s.reap_gone();
+        assert!(s.recycles().is_empty());
+        let d = decide(&s, &p, t);
+        assert!(
+            !d.actions.iter().any(|a| matches!(
+                a,
+                Action::Spawn | Action::ReplacementFailed(_) | Action::Stop(..)
+            )),
+            "{d:?}"
+        );
+    }
+
+    #[test]
     fn failed_replacement_keeps_the_old_worker() {
         let mut p = policy();
         p.ready_mode = ReadyMode::Notify;
@@ -1054,11 +1221,8 @@ mod tests {
         s.requested.insert(1);
         assert_eq!(replaces(&decide(&s, &p, t)), vec![(1, StopReason::Manual)]);
         started(&mut s, 3, t, &p);
-        s.recycles.push(Recycle {
-            old: 1,
-            new: 3,
-            reason: StopReason::Manual,
-        });
+        s.begin_recycle(1, 3, StopReason::Manual, t, &policy())
+            .unwrap();
         let late = t + p.ready_timeout;
         let d = decide(&s, &p, late);
         assert!(
@@ -1070,13 +1234,7 @@ mod tests {
         s.apply(3, &Event::StopRequested(StopReason::ReadyTimeout), late, &p)
             .unwrap();
         let d = decide(&s, &p, late);
-        assert!(
-            d.actions.contains(&Action::DropRecycle {
-                old: 1,
-                replacement_failed: true
-            }),
-            "{d:?}"
-        );
+        assert!(d.actions.contains(&Action::ReplacementFailed(1)), "{d:?}");
         assert!(!d.actions.iter().any(|a| matches!(a, Action::Stop(1, _))));
         // a failing replacement is no crash loop while the app serves
         for _ in 0..10 {
@@ -1100,11 +1258,8 @@ mod tests {
         let d = decide(&s, &p, t);
         assert_eq!(replaces(&d), vec![(1, StopReason::Reload)]);
         started(&mut s, 3, t, &p);
-        s.recycles.push(Recycle {
-            old: 1,
-            new: 3,
-            reason: StopReason::Reload,
-        });
+        s.begin_recycle(1, 3, StopReason::Reload, t, &policy())
+            .unwrap();
         // one in flight: no second one (max-concurrent = 1)
         assert!(replaces(&decide(&s, &p, t)).is_empty());
     }
@@ -1133,24 +1288,21 @@ mod tests {
                 match a {
                     Action::Replace { old, reason } => {
                         started(&mut s, next_serial, t, &p);
-                        s.recycles.push(Recycle {
-                            old: *old,
-                            new: next_serial,
-                            reason: reason.clone(),
-                        });
+                        s.begin_recycle(*old, next_serial, reason.clone(), t, &policy())
+                            .unwrap();
                         next_serial += 1;
                     }
                     Action::Stop(old, reason) => {
                         assert_eq!(*reason, StopReason::Reload);
-                        s.end_recycle(*old).unwrap();
+                        assert_eq!(s.replacement_of(*old).map(|_| ()), Some(()));
                         s.apply(*old, &Event::StopRequested(reason.clone()), t, &p)
                             .unwrap();
                     }
                     other => panic!("step {step}: unexpected {other:?}"),
                 }
             }
-            most_in_flight = most_in_flight.max(s.recycles.len());
-            assert!(s.recycles.len() <= 2, "step {step}: {:?}", s.recycles);
+            most_in_flight = most_in_flight.max(s.recycles().len());
+            assert!(s.recycles().len() <= 2, "step {step}: {:?}", s.recycles());
             assert!(s.ready_count() >= 3, "step {step}: {s:?}");
             if d.actions.is_empty() {
                 // nothing to do until something happens: the old stopped workers exit, then
@@ -1166,7 +1318,7 @@ mod tests {
                         .unwrap();
                 }
                 s.reap_gone();
-                let Some(new) = s.recycles.first().map(|r| r.new) else {
+                let Some(new) = s.recycles().first().map(|r| r.new) else {
                     break;
                 };
                 s.apply(new, &Event::BecameReady, t, &p).unwrap();
@@ -1174,7 +1326,7 @@ mod tests {
             }
         }
         assert_eq!(most_in_flight, 2, "two replacements were in flight at once");
-        assert!(s.recycles.is_empty());
+        assert!(s.recycles().is_empty());
         let serials: Vec<u64> = s.live().map(|w| w.serial).collect();
         assert_eq!(serials, vec![4, 5, 6]);
         assert!(s.live().all(|w| w.generation == s.generation));

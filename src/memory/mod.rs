@@ -24,6 +24,7 @@
 
 pub mod cgroup;
 mod error;
+mod procfs;
 mod read;
 pub mod slab;
 pub mod smaps;
@@ -34,6 +35,10 @@ pub use cgroup::{
     ProcCgroups, V1Membership, slice_path, unit_cgroup_path,
 };
 pub use error::{MemError, Op};
+pub use procfs::{
+    has_syscall_file, parse_start_ticks, parse_uptime, parse_vmstat_oom_kills, process_age,
+    read_cgroup_membership, read_maps, session_of, vmstat_oom_kills,
+};
 pub use read::{
     CgroupRoot, ProcRoot, WorkerMem, locate_pid, page_size, probe_layout, processes_rss,
     read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,

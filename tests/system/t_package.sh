@@ -98,7 +98,7 @@ esac
 expect_eq "kechi@$KT_APP.service after it" "$(unit_state_within "kechi@$KT_APP.service" active 60)" active
 w=$(kt wait-workers "$KT_APP" 2 1 60) || bad "want 2 workers"
 show_workers "$w"
-# what `systemctl status` shows (driver.rs, status_text): ready/wanted, memory once sampled,
+# what `systemctl status` shows (src/driver/requests.rs, status_text): ready/wanted, memory once sampled,
 # jemalloc (the example enables it), the last restart or recycle
 status_re='^2/2 workers ready(, [0-9.]+[KMG]?B? total)?, jemalloc in 2, no restarts$'
 end=$((SECONDS + 30))

@@ -1,0 +1,244 @@
+//! The loop: decide and act until nothing is left to do now, then wait for the next event
+//! (signal, worker exit, READY=1, control request, finished systemd operation, timer) and
+//! dispatch it. Nothing in here waits on the bus; see [`super::ops`].
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::ops::Done;
+use super::{Driver, Signal};
+use crate::exitcode;
+use crate::lifecycle::Event;
+use crate::policy::{self, Action};
+use crate::readiness::{self, NotifySocket};
+use crate::systemd::Systemd;
+
+/// How long kechid waits, on its way out, for the systemd operations still under way (the
+/// stops of the last workers' scopes).
+const DRAIN_ON_EXIT: Duration = Duration::from_secs(5);
+
+impl<S: Systemd + 'static> Driver<S> {
+    pub(super) async fn main_loop(
+        &mut self,
+        mut exits: mpsc::UnboundedReceiver<u64>,
+        mut ops: mpsc::UnboundedReceiver<Done>,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+    ) -> i32 {
+        let watchdog = self.notifier.watchdog_interval();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut sample_tick = tokio::time::interval(self.config().recycle.check_interval);
+        // While a worker starts in accept mode, look for it waiting on the sockets this often.
+        let mut accept_tick = tokio::time::interval(Duration::from_millis(100));
+        accept_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let code = loop {
+            // Decide and act until there is nothing left to do right now (nothing at all while
+            // an earlier kechid's workers are being looked for).
+            let mut wake_at = None;
+            let mut leave = None;
+            while !self.adopting {
+                let decision = policy::decide(&self.state, &self.policy, Instant::now());
+                if decision.actions.is_empty() {
+                    wake_at = decision.wake_at;
+                    break;
+                }
+                for action in decision.actions {
+                    if let Some(code) = self.act(action) {
+                        leave = Some(code);
+                        break;
+                    }
+                }
+                if leave.is_some() {
+                    break;
+                }
+            }
+            if let Some(code) = leave {
+                break code;
+            }
+            self.update_status();
+            let sleep = match wake_at {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            let reconnect_due = !self.reconnecting;
+            let step = tokio::select! {
+                Some(sig) = signals.recv() => self.on_signal(sig),
+                Some(serial) = exits.recv() => { self.on_exit(serial); None }
+                Ok((pid, msg)) = recv_notify(self.notify_socket.as_ref()) => { self.on_notify(pid, msg); None }
+                Some((req, reply)) = self.control_rx.recv() => {
+                    let r = self.on_control(req);
+                    let _ = reply.send(r);
+                    None
+                }
+                Some(done) = ops.recv() => self.on_done(done),
+                _ = sleep => None,
+                _ = watchdog_tick.tick(), if watchdog.is_some() => { self.notifier.watchdog(); None }
+                _ = sample_tick.tick() => { self.sample(); None }
+                _ = accept_tick.tick(), if self.awaiting_accept() => { self.check_accept(); None }
+                _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { self.on_link_lost(); None }
+                _ = sleep_until_opt(self.link.retry_at()), if reconnect_due => { self.reconnect(); None }
+            };
+            if let Some(code) = step {
+                break code;
+            }
+        };
+        self.drain_ops(&mut ops, DRAIN_ON_EXIT).await;
+        code
+    }
+
+    fn on_signal(&mut self, sig: Signal) -> Option<i32> {
+        match sig {
+            Signal::Term => self.on_sigterm(),
+            Signal::Int => self.begin_shutdown("SIGINT"),
+            Signal::Hup => self.begin_reload(),
+        }
+        None
+    }
+
+    /// A finished systemd operation; `Some(code)` to leave.
+    pub(super) fn on_done(&mut self, done: Done) -> Option<i32> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match done {
+            Done::ScopeStarted { serial, result } => self.on_scope(serial, result),
+            Done::Released { serial, result } => self.on_released(serial, result),
+            Done::UnitStopped {
+                serial,
+                unit,
+                wait,
+                attempt,
+                result,
+            } => self.on_unit_stopped(serial, unit, wait, attempt, result),
+            Done::UnitKilled {
+                serial,
+                pid,
+                unit,
+                result,
+            } => self.on_unit_killed(serial, pid, &unit, result),
+            Done::Environment(result) => self.on_environment(result),
+            Done::JobType {
+                result,
+                reconnected,
+            } => return self.on_job_type(result, reconnected),
+            Done::Scanned { purpose, result } => {
+                self.on_scanned(purpose, result);
+            }
+            Done::Reconnected(result) => self.on_reconnected(result),
+        }
+        None
+    }
+
+    /// Carries out one action; `Some(code)` to leave.
+    fn act(&mut self, action: Action) -> Option<i32> {
+        match action {
+            Action::Spawn => {
+                self.spawn(None);
+            }
+            Action::MarkReady(serial) => self.became_ready(serial, None),
+            Action::Stop(serial, reason) => {
+                let recycled = self.state.replacement_of(serial).is_some();
+                self.stop(serial, reason.clone());
+                if recycled {
+                    self.record(format!("worker {serial} recycled ({})", reason.as_str()));
+                }
+            }
+            Action::Replace { old, reason } => {
+                self.state.requested.remove(&old);
+                self.state.last_recycle = Some(Instant::now());
+                let m = self
+                    .state
+                    .workers
+                    .get(&old)
+                    .and_then(|w| w.mem.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    APP = %self.opts.app, WORKER = old, PID = self.pid_of(old), REASON = reason.as_str(),
+                    RSS = m.total.rss, PSS = m.total.pss, USS = m.total.uss, SHARED = m.total.shared, CGROUP = m.cgroup.unwrap_or(0),
+                    "recycling worker ({}): starting its replacement first", self.figures(old)
+                );
+                self.spawn(Some((old, reason)));
+            }
+            Action::SignalChild {
+                serial,
+                pid,
+                signal,
+            } => self.signal_child(serial, pid, signal),
+            Action::ReplacementFailed(old) => {
+                self.apply(old, Event::ReplacementFailed);
+                tracing::warn!(APP = %self.opts.app, WORKER = old, "the replacement of worker {old} failed; worker {old} keeps serving");
+                self.record(format!("replacement of worker {old} failed"));
+            }
+            Action::Kill(serial) => self.kill(serial),
+            Action::NotifyReady => {
+                self.state.ready_notified = true;
+                let s = self.status_text();
+                tracing::info!(APP = %self.opts.app, "all {} workers ready", self.policy.workers);
+                self.notifier.ready(&s);
+                self.last_status = s;
+            }
+            Action::Exit { code, why } => {
+                if code == exitcode::OK {
+                    tracing::info!(APP = %self.opts.app, "{why}");
+                } else {
+                    tracing::error!(APP = %self.opts.app, REASON = "crash-loop", "{why}; giving up");
+                    self.stop_everything();
+                }
+                self.remove_runtime_files();
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    /// child-signal: one child of a prefork worker goes, its master forks a fresh one.
+    fn signal_child(&mut self, serial: u64, pid: i32, signal: i32) {
+        let figures = self.figures(serial);
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid, REASON = "child-signal", "worker over memory.recycle-above ({figures}): signalling its largest child {pid} so the master replaces it");
+        let sig =
+            nix::sys::signal::Signal::try_from(signal).unwrap_or(nix::sys::signal::Signal::SIGTERM);
+        if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "signalling child {pid}: {e}");
+        }
+        if let Some(w) = self.state.workers.get_mut(&serial) {
+            w.child_signaled = Some(Instant::now());
+        }
+        self.record(format!(
+            "child {pid} of worker {serial} signalled (child-signal)"
+        ));
+    }
+
+    /// STATUS= for systemd, when it changed.
+    pub(super) fn update_status(&mut self) {
+        if self.state.shutting_down {
+            return;
+        }
+        let s = self.status_text();
+        if s != self.last_status {
+            self.notifier.status(&s);
+            self.last_status = s;
+        }
+    }
+}
+
+/// Resolves when the systemd link is lost; never without systemd.
+async fn link_lost<S: Systemd>(sd: Option<&S>) {
+    match sd {
+        Some(sd) => sd.link_lost().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_notify(sock: Option<&NotifySocket>) -> std::io::Result<(i32, readiness::Message)> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
