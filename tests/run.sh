@@ -191,8 +191,9 @@ if [ "$system_only" = 0 ]; then
 fi
 if [ "$quick" = 0 ]; then
   # the .deb and .rpm for t_package (installs cargo-deb and cargo-generate-rpm when missing):
-  # only when t_package is among the scenarios to run
-  if [ "$build_ok" = 1 ] && [ "$packages" = 1 ] && [ "$(id -u)" = 0 ] && scenarios | grep -q '/t_package\.sh$'; then
+  # only when t_package is among the scenarios to run (matched in bash: `scenarios | grep -q`
+  # fails under pipefail once grep stops reading early)
+  if [ "$build_ok" = 1 ] && [ "$packages" = 1 ] && [ "$(id -u)" = 0 ] && [[ $'\n'"$(scenarios)"$'\n' == *$'\n'tests/system/t_package.sh$'\n'* ]]; then
     if use_cargo; then
       step "packages" bash packaging/build.sh || true
     else
