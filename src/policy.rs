@@ -295,7 +295,12 @@ impl AppState {
             .get_mut(&serial)
             .ok_or(ApplyError::NoSuchWorker(serial))?;
         let next = lifecycle::next(&w.state, event, now, w.ever_ready)?;
-        if matches!(next, WorkerState::Ready { .. }) {
+        // Only a worker *becoming* ready ends a run of failed starts: a ready worker's pairing
+        // with its replacement starting or failing is a Ready-to-Ready edge, and counting that
+        // let a reload onto a command that cannot start retry as fast as it could fork.
+        if matches!(next, WorkerState::Ready { .. })
+            && !matches!(w.state, WorkerState::Ready { .. })
+        {
             w.ever_ready = true;
             self.consecutive_crashes = 0;
         }
@@ -1360,6 +1365,34 @@ mod tests {
         assert!(replaces(&d).is_empty(), "{d:?}");
         assert!(!d.actions.iter().any(|a| matches!(a, Action::Exit { .. })));
         assert_eq!(d.wake_at, Some(t2 + p.backoff * 2));
+    }
+
+    #[test]
+    fn a_failed_replacement_unpaired_from_its_old_worker_keeps_the_backoff() {
+        // The driver's round: Replace -> begin_recycle (old paired, Ready -> Ready), the new
+        // worker fails to start, ReplacementFailed unpairs the old one (Ready -> Ready again).
+        // Neither Ready-to-Ready edge may end the run of failed starts.
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.generation += 1;
+        for (attempt, new) in [(1u32, 3u64), (2, 4), (3, 5)] {
+            let at = t + Duration::from_secs(3600) * attempt;
+            let d = decide(&s, &p, at);
+            let (old, reason) = replaces(&d)[0].clone();
+            s.add_spawning(new, at);
+            s.begin_recycle(old, new, reason, at, &p).unwrap();
+            s.apply(new, &Event::SpawnFailed("exec".into()), at, &p)
+                .unwrap();
+            s.reap_gone();
+            let d = decide(&s, &p, at);
+            assert!(d.actions.contains(&Action::ReplacementFailed(old)), "{d:?}");
+            s.apply(old, &Event::ReplacementFailed, at, &p).unwrap();
+            assert_eq!(s.consecutive_crashes, attempt);
+            let d = decide(&s, &p, at + Duration::from_millis(1));
+            assert!(replaces(&d).is_empty(), "attempt {attempt}: {d:?}");
+            assert_eq!(d.wake_at, Some(at + p.backoff_after(attempt)));
+        }
     }
 
     #[test]
