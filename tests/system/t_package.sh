@@ -133,6 +133,9 @@ if tgt_run systemd-run --quiet --unit=kt-fg-example --service-type=exec -E KECHI
 else
   bad "systemd-run kechid --foreground /root/fg/example.toml"
 fi
+# (the scratch folders of this check are the test's, not the package's: gone before the purge
+# looks for leftovers)
+tgt_run rm -rf /run/kechi-fg /root/fg
 
 # ---- 3. policy from a drop-in ------------------------------------------------------------------
 # 120M: the example's memory.high (112M) and recycle-above (96M) stay below it
