@@ -305,6 +305,25 @@ impl Advice<'_> {
 }
 
 /// The recognised server of the config's `command`, and what is wrong with how it is run.
+/// Every finding about a loaded file: its own warnings and the server's [`advise`], in file
+/// order; what kechictl check prints and kechid logs at start.
+pub fn review(
+    loaded: &crate::config::Loaded,
+    file: &Path,
+    sockets: &Sockets,
+) -> (Option<Server>, Vec<ConfigError>) {
+    let (server, advice) = advise(&Subject {
+        config: &loaded.config,
+        provenance: &loaded.provenance,
+        file,
+        sockets,
+    });
+    let mut problems = loaded.warnings.clone();
+    problems.extend(advice);
+    problems.sort_by(|a, b| a.location.cmp(&b.location));
+    (server, problems)
+}
+
 pub fn advise(s: &Subject<'_>) -> (Option<Server>, Vec<ConfigError>) {
     let Some(server) = recognise(&s.config.command) else {
         return (None, Vec::new());

@@ -310,15 +310,7 @@ fn check(target: &str, json: bool, strict: bool) -> Result<(), Failure> {
         Err(e) => return Err(e),
     };
     let (sockets, note) = worker_sockets(&target, &loaded.config.listen);
-    let (server, advice) = servers::advise(&servers::Subject {
-        config: &loaded.config,
-        provenance: &loaded.provenance,
-        file: &target.path,
-        sockets: &sockets,
-    });
-    let mut problems = loaded.warnings.clone();
-    problems.extend(advice);
-    problems.sort_by(|a, b| a.location.cmp(&b.location));
+    let (server, problems) = servers::review(&loaded, &target.path, &sockets);
     let errors = problems.iter().filter(|p| !p.is_warning()).count();
     let warnings = problems.len() - errors;
     if json {

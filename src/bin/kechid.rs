@@ -136,15 +136,7 @@ fn advise(
         addresses,
         complete: true,
     };
-    let (server, advice) = kechi::servers::advise(&kechi::servers::Subject {
-        config: &loaded.config,
-        provenance: &loaded.provenance,
-        file: &opts.config_path,
-        sockets: &sockets,
-    });
-    let mut problems = loaded.warnings.clone();
-    problems.extend(advice);
-    problems.sort_by(|a, b| a.location.cmp(&b.location));
+    let (server, problems) = kechi::servers::review(loaded, &opts.config_path, &sockets);
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(kechi::config::ConfigErrors::new(problems));
     }
