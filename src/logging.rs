@@ -2,8 +2,14 @@
 //! (fields APP, WORKER, PID, REASON searchable with `journalctl APP=demo`), plain lines on
 //! stderr otherwise (foreground, a terminal, a container).
 
+use std::io::Write;
+use std::sync::OnceLock;
+
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
+
+/// The sink `init` installed; `last_words` needs it.
+static SINK: OnceLock<Sink> = OnceLock::new();
 
 /// Where log records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,10 +26,42 @@ pub fn init() -> Sink {
     let raw = std::env::var("KECHI_LOG").ok();
     let (filter, bad) = parse_filter(raw.as_deref());
     let sink = install(filter);
+    let _ = SINK.set(sink);
     if let Some(why) = bad {
         tracing::warn!("KECHI_LOG ignored ({why}); logging at info");
     }
     sink
+}
+
+/// How bad a last word is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// Logs a message kechid writes just before it exits (a refused configuration, no bus).
+///
+/// Under systemd these go to stderr as plain lines with a syslog priority prefix (`<3>`), not
+/// as native journal records: journald attributes a native record to a unit by reading the
+/// sender's /proc entry, which is gone when kechid has already exited, and the record then
+/// misses `journalctl -u kechi@APP` (seen when the machine is busy). A stream line belongs to
+/// the unit that systemd opened the stream for, however soon the writer exits.
+pub fn last_words(app: &str, severity: Severity, message: &str) {
+    if SINK.get() == Some(&Sink::Journal) {
+        let prio = match severity {
+            Severity::Error => 3,
+            Severity::Warning => 4,
+        };
+        let _ = writeln!(std::io::stderr(), "<{prio}>{message}");
+        return;
+    }
+    match severity {
+        Severity::Error if app.is_empty() => tracing::error!("{message}"),
+        Severity::Error => tracing::error!(APP = %app, "{message}"),
+        Severity::Warning if app.is_empty() => tracing::warn!("{message}"),
+        Severity::Warning => tracing::warn!(APP = %app, "{message}"),
+    }
 }
 
 /// The filter for `KECHI_LOG`'s value, and why the value was refused if it was.

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kechi::config::{self, ErrorKind, Host, Location, Source};
+use kechi::config::{self, ErrorKind, Host, Location, PathFacts, PathKind, Source};
 use kechi::jemalloc::JemallocError;
 use libfuzzer_sys::fuzz_target;
 
@@ -27,8 +27,17 @@ const FILE: &str = "/etc/kechi/demo.toml";
 /// What "auto" finds; the only library the fake host calls safe.
 const AUTO_LIB: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
-/// Users root/nobody/diary, groups root/nogroup/diary, kechid as root, a safe jemalloc.
+/// Users root/nobody/diary, groups root/nogroup/diary, kechid as root, a safe jemalloc;
+/// directories `/`, `/srv`, `/tmp`, `/var/www` and an executable file for every path under
+/// `/usr/bin/` (where every bare program name is found); nothing else exists.
 struct FakeHost;
+
+/// uid and gid of the fake host's users and groups.
+const IDS: [(&str, u32); 4] = [("root", 0), ("nobody", 65534), ("nogroup", 65534), ("diary", 30)];
+
+fn id_of(name: &str) -> Option<u32> {
+    IDS.iter().find(|(n, _)| *n == name).map(|(_, id)| *id)
+}
 
 impl Host for FakeHost {
     fn is_root(&self) -> bool {
@@ -52,6 +61,31 @@ impl Host for FakeHost {
                 mode: 0o666,
             })
         }
+    }
+    fn path_facts(&self, path: &Path) -> Result<Option<PathFacts>, String> {
+        let kind = if ["/", "/srv", "/tmp", "/var/www"].iter().any(|d| path == Path::new(d)) {
+            PathKind::Directory
+        } else if path.starts_with("/usr/bin") && path != Path::new("/usr/bin") {
+            PathKind::File
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(PathFacts {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }))
+    }
+    fn find_program(&self, name: &str, _path_var: Option<&str>) -> Option<PathBuf> {
+        Some(Path::new("/usr/bin").join(name))
+    }
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        let uid = id_of(name).filter(|_| name != "nogroup")?;
+        Some((uid, uid))
+    }
+    fn group_gid(&self, name: &str) -> Option<u32> {
+        id_of(name).filter(|_| name != "nobody")
     }
 }
 

@@ -10,6 +10,7 @@ use kechi::app::AppName;
 use kechi::daemon_cli::{self, Command, DaemonArgs};
 use kechi::driver::{self, Options};
 use kechi::exitcode;
+use kechi::logging::{Severity, last_words};
 use kechi::systemd::{Bus, DbusSystemd};
 
 fn main() -> ExitCode {
@@ -50,9 +51,13 @@ fn run(args: DaemonArgs) -> i32 {
                 let env: BTreeMap<String, String> = std::env::vars().collect();
                 match kechi::config::load(&path, &env, &kechi::config::RealHost) {
                     Err(errors) => refuse(&stem, &errors),
-                    Ok(_) => tracing::error!(
-                        "{}: {e} (the app name is the file name without .toml)",
-                        path.display()
+                    Ok(_) => last_words(
+                        "",
+                        Severity::Error,
+                        &format!(
+                            "{}: {e} (the app name is the file name without .toml)",
+                            path.display()
+                        ),
                     ),
                 }
                 return exitcode::CONFIG;
@@ -65,7 +70,7 @@ fn run(args: DaemonArgs) -> i32 {
                 (a, p)
             }
             Err(e) => {
-                tracing::error!("{e}");
+                last_words("", Severity::Error, &e.to_string());
                 return exitcode::USAGE;
             }
         }
@@ -99,7 +104,7 @@ fn run(args: DaemonArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("starting the event loop: {e}");
+            last_words("", Severity::Error, &format!("starting the event loop: {e}"));
             return exitcode::FAILURE;
         }
     };
@@ -111,7 +116,11 @@ fn run(args: DaemonArgs) -> i32 {
         match DbusSystemd::connect(bus).await {
             Ok(sd) => driver::run(opts, Some(sd), loaded, inherited).await,
             Err(e) => {
-                tracing::error!(APP = %opts.app, "{e}; without a systemd manager, run `kechid --foreground FILE`");
+                last_words(
+                    opts.app.as_str(),
+                    Severity::Error,
+                    &format!("{e}; without a systemd manager, run `kechid --foreground FILE`"),
+                );
                 exitcode::FAILURE
             }
         }
@@ -152,11 +161,19 @@ fn advise(
 /// Logs every problem of a refused configuration, one record each, then the verdict.
 fn refuse(app: &str, errors: &kechi::config::ConfigErrors) {
     for e in errors.errors() {
-        if e.is_warning() {
-            tracing::warn!(APP = %app, "{e}");
+        let severity = if e.is_warning() {
+            Severity::Warning
         } else {
-            tracing::error!(APP = %app, "{e}");
-        }
+            Severity::Error
+        };
+        last_words(app, severity, &e.to_string());
     }
-    tracing::error!(APP = %app, "refusing to start: {} problem(s) in the configuration", errors.error_count());
+    last_words(
+        app,
+        Severity::Error,
+        &format!(
+            "refusing to start: {} problem(s) in the configuration",
+            errors.error_count()
+        ),
+    );
 }
