@@ -42,6 +42,8 @@ done
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "--jobs wants a positive number" >&2; exit 2; }
 
 LOGDIR=${KT_LOGDIR:-$ROOT/target/system-tests}
+STEP_LOG=$(mktemp /tmp/kechi-step.XXXXXX)
+trap 'rm -f "$STEP_LOG"' EXIT
 declare -a R_NAME=() R_RESULT=() R_TIME=() R_NOTE=()
 record() { R_NAME+=("$1"); R_RESULT+=("$2"); R_TIME+=("$3"); R_NOTE+=("${4:-}"); }
 banner() { printf '\n##### %s\n' "$*"; }
@@ -83,9 +85,20 @@ step() {  # step NAME CMD...: run, time, record
   local name=$1 t0=$SECONDS rc
   shift
   banner "$name: $*"
-  "$@"; rc=$?
-  if [ "$rc" = 0 ]; then record "$name" PASS $((SECONDS - t0)); else record "$name" FAIL $((SECONDS - t0)) "exit status $rc"; fi
+  # The output is kept so a failure's summary line can say why, not only its exit status (the
+  # summary is what a CI log's tail shows).
+  "$@" 2>&1 | tee "$STEP_LOG"; rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ]; then
+    record "$name" PASS $((SECONDS - t0))
+  else
+    record "$name" FAIL $((SECONDS - t0)) "exit status $rc: $(step_why "$STEP_LOG")"
+  fi
   return "$rc"
+}
+# step_why LOG: the last line of LOG that says what failed (cut to 160 characters)
+step_why() {
+  sed 's/\x1b[[(][0-9;]*[A-Za-z]\?//g' "$1" | grep -E 'FAIL|[Ee]rror|failed|panicked|^Diff in' |
+    tail -n 1 | sed 's/^[[:space:]]*//' | cut -c1-160
 }
 
 cargo_steps() {

@@ -104,7 +104,11 @@ fn run(args: DaemonArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            last_words("", Severity::Error, &format!("starting the event loop: {e}"));
+            last_words(
+                "",
+                Severity::Error,
+                &format!("starting the event loop: {e}"),
+            );
             return exitcode::FAILURE;
         }
     };
@@ -112,7 +116,11 @@ fn run(args: DaemonArgs) -> i32 {
         if args.foreground {
             return driver::run::<DbusSystemd>(opts, None, loaded, inherited).await;
         }
-        let bus = if args.user || !root { Bus::User } else { Bus::System };
+        let bus = if args.user || !root {
+            Bus::User
+        } else {
+            Bus::System
+        };
         match DbusSystemd::connect(bus).await {
             Ok(sd) => driver::run(opts, Some(sd), loaded, inherited).await,
             Err(e) => {
