@@ -324,8 +324,19 @@ impl AppState {
         }
         self.loop_crashes
             .retain(|t| now.saturating_duration_since(*t) <= policy.window);
+        // An operator's recycle whose replacement failed is still wanted: asked again, it
+        // waits out the crash backoff like any new start. (Other reasons come back by
+        // themselves: the memory figure, the generation, the age still say so.)
+        let manual_unpaired = matches!(event, Event::ReplacementFailed)
+            && matches!(
+                &w.state,
+                WorkerState::Ready { replaced_by: Some(r), .. } if r.reason == StopReason::Manual
+            );
         w.state = next;
-        Ok(w)
+        if manual_unpaired {
+            self.requested.insert(serial);
+        }
+        Ok(self.workers.get(&serial).expect("present above"))
     }
 
     /// Removes workers that are gone, returning them (for cleanup and history).
@@ -336,6 +347,9 @@ impl AppState {
             .filter(|w| matches!(w.state, WorkerState::Gone { .. }))
             .map(|w| w.serial)
             .collect();
+        for s in &gone {
+            self.requested.remove(s);
+        }
         gone.into_iter()
             .filter_map(|s| self.workers.remove(&s))
             .collect()
@@ -1393,6 +1407,49 @@ mod tests {
             assert!(replaces(&d).is_empty(), "attempt {attempt}: {d:?}");
             assert_eq!(d.wake_at, Some(at + p.backoff_after(attempt)));
         }
+    }
+
+    #[test]
+    fn a_manual_recycle_whose_replacement_failed_is_asked_again_after_the_backoff() {
+        // `kechictl recycle --wait` waits for the worker to go: a replacement that never got
+        // ready must not quietly end the operator's request.
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.requested.insert(2);
+        let d = decide(&s, &p, t);
+        assert_eq!(replaces(&d), vec![(2, StopReason::Manual)]);
+        s.requested.remove(&2); // as the driver does when it starts the replacement
+        s.add_spawning(3, t);
+        s.begin_recycle(2, 3, StopReason::Manual, t, &p).unwrap();
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p).unwrap();
+        s.reap_gone();
+        let d = decide(&s, &p, t);
+        assert!(d.actions.contains(&Action::ReplacementFailed(2)), "{d:?}");
+        s.apply(2, &Event::ReplacementFailed, t, &p).unwrap();
+        assert!(s.requested.contains(&2), "the request stands");
+        let d = decide(&s, &p, t + Duration::from_millis(1));
+        assert!(replaces(&d).is_empty(), "{d:?}");
+        let again = t + p.backoff_after(1);
+        assert_eq!(d.wake_at, Some(again));
+        assert_eq!(
+            replaces(&decide(&s, &p, again)),
+            vec![(2, StopReason::Manual)]
+        );
+    }
+
+    #[test]
+    fn a_failed_replacement_for_another_reason_is_not_turned_into_a_request() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.generation += 1;
+        s.add_spawning(3, t);
+        s.begin_recycle(1, 3, StopReason::Reload, t, &p).unwrap();
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p).unwrap();
+        s.reap_gone();
+        s.apply(1, &Event::ReplacementFailed, t, &p).unwrap();
+        assert!(s.requested.is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod startup;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -235,6 +235,7 @@ async fn run_local<S: Systemd + 'static>(
         procs: HashMap::new(),
         holding: HashMap::new(),
         zombies: Vec::new(),
+        early_ready: HashSet::new(),
         tmpdirs,
         layout,
         notifier: Notifier,
@@ -287,6 +288,9 @@ struct Driver<S: Systemd> {
     /// Held children given up on before their scope's fate was known, with when: reaped only
     /// once systemd can no longer be about to move their pid into a scope.
     zombies: Vec<(Pid, Instant)>,
+    /// Released workers whose READY=1 came before the loop heard that their exec went ahead
+    /// (see [`ready`]): made ready as soon as it does.
+    early_ready: HashSet<u64>,
     tmpdirs: TmpDirs,
     layout: Option<CgroupLayout>,
     notifier: Notifier,

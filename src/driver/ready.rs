@@ -97,14 +97,18 @@ impl<S: Systemd + 'static> Driver<S> {
             tracing::debug!(APP = %self.opts.app, WORKER = serial, PID = pid, "READY=1 ignored: ready.mode is not notify");
             return;
         }
-        if msg.ready
-            && self
-                .state
-                .workers
-                .get(&serial)
-                .is_some_and(|w| matches!(w.state, WorkerState::Starting { .. }))
-        {
-            self.became_ready(serial, Some("READY=1"));
+        if !msg.ready {
+            return;
+        }
+        match self.state.workers.get(&serial).map(|w| &w.state) {
+            Some(WorkerState::Starting { .. }) => self.became_ready(serial, Some("READY=1")),
+            // Released to exec, and fast: its READY=1 beat the news that the exec went ahead
+            // (`Done::Released`, another source of the loop). Dropping it left the worker
+            // starting until ready.timeout (seen under load, 1 recycle in ~150).
+            Some(WorkerState::Spawning { .. }) if self.holding.contains_key(&serial) => {
+                self.early_ready.insert(serial);
+            }
+            _ => {}
         }
     }
 
@@ -117,11 +121,15 @@ impl<S: Systemd + 'static> Driver<S> {
         if let Some((serial, _)) = self.procs.iter().find(|(_, p)| p.pid.as_raw() == pid) {
             return Some(*serial);
         }
+        if let Some((serial, _)) = self.holding.iter().find(|(_, p)| p.pid.as_raw() == pid) {
+            return Some(*serial);
+        }
         if self.systemd.is_some()
             && let Some(text) = memory::read_cgroup_membership(&self.proc_root, pid as u32)
             && let Some(serial) = readiness::serial_from_cgroup(&self.opts.app, &text)
         {
-            return self.procs.contains_key(&serial).then_some(serial);
+            return (self.procs.contains_key(&serial) || self.holding.contains_key(&serial))
+                .then_some(serial);
         }
         let sid = memory::session_of(&self.proc_root, pid as u32)?;
         self.procs

@@ -212,6 +212,7 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// The worker runs its command, or could not exec it.
     pub(super) fn on_released(&mut self, serial: u64, result: Result<Pid, SpawnError>) {
+        let early_ready = self.early_ready.remove(&serial);
         let Some(p) = self.holding.remove(&serial) else {
             return;
         };
@@ -242,6 +243,9 @@ impl<S: Systemd + 'static> Driver<S> {
             let _ = nix::sys::signal::kill(p.pid, sig.0);
         } else {
             self.apply(serial, Event::Spawned);
+            if early_ready {
+                self.became_ready(serial, Some("READY=1"));
+            }
         }
     }
 

@@ -38,6 +38,9 @@ churn() {
     if ! out=$(kechictl recycle "$app" --all --wait --timeout 60s 2>&1); then
       errors=$((errors + 1))
       echo "error after $done recycles: $(printf '%s' "$out" | tr '\n' ' ')"
+      # what kechid thought and did meanwhile, for the log
+      kechictl status "$app" 2>&1 | sed 's/^/status: /'
+      journalctl -u "kechi@$app" --since "-80s" --no-pager -o short-monotonic -n 60 2>&1 | sed 's/^/journal: /'
       [ "$errors" -ge 3 ] && break
     fi
     done=$(($(cat "/run/kechi/$app/last-serial") - serial0))
