@@ -96,6 +96,28 @@ pub struct Status {
     /// Recent restarts and recycles, newest last.
     pub events: Vec<String>,
     pub listening: Vec<String>,
+    /// This kechid's start (absent from kechids older than the field).
+    #[serde(default)]
+    pub start: StartInfo,
+}
+
+/// How this kechid's start went: a cold start after an idle stop, and how fast it served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StartInfo {
+    /// Seconds from kechid's start to its first ready worker (none yet: `None`).
+    pub ready_secs: Option<f64>,
+    /// The start followed an idle stop of the app, idle this many seconds.
+    pub after_idle_secs: Option<u64>,
+    /// Idle stops of the app since the machine booted.
+    pub idle_stops: u64,
+    /// `idle.stop-after` in seconds (0: off).
+    pub idle_stop_after_secs: u64,
+    /// Seconds since the app last had a connection open, waiting or arriving, when idle stop
+    /// is on.
+    pub idle_secs: Option<u64>,
+    /// kechid has stopped the app for idleness (the last metrics written before it exits).
+    #[serde(default)]
+    pub idle_stopped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ pub mod daemon_cli;
 pub mod driver;
 pub mod early_death;
 pub mod exitcode;
+pub mod idle;
 pub mod jemalloc;
 pub mod lifecycle;
 pub mod link;

@@ -44,6 +44,8 @@ pub enum StopReason {
     Budget,
     /// Its shared part of RSS fell below `memory.min-shared`.
     Sharing,
+    /// The app went unvisited for `idle.stop-after`: every worker stops, then kechid.
+    Idle,
 }
 
 impl StopReason {
@@ -58,6 +60,7 @@ impl StopReason {
             StopReason::Memory,
             StopReason::Budget,
             StopReason::Sharing,
+            StopReason::Idle,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -74,6 +77,7 @@ impl StopReason {
             StopReason::Memory => "memory",
             StopReason::Budget => "app-budget",
             StopReason::Sharing => "min-shared",
+            StopReason::Idle => "idle",
         }
     }
 }

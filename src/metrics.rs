@@ -136,8 +136,58 @@ pub fn render(st: &Status) -> String {
             );
         }
     }
+    render_start(&mut out, &app, &st.start);
     let _ = writeln!(out, "# EOF");
     out
+}
+
+/// How the app's kechid started, and its idle state (scale to zero).
+fn render_start(out: &mut String, app: &str, s: &crate::control::StartInfo) {
+    let gauge = |out: &mut String, name: &str, help: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{app=\"{app}\"}} {v}"
+        );
+    };
+    if let Some(secs) = s.ready_secs {
+        gauge(
+            out,
+            "kechi_start_ready_seconds",
+            "Seconds from kechid's start to its first ready worker (a cold start after an idle stop, or any start).",
+            &secs,
+        );
+    }
+    gauge(
+        out,
+        "kechi_start_after_idle",
+        "1 if kechid was started again after an idle stop (a cold start).",
+        &u8::from(s.after_idle_secs.is_some()),
+    );
+    gauge(
+        out,
+        "kechi_idle_stop_after_seconds",
+        "idle.stop-after in seconds (0: the app is never stopped for idleness).",
+        &s.idle_stop_after_secs,
+    );
+    if let Some(idle) = s.idle_secs {
+        gauge(
+            out,
+            "kechi_idle_seconds",
+            "Seconds since a connection was last open, waiting or arriving on the app's sockets.",
+            &idle,
+        );
+    }
+    gauge(
+        out,
+        "kechi_idle_stopped",
+        "1 once kechid has stopped the app for idleness (until the next connection starts it).",
+        &u8::from(s.idle_stopped),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kechi_idle_stops Times the app was stopped for idleness since the machine booted.\n# TYPE kechi_idle_stops counter\nkechi_idle_stops_total{{app=\"{app}\"}} {}",
+        s.idle_stops
+    );
 }
 
 /// Label values escape backslash, quote and newline.
@@ -185,6 +235,7 @@ mod tests {
             summary: String::new(),
             events: vec![],
             listening: vec![],
+            start: Default::default(),
         };
         let text = render(&st);
         assert!(

@@ -203,6 +203,8 @@ pub struct AppState {
     pub consecutive_crashes: u32,
     pub last_crash: Option<Instant>,
     pub shutting_down: bool,
+    /// Why the workers stop when `shutting_down`: `Idle` for scale to zero, else `Shutdown`.
+    pub shutdown_reason: StopReason,
     pub generation: u64,
     pub ready_notified: bool,
     /// When the last automatic recycle began (for `recycle.min-interval`).
@@ -219,6 +221,7 @@ impl Default for AppState {
             consecutive_crashes: 0,
             last_crash: None,
             shutting_down: false,
+            shutdown_reason: StopReason::Shutdown,
             generation: 1,
             ready_notified: false,
             last_recycle: None,
@@ -593,7 +596,8 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
 
     if state.shutting_down {
         for w in state.live() {
-            d.actions.push(Action::Stop(w.serial, StopReason::Shutdown));
+            d.actions
+                .push(Action::Stop(w.serial, state.shutdown_reason.clone()));
         }
         if state
             .workers
@@ -1422,7 +1426,8 @@ mod tests {
         s.requested.remove(&2); // as the driver does when it starts the replacement
         s.add_spawning(3, t);
         s.begin_recycle(2, 3, StopReason::Manual, t, &p).unwrap();
-        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p).unwrap();
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p)
+            .unwrap();
         s.reap_gone();
         let d = decide(&s, &p, t);
         assert!(d.actions.contains(&Action::ReplacementFailed(2)), "{d:?}");
@@ -1446,7 +1451,8 @@ mod tests {
         s.generation += 1;
         s.add_spawning(3, t);
         s.begin_recycle(1, 3, StopReason::Reload, t, &p).unwrap();
-        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p).unwrap();
+        s.apply(3, &Event::SpawnFailed("exec".into()), t, &p)
+            .unwrap();
         s.reap_gone();
         s.apply(1, &Event::ReplacementFailed, t, &p).unwrap();
         assert!(s.requested.is_empty());

@@ -38,6 +38,12 @@ const FDNAME_MAX: usize = 255;
 /// would also split the name in two in the workers' `LISTEN_FDNAMES`. The escaping is one-to-one,
 /// so two addresses never share a name; an address whose name would pass systemd's 255 bytes is
 /// named by a hash of it instead.
+/// Whether a listener of this name is a `listen` address kechid bound (kept in the fd store),
+/// rather than a socket from the socket unit.
+pub fn is_bound_by_kechid(name: &str) -> bool {
+    name.starts_with(STORE_PREFIX)
+}
+
 pub fn store_name(address: &str) -> String {
     let mut name = String::from(STORE_PREFIX);
     for b in address.bytes() {

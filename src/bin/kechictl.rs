@@ -427,6 +427,44 @@ fn ask(app: &AppName, req: &Request) -> Result<serde_json::Value, Failure> {
     }
 }
 
+/// The idle time of an app its last kechid stopped for idleness and no kechid started since.
+fn idle_stopped(app: &AppName) -> Option<u64> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new("/run/kechi")
+            .join(app.as_str())
+            .join("idle-stop"),
+    )
+    .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("pending "))
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// `start:` and `idle:` lines of `kechictl status`.
+fn start_lines(s: &control::StartInfo) -> Vec<String> {
+    let dur = |secs: u64| kechi::quantity::format_duration(std::time::Duration::from_secs(secs));
+    let mut out = vec![];
+    let how = match s.after_idle_secs {
+        Some(idle) => format!("a cold start after an idle stop ({} idle)", dur(idle)),
+        None => "not after an idle stop".to_owned(),
+    };
+    match s.ready_secs {
+        Some(r) => out.push(format!(
+            "start: first worker ready {r:.3} s after kechid started ({how})"
+        )),
+        None => out.push(format!("start: no worker ready yet ({how})")),
+    }
+    if s.idle_stop_after_secs > 0 {
+        out.push(format!(
+            "idle: {} without a connection; stops after {}; {} idle stop(s) since boot",
+            dur(s.idle_secs.unwrap_or(0)),
+            dur(s.idle_stop_after_secs),
+            s.idle_stops
+        ));
+    }
+    out
+}
+
 fn fetch_status(app: &AppName) -> Result<control::Status, Failure> {
     let v = ask(app, &Request::Status {})?;
     serde_json::from_value(v)
@@ -435,7 +473,19 @@ fn fetch_status(app: &AppName) -> Result<control::Status, Failure> {
 
 fn status(app: &str, json: bool) -> Result<(), Failure> {
     let app = app_name(app)?;
-    let st = fetch_status(&app)?;
+    let st = match fetch_status(&app) {
+        Ok(st) => st,
+        Err(e) => {
+            // Not running because it was stopped for idleness: say so (and how it comes back).
+            if let Some(idle) = idle_stopped(&app) {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "{app} is stopped for idleness (no connection for {}): kechi@{app}.socket starts it at the next connection",
+                    kechi::quantity::format_duration(std::time::Duration::from_secs(idle))
+                )));
+            }
+            return Err(e);
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
         return Ok(());
@@ -443,6 +493,9 @@ fn status(app: &str, json: bool) -> Result<(), Failure> {
     println!("{} (kechid pid {}): {}", st.app, st.kechid_pid, st.summary);
     if !st.listening.is_empty() {
         println!("listening: {}", st.listening.join(", "));
+    }
+    for line in start_lines(&st.start) {
+        println!("{line}");
     }
     println!(
         "{:>6} {:>8} {:<24} {:<9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>4}",

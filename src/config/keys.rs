@@ -7,7 +7,7 @@
 
 /// Sections (TOML tables) and the keys inside them, in the order of SPEC.md.
 pub const SECTIONS: &[&str] = &[
-    "ready", "stop", "memory", "recycle", "restart", "jemalloc", "tmpdir", "control",
+    "ready", "stop", "memory", "recycle", "restart", "jemalloc", "tmpdir", "control", "idle",
 ];
 
 /// Every key, as a dotted path, in the order of SPEC.md (top-level keys first).
@@ -47,6 +47,7 @@ pub const KEYS: &[&str] = &[
     "tmpdir.enabled",
     "tmpdir.size",
     "control.group",
+    "idle.stop-after",
 ];
 
 /// Prefix of the variables that override keys.

@@ -36,6 +36,7 @@ pub struct Config {
     pub jemalloc: Jemalloc,
     pub tmpdir: TmpDir,
     pub control: Control,
+    pub idle: Idle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,14 @@ pub struct Jemalloc {
 pub struct TmpDir {
     pub enabled: bool,
     pub size: Bytes,
+}
+
+/// Scale to zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idle {
+    /// With no connection open or waiting on the app's sockets for this long, kechid stops
+    /// every worker and exits; `Duration::ZERO` = never.
+    pub stop_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -198,6 +198,8 @@ pub struct RawConfig {
     pub tmpdir: RawTmpDir,
     #[serde(default, deserialize_with = "section")]
     pub control: RawControl,
+    #[serde(default, deserialize_with = "section")]
+    pub idle: RawIdle,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -268,6 +270,12 @@ pub struct RawControl {
     pub group: Option<Field<String>>,
 }
 
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RawIdle {
+    pub stop_after: Option<Field<Quantity>>,
+}
+
 impl RawConfig {
     /// Overrides `key` (a dotted path from [`super::keys::KEYS`]) with a variable's value.
     /// Returns false for a key that does not exist.
@@ -312,6 +320,7 @@ impl RawConfig {
             "tmpdir.enabled" => put(&mut self.tmpdir.enabled, o),
             "tmpdir.size" => put(&mut self.tmpdir.size, o),
             "control.group" => put(&mut self.control.group, o),
+            "idle.stop-after" => put(&mut self.idle.stop_after, o),
             _ => return false,
         }
         true

@@ -98,6 +98,7 @@ fn shown(c: &Config, key: &str) -> Option<Shown> {
         "tmpdir.enabled" => Shown::Value(json!(c.tmpdir.enabled)),
         "tmpdir.size" => s(c.tmpdir.size),
         "control.group" => opt(&c.control.group, "(none: root only)"),
+        "idle.stop-after" => dur(c.idle.stop_after),
         _ => return None,
     })
 }

@@ -235,7 +235,7 @@ mod tests {
             [
                 "t.toml:1: comand: unknown key; did you mean command?",
                 "t.toml:3: memory.maxx: unknown key; did you mean memory.max?",
-                "t.toml:5: bogus: unknown key; expected one of the top-level keys (command, directory, user, group, workers, environment, listen) or a section ([ready], [stop], [memory], [recycle], [restart], [jemalloc], [tmpdir], [control])",
+                "t.toml:5: bogus: unknown key; expected one of the top-level keys (command, directory, user, group, workers, environment, listen) or a section ([ready], [stop], [memory], [recycle], [restart], [jemalloc], [tmpdir], [control], [idle])",
             ]
         );
     }

@@ -351,6 +351,12 @@ pub fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> (Config, Provenance, Vec<Confi
             .filter(|g| !g.is_empty()),
     };
 
+    let idle = Idle {
+        stop_after: c
+            .get("idle.stop-after", raw.idle.stop_after, E_DURATION, duration)
+            .unwrap_or(Duration::ZERO),
+    };
+
     let environment = c.environment(environment, &jemalloc, &tmpdir);
 
     let config = Config {
@@ -370,6 +376,7 @@ pub fn validate(raw: RawConfig, ctx: &Ctx<'_>) -> (Config, Provenance, Vec<Confi
         jemalloc,
         tmpdir,
         control,
+        idle,
     };
     (config, c.prov, c.errors)
 }

@@ -33,7 +33,16 @@ impl<S: Systemd + 'static> Driver<S> {
         let mut accept_tick = tokio::time::interval(Duration::from_millis(100));
         accept_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Looks for idleness (idle.stop-after; its period follows reloads).
+        let mut idle_every = self.idle.clock.look_every();
+        let mut idle_tick = tokio::time::interval(idle_every);
+        idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {
+            if self.idle.clock.look_every() != idle_every {
+                idle_every = self.idle.clock.look_every();
+                idle_tick = tokio::time::interval(idle_every);
+                idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             // Decide and act until there is nothing left to do right now (nothing at all while
             // an earlier kechid's workers are being looked for).
             let mut wake_at = None;
@@ -76,6 +85,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 _ = sleep => None,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => { self.notifier.watchdog(); None }
                 _ = sample_tick.tick() => { self.sample(); None }
+                _ = idle_tick.tick(), if self.idle.clock.enabled() => { self.idle_look(); None }
                 _ = accept_tick.tick(), if self.awaiting_accept() => { self.check_accept(); None }
                 _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { self.on_link_lost(); None }
                 _ = sleep_until_opt(self.link.retry_at()), if reconnect_due => { self.reconnect(); None }
@@ -185,6 +195,9 @@ impl<S: Systemd + 'static> Driver<S> {
                     self.stop_everything();
                 }
                 self.remove_runtime_files();
+                if code == exitcode::OK {
+                    self.leave_idle_marker();
+                }
                 return Some(code);
             }
         }

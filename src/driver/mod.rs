@@ -20,6 +20,7 @@
 
 mod event_loop;
 mod exits;
+mod idle;
 mod ops;
 mod ready;
 mod reload;
@@ -35,7 +36,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Pid, Uid};
 use tokio::sync::mpsc;
@@ -261,6 +262,7 @@ async fn run_local<S: Systemd + 'static>(
         relinking_for_term: false,
         reload: reload::ReloadState::Idle,
         proc_root: env.proc_root,
+        idle: idle::IdleWatch::new(Duration::ZERO, Instant::now()),
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -337,6 +339,8 @@ struct Driver<S: Systemd> {
     relinking_for_term: bool,
     reload: reload::ReloadState,
     proc_root: ProcRoot,
+    /// Scale to zero (`idle.stop-after`) and how this start went.
+    idle: idle::IdleWatch,
 }
 
 impl<S: Systemd + 'static> Driver<S> {

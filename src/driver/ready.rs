@@ -14,6 +14,7 @@ impl<S: Systemd + 'static> Driver<S> {
     /// worker, and the memory policies judge ready workers by their last sample.
     pub(super) fn became_ready(&mut self, serial: u64, how: Option<&str>) {
         self.apply(serial, Event::BecameReady);
+        self.note_first_ready();
         self.check_jemalloc(serial);
         // (its time is recorded with it: policy::Worker::fresh_metric compares only figures
         // taken since a worker became ready)
@@ -38,16 +39,7 @@ impl<S: Systemd + 'static> Driver<S> {
     /// Accept mode: a starting worker one of whose processes waits on a listening socket, or
     /// already holds a connection accepted from one, is ready.
     pub(super) fn check_accept(&mut self) {
-        let inodes: std::collections::HashSet<u64> = self
-            .listeners
-            .iter()
-            .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
-            .collect();
-        let addresses: Vec<_> = self
-            .listeners
-            .iter()
-            .filter_map(|l| crate::accept::local_address(&l.fd))
-            .collect();
+        let (inodes, addresses) = self.listener_identity();
         let starting: Vec<u64> = self
             .state
             .workers
@@ -67,6 +59,27 @@ impl<S: Systemd + 'static> Driver<S> {
             };
             self.became_ready(serial, Some(how));
         }
+    }
+
+    /// How a worker's sockets are told apart: the listeners' inodes, and the local addresses
+    /// a connection accepted from one of them has.
+    pub(super) fn listener_identity(
+        &self,
+    ) -> (
+        std::collections::HashSet<u64>,
+        Vec<nix::sys::socket::SockaddrStorage>,
+    ) {
+        let inodes = self
+            .listeners
+            .iter()
+            .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
+            .collect();
+        let addresses = self
+            .listeners
+            .iter()
+            .filter_map(|l| crate::accept::local_address(&l.fd))
+            .collect();
+        (inodes, addresses)
     }
 
     /// The processes of a worker: its scope's members, or its session without systemd.

@@ -98,6 +98,7 @@ impl<S: Systemd + 'static> Driver<S> {
                     );
                     self.loaded = loaded;
                     self.state.generation += 1;
+                    self.arm_idle();
                     let gid = group_id(&self.loaded.config);
                     if let Ok(mut g) = self.control_group.lock() {
                         *g = gid;

@@ -102,6 +102,16 @@ impl<S: Systemd + 'static> Driver<S> {
             summary: self.status_text(),
             events: self.history.iter().cloned().collect(),
             listening: self.listeners.iter().map(|l| l.address.clone()).collect(),
+            start: crate::control::StartInfo {
+                idle_stop_after_secs: self.idle.clock.stop_after().as_secs(),
+                idle_secs: self.idle.clock.enabled().then(|| {
+                    self.idle
+                        .clock
+                        .idle_for(std::time::Instant::now())
+                        .as_secs()
+                }),
+                ..self.idle.start.clone()
+            },
         }
     }
 

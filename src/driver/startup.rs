@@ -181,6 +181,8 @@ impl<S: Systemd + 'static> Driver<S> {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
+        self.read_idle_marker();
+        self.arm_idle();
         if self.systemd.is_some() {
             self.adopting = true;
             self.scan_scopes(ScanPurpose::Adopt, ADOPT_DEADLINE);

@@ -290,13 +290,22 @@ elif ! command -v rpm > /dev/null; then
   bad "rpm is not installed here, so the .rpm was not checked (apt-get install rpm; tests/run.sh does)"
 else
   say "package: $RPM"
-  files=$(rpm -qlp "$RPM" 2> /dev/null)
+  files=$(rpm -qlp "$RPM" 2>&1)
+  rpm_listed=0
   for f in /usr/bin/kechid /usr/bin/kechictl /usr/lib/systemd/system/kechi@.service \
     /usr/lib/systemd/system/kechi@.socket /usr/lib/systemd/system/kechi.slice /etc/kechi/example.toml.sample \
     /usr/share/man/man8/kechid.8.gz /usr/share/man/man1/kechictl.1.gz /usr/share/man/man5/kechi.toml.5.gz \
     /usr/share/bash-completion/completions/kechictl /usr/share/zsh/site-functions/_kechictl \
     /usr/share/fish/vendor_completions.d/kechictl.fish; do
-    if printf '%s\n' "$files" | grep -qx "$f"; then ok "rpm -qlp: $f"; else bad "rpm -qlp: no $f"; fi
+    if printf '%s\n' "$files" | grep -qx "$f"; then ok "rpm -qlp: $f"; else
+      bad "rpm -qlp: no $f"
+      # once: what rpm did list (and said), and what the build left to pack
+      if [ "$rpm_listed" = 0 ]; then
+        rpm_listed=1
+        printf '%s\n' "$files" | sed 's/^/          | /'
+        ls -l "$(dirname "$RPM")/../release/man" 2>&1 | sed 's/^/          | /'
+      fi
+    fi
   done
   req=$(rpm -qp --requires "$RPM" 2> /dev/null)
   if printf '%s\n' "$req" | grep -qx jemalloc; then ok "rpm requires jemalloc"; else bad "rpm does not require jemalloc"; fi
