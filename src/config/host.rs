@@ -200,6 +200,20 @@ pub fn check(
     } else {
         None
     };
+    // Not about the host, but about what is around the app: the addresses kechid binds itself
+    // live only as long as kechid, so they do not survive an idle stop.
+    if !config.idle.stop_after.is_zero() && !config.listen.is_empty() {
+        c.warn(
+            "idle.stop-after",
+            format!(
+                "the listen addresses ({}) refuse connections while the app is stopped for \
+                 idleness, and a connection to them does not start it again",
+                config.listen.join(", ")
+            ),
+            "put them in the socket unit instead (ListenStream= in a drop-in of \
+             kechi@APP.socket), which keeps listening and starts the app",
+        );
+    }
     c.errors
 }
 
@@ -620,6 +634,35 @@ mod tests {
         host.uid_zero.insert("nobody".into());
         let errs = run(CMD, &host).unwrap_err();
         assert!(errs[0].contains("which has uid 0"), "{errs:?}");
+    }
+
+    #[test]
+    fn idle_stop_with_listen_addresses_is_a_warning() {
+        let host = FakeHost::new();
+        let text = format!("{CMD}listen = [\"127.0.0.1:9000\"]\n[idle]\nstop-after = \"15m\"\n");
+        let loaded = parse(
+            &text,
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            &host,
+        )
+        .unwrap();
+        let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("/etc/kechi/demo.toml:4: idle.stop-after: warning: the listen addresses (127.0.0.1:9000) refuse connections"),
+            "{w:?}"
+        );
+        // without listen, or without idle stop: nothing to say
+        let quiet = format!("{CMD}[idle]\nstop-after = \"15m\"\n");
+        let l = parse(
+            &quiet,
+            Path::new("/etc/kechi/demo.toml"),
+            &BTreeMap::new(),
+            &host,
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty());
     }
 
     #[test]
