@@ -13,6 +13,7 @@
 
 pub mod accept;
 pub mod app;
+pub mod boxwide;
 pub mod config;
 pub mod control;
 pub mod control_server;

@@ -46,6 +46,10 @@ pub enum StopReason {
     Sharing,
     /// The app went unvisited for `idle.stop-after`: every worker stops, then kechid.
     Idle,
+    /// All apps' workers together passed the box's `[box] budget` and it was the largest.
+    BoxBudget,
+    /// The box's memory pressure trigger fired and it was the largest worker of the box.
+    Pressure,
 }
 
 impl StopReason {
@@ -61,6 +65,8 @@ impl StopReason {
             StopReason::Budget,
             StopReason::Sharing,
             StopReason::Idle,
+            StopReason::BoxBudget,
+            StopReason::Pressure,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -78,6 +84,8 @@ impl StopReason {
             StopReason::Budget => "app-budget",
             StopReason::Sharing => "min-shared",
             StopReason::Idle => "idle",
+            StopReason::BoxBudget => "box-budget",
+            StopReason::Pressure => "pressure",
         }
     }
 }

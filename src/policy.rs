@@ -211,6 +211,9 @@ pub struct AppState {
     pub last_recycle: Option<Instant>,
     /// Workers an operator asked to recycle (`kechictl recycle`), not yet begun.
     pub requested: std::collections::BTreeSet<u64>,
+    /// The worker the box-wide policy picked (box budget or pressure; see `crate::boxwide`),
+    /// not yet begun.
+    pub box_pick: Option<(u64, StopReason)>,
 }
 
 impl Default for AppState {
@@ -226,6 +229,7 @@ impl Default for AppState {
             ready_notified: false,
             last_recycle: None,
             requested: std::collections::BTreeSet::new(),
+            box_pick: None,
         }
     }
 }
@@ -352,6 +356,9 @@ impl AppState {
             .collect();
         for s in &gone {
             self.requested.remove(s);
+            if self.box_pick.as_ref().is_some_and(|(p, _)| p == s) {
+                self.box_pick = None;
+            }
         }
         gone.into_iter()
             .filter_map(|s| self.workers.remove(&s))
@@ -726,6 +733,10 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
                 Some((2, w.started, StopReason::Memory))
             } else if budget_pick == Some(w.serial) {
                 Some((3, w.started, StopReason::Budget))
+            } else if let Some((_, reason)) =
+                state.box_pick.as_ref().filter(|(s, _)| *s == w.serial)
+            {
+                Some((3, w.started, reason.clone()))
             } else if lost_sharing(w, policy)
                 && policy.child_signal.is_some()
                 && let Some((pid, _)) = w.mem.as_ref().and_then(|m| m.least_shared_child)
@@ -1456,6 +1467,26 @@ mod tests {
         s.reap_gone();
         s.apply(1, &Event::ReplacementFailed, t, &p).unwrap();
         assert!(s.requested.is_empty());
+    }
+
+    #[test]
+    fn the_box_wide_pick_is_recycled_with_its_reason_after_min_interval() {
+        let p = policy();
+        let t = Instant::now();
+        let mut s = ready_set(&p, 2, t);
+        s.box_pick = Some((2, StopReason::BoxBudget));
+        assert_eq!(
+            replaces(&decide(&s, &p, t)),
+            vec![(2, StopReason::BoxBudget)]
+        );
+        s.last_recycle = Some(t);
+        let d = decide(&s, &p, t + Duration::from_secs(1));
+        assert!(replaces(&d).is_empty(), "automatic: min-interval applies");
+        s.box_pick = Some((1, StopReason::Pressure));
+        assert_eq!(
+            replaces(&decide(&s, &p, t + p.min_interval)),
+            vec![(1, StopReason::Pressure)]
+        );
     }
 
     #[test]

@@ -55,8 +55,13 @@ pub fn overlay(raw: &mut RawConfig, env: &BTreeMap<String, String>) -> Vec<Confi
         if !var.starts_with(ENV_PREFIX) {
             break;
         }
+        // KECHI_BOX_* set the box-wide policy (kechi.conf's keys): checked by `boxconf`.
+        let box_var = super::boxconf::BOX_KEYS
+            .iter()
+            .any(|k| super::keys::env_var(k) == *var);
         if (worker_context && (var == "KECHI_APP" || var == "KECHI_WORKER"))
             || DAEMON_VARS.contains(&var.as_str())
+            || box_var
         {
             continue;
         }

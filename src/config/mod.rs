@@ -43,6 +43,7 @@
 //!
 //! `command` has no default: it is required.
 
+pub mod boxconf;
 mod env;
 mod error;
 mod host;
@@ -72,6 +73,9 @@ pub struct Loaded {
     pub provenance: Provenance,
     /// Problems that do not stop kechid ([`Severity::Warning`]), in line order.
     pub warnings: Vec<ConfigError>,
+    /// The box-wide policy (`/etc/kechi/kechi.conf` and `KECHI_BOX_*`), read by [`load`];
+    /// [`parse`] of an app file alone leaves it empty.
+    pub boxed: boxconf::BoxPolicy,
 }
 
 /// Reads `path` and runs [`parse`] on it. An unreadable file is one [`ErrorKind::Read`] error
@@ -91,7 +95,18 @@ pub fn load(
             format!("cannot read: {e}"),
         )])
     })?;
-    parse(&text, path, env, host)
+    let app = parse(&text, path, env, host);
+    // Every problem of both files in one go.
+    match (app, boxconf::load_box(Path::new(boxconf::BOX_CONF), env)) {
+        (Ok(mut loaded), Ok(boxed)) => {
+            loaded.boxed = boxed;
+            Ok(loaded)
+        }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(ConfigErrors::new(
+            a.errors().iter().chain(b.errors()).cloned().collect(),
+        )),
+    }
 }
 
 /// Checks `text` as the contents of `path` (whose file name gives the app name), overlaid
@@ -132,6 +147,7 @@ pub fn parse(
         config,
         provenance,
         warnings: errors,
+        boxed: boxconf::BoxPolicy::default(),
     })
 }
 

@@ -160,6 +160,14 @@ pub fn render_text(loaded: &Loaded) -> String {
                 .map_or_else(|| "default".to_owned(), source_text);
             [key.to_string(), value, source]
         })
+        // then the box-wide keys every app shares (kechi.conf, KECHI_BOX_*)
+        .chain(
+            loaded
+                .boxed
+                .rows()
+                .into_iter()
+                .map(|r| [r.key.to_owned(), r.value, r.source]),
+        )
         .collect();
     let header = ["KEY".to_owned(), "VALUE".to_owned(), "SOURCE".to_owned()];
     let w0 = rows
@@ -198,7 +206,18 @@ pub fn render_json(loaded: &Loaded) -> Value {
         }
         keys.insert(key.to_string(), entry);
     }
-    json!({ "app": loaded.config.app, "keys": keys })
+    let boxed: Map<String, Value> = loaded
+        .boxed
+        .rows()
+        .into_iter()
+        .map(|r| {
+            (
+                r.key.to_owned(),
+                json!({ "value": r.value, "source": r.source }),
+            )
+        })
+        .collect();
+    json!({ "app": loaded.config.app, "keys": keys, "box": boxed })
 }
 
 #[cfg(test)]
@@ -236,7 +255,11 @@ mod tests {
     fn text_table() {
         let t = render_text(&loaded());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), KEYS.len() + 1);
+        assert_eq!(
+            lines.len(),
+            KEYS.len() + 3,
+            "the keys, box.budget, box.pressure, a header"
+        );
         assert!(lines[0].starts_with("KEY "));
         let row = |key: &str| {
             let l = lines

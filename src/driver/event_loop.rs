@@ -155,6 +155,9 @@ impl<S: Systemd + 'static> Driver<S> {
             }
             Action::Replace { old, reason } => {
                 self.state.requested.remove(&old);
+                if self.state.box_pick.as_ref().is_some_and(|(s, _)| *s == old) {
+                    self.state.box_pick = None;
+                }
                 self.state.last_recycle = Some(Instant::now());
                 let m = self
                     .state

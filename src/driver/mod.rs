@@ -18,6 +18,7 @@
 //! classification, stops and kills), [`sampling`], [`ready`] (readiness), [`reload`] and
 //! [`shutdown`].
 
+mod boxwide;
 mod event_loop;
 mod exits;
 mod idle;
@@ -263,6 +264,7 @@ async fn run_local<S: Systemd + 'static>(
         reload: reload::ReloadState::Idle,
         proc_root: env.proc_root,
         idle: idle::IdleWatch::new(Duration::ZERO, Instant::now()),
+        box_lock: None,
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -341,6 +343,8 @@ struct Driver<S: Systemd> {
     proc_root: ProcRoot,
     /// Scale to zero (`idle.stop-after`) and how this start went.
     idle: idle::IdleWatch,
+    /// The box lock, while a worker of this app is recycled for the box's budget.
+    box_lock: Option<boxwide::BoxLock>,
 }
 
 impl<S: Systemd + 'static> Driver<S> {

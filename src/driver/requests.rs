@@ -121,7 +121,11 @@ impl<S: Systemd + 'static> Driver<S> {
     pub(super) fn remove_runtime_files(&self) {
         let app = self.opts.app.as_str();
         let dir = &self.opts.runtime_dir;
-        for f in [control::socket_path(dir, app), self.workers_file()] {
+        for f in [
+            control::socket_path(dir, app),
+            self.workers_file(),
+            self.box_figures_file(),
+        ] {
             let _ = std::fs::remove_file(f);
         }
         let _ = std::fs::remove_file(

@@ -73,6 +73,7 @@ impl<S: Systemd + 'static> Driver<S> {
         self.samples += 1;
         self.last_detailed.retain(|s, _| self.procs.contains_key(s));
         self.write_metrics();
+        self.box_round();
         self.record_socket_flags();
     }
 
