@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod policy;
+pub mod psi;
 pub mod quantity;
 pub mod readiness;
 pub mod servers;

@@ -45,7 +45,8 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// At every sample: this app's figures for the other kechids, then the box-wide decision.
     pub(super) fn box_round(&mut self) {
-        if self.loaded.boxed.budget.is_none() && self.box_lock.is_none() {
+        let boxed = &self.loaded.boxed;
+        if boxed.budget.is_none() && boxed.pressure.is_none() && self.box_lock.is_none() {
             // Nobody on this box is judged by a budget this kechid knows of; publishing costs
             // a file write per sample, so only apps under a budget do.
             return;
@@ -121,19 +122,13 @@ impl<S: Systemd + 'static> Driver<S> {
         }
     }
 
-    /// Over the box's budget with the largest worker ours: take the lock and pick it.
-    fn box_pick(&mut self) {
-        let Some(budget) = self.loaded.boxed.budget else {
-            return;
-        };
-        if self.box_lock.is_some() || self.state.box_pick.is_some() || self.state.shutting_down {
-            return;
-        }
+    /// Every app's published figures (fresh ones only), and when each file was written.
+    fn box_figures(&self) -> (Vec<boxwide::Figure>, Vec<u64>) {
         let now = now_ms();
         let mut figures = Vec::new();
         let mut published = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.opts.runtime_dir) else {
-            return;
+            return (figures, published);
         };
         for entry in dir.flatten() {
             let app = entry.file_name().to_string_lossy().into_owned();
@@ -145,22 +140,76 @@ impl<S: Systemd + 'static> Driver<S> {
                 figures.extend(f);
             }
         }
+        (figures, published)
+    }
+
+    /// Over the box's budget with the largest worker ours: take the lock and pick it.
+    fn box_pick(&mut self) {
+        let Some(budget) = self.loaded.boxed.budget else {
+            return;
+        };
+        if self.box_busy() {
+            return;
+        }
+        let (figures, published) = self.box_figures();
         let Some((total, worst)) = boxwide::over_budget(&figures, budget.0) else {
             return;
         };
+        let (serial, bytes) = (worst.serial, worst.bytes);
         if worst.app != self.opts.app.as_str() {
-            tracing::debug!(APP = %self.opts.app, "box budget: over ({total} bytes), the largest is {}'s worker {}", worst.app, worst.serial);
+            tracing::debug!(APP = %self.opts.app, "box budget: over ({total} bytes), the largest is {}'s worker {serial}", worst.app);
             return;
         }
-        let serial = worst.serial;
-        let bytes = worst.bytes;
+        if !self.box_lock_taken(serial, &published, StopReason::BoxBudget) {
+            return;
+        }
+        tracing::info!(
+            APP = %self.opts.app, WORKER = serial, REASON = "box-budget", BOX_TOTAL = total, BOX_BUDGET = budget.0, METRIC_BYTES = bytes,
+            "the box's workers use {} together, over the box budget {}: worker {serial} ({}) is the largest on the box; recycling it",
+            Bytes(total).human(), Bytes(budget.0).human(), Bytes(bytes).human()
+        );
+    }
+
+    /// The memory pressure trigger fired: the largest worker of the box goes, if it is ours.
+    pub(super) fn on_pressure(&mut self, psi: String) {
+        if self.box_busy() {
+            return;
+        }
+        let (figures, published) = self.box_figures();
+        let Some(worst) = boxwide::largest(&figures) else {
+            return;
+        };
+        let (serial, bytes) = (worst.serial, worst.bytes);
+        let total: u64 = figures.iter().map(|f| f.bytes).sum();
+        if worst.app != self.opts.app.as_str() {
+            tracing::debug!(APP = %self.opts.app, "memory pressure: the largest worker is {}'s worker {serial}", worst.app);
+            return;
+        }
+        if !self.box_lock_taken(serial, &published, StopReason::Pressure) {
+            return;
+        }
+        tracing::info!(
+            APP = %self.opts.app, WORKER = serial, REASON = "pressure", BOX_TOTAL = total, METRIC_BYTES = bytes,
+            "memory pressure on the box ({psi}): worker {serial} ({}) is the largest on the box (all workers: {}); recycling it before the OOM killer acts",
+            Bytes(bytes).human(), Bytes(total).human()
+        );
+    }
+
+    /// A box-wide recycle of this app is under way, or kechid is on its way out.
+    fn box_busy(&self) -> bool {
+        self.box_lock.is_some() || self.state.box_pick.is_some() || self.state.shutting_down
+    }
+
+    /// Takes the box lock for `serial` and picks it, unless another kechid holds the lock or
+    /// the figures do not show the last box-wide recycle yet.
+    fn box_lock_taken(&mut self, serial: u64, published: &[u64], reason: StopReason) -> bool {
         let path = self.box_lock_file();
         let done = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| boxwide::parse_done(&t));
-        if !boxwide::settled(done, &published) {
-            tracing::debug!(APP = %self.opts.app, "box budget: waiting for figures newer than the last box-wide recycle");
-            return;
+        if !boxwide::settled(done, published) {
+            tracing::debug!(APP = %self.opts.app, "box: waiting for figures newer than the last box-wide recycle");
+            return false;
         }
         let file = match std::fs::OpenOptions::new()
             .create(true)
@@ -171,24 +220,87 @@ impl<S: Systemd + 'static> Driver<S> {
         {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(APP = %self.opts.app, "box budget: cannot open {}: {e}", path.display());
-                return;
+                tracing::warn!(APP = %self.opts.app, "box: cannot open {}: {e}", path.display());
+                return false;
             }
         };
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                self.box_lock = Some(BoxLock { lock, serial });
+                self.state.box_pick = Some((serial, reason));
+                true
+            }
             Err((_, e)) => {
                 // Another kechid is recycling for the box: its result comes first.
-                tracing::debug!(APP = %self.opts.app, "box budget: the box lock is taken ({e})");
-                return;
+                tracing::debug!(APP = %self.opts.app, "box: the box lock is taken ({e})");
+                false
             }
+        }
+    }
+
+    /// Arms the memory pressure trigger of `[box] pressure` (at start; a reload that changes it
+    /// takes effect at the next start of kechid).
+    pub(super) fn arm_pressure(&mut self) {
+        let Some(p) = self.loaded.boxed.pressure else {
+            return;
         };
-        tracing::info!(
-            APP = %self.opts.app, WORKER = serial, REASON = "box-budget", BOX_TOTAL = total, BOX_BUDGET = budget.0, METRIC_BYTES = bytes,
-            "the box's workers use {} together, over the box budget {}: worker {serial} ({}) is the largest on the box; recycling it",
-            Bytes(total).human(), Bytes(budget.0).human(), Bytes(bytes).human()
-        );
-        self.box_lock = Some(BoxLock { lock, serial });
-        self.state.box_pick = Some((serial, StopReason::BoxBudget));
+        if self.pressure_armed {
+            return;
+        }
+        let path = psi_file(&self.opts.app);
+        let mut armed = crate::psi::Trigger::arm(&path, &p.trigger_line());
+        if let Err(e) = &armed
+            && e.kind() == std::io::ErrorKind::InvalidInput
+            && let Some(wider) = whole_two_seconds(p)
+        {
+            // Without CAP_SYS_RESOURCE the kernel takes only windows of whole multiples of 2 s.
+            tracing::warn!(APP = %self.opts.app, "box.pressure: the kernel refused a {} window (without CAP_SYS_RESOURCE it takes multiples of 2 s only): using {wider}", crate::quantity::format_duration(p.window));
+            armed = crate::psi::Trigger::arm(&path, &wider.trigger_line());
+        }
+        match armed {
+            Ok(trigger) => {
+                self.pressure_armed = true;
+                tracing::info!(APP = %self.opts.app, "memory pressure trigger armed on {}: {p}", path.display());
+                let tx = self.pressure_tx.clone();
+                tokio::task::spawn_local(async move {
+                    while let Some(line) = trigger.fired().await {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, "box.pressure: cannot arm a trigger on {}: {e}; memory pressure is not watched", path.display());
+            }
+        }
+    }
+}
+
+/// The same share of a window rounded up to whole multiples of 2 s, if that is another window.
+fn whole_two_seconds(
+    p: crate::config::boxconf::Pressure,
+) -> Option<crate::config::boxconf::Pressure> {
+    let two = std::time::Duration::from_secs(2);
+    let n = p.window.as_micros().div_ceil(two.as_micros()) as u32;
+    let window = two * n.max(1);
+    (window != p.window && window <= std::time::Duration::from_secs(10)).then(|| {
+        let share = p.stall.as_secs_f64() / p.window.as_secs_f64();
+        crate::config::boxconf::Pressure {
+            full: p.full,
+            stall: window.mul_f64(share),
+            window,
+        }
+    })
+}
+
+/// Where the box's memory pressure is read: kechi.slice's on cgroup v2 (every app's workers
+/// are under it), else the whole machine's.
+fn psi_file(_app: &crate::app::AppName) -> PathBuf {
+    let slice = std::path::Path::new("/sys/fs/cgroup/kechi.slice/memory.pressure");
+    if slice.exists() {
+        slice.to_owned()
+    } else {
+        PathBuf::from("/proc/pressure/memory")
     }
 }

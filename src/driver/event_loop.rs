@@ -82,6 +82,7 @@ impl<S: Systemd + 'static> Driver<S> {
                     None
                 }
                 Some(done) = ops.recv() => self.on_done(done),
+                Some(psi) = self.pressure_rx.recv() => { self.on_pressure(psi); None }
                 _ = sleep => None,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => { self.notifier.watchdog(); None }
                 _ = sample_tick.tick() => { self.sample(); None }

@@ -229,6 +229,7 @@ async fn run_local<S: Systemd + 'static>(
         &opts.app,
         &env.proc_root,
     ));
+    let (pressure_tx, pressure_rx) = mpsc::unbounded_channel();
     let mut d = Driver {
         policy,
         loaded,
@@ -265,6 +266,9 @@ async fn run_local<S: Systemd + 'static>(
         proc_root: env.proc_root,
         idle: idle::IdleWatch::new(Duration::ZERO, Instant::now()),
         box_lock: None,
+        pressure_armed: false,
+        pressure_tx,
+        pressure_rx,
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -345,6 +349,10 @@ struct Driver<S: Systemd> {
     idle: idle::IdleWatch,
     /// The box lock, while a worker of this app is recycled for the box's budget.
     box_lock: Option<boxwide::BoxLock>,
+    /// The memory pressure trigger of `[box] pressure` is armed; its firings arrive here.
+    pressure_armed: bool,
+    pressure_tx: mpsc::UnboundedSender<String>,
+    pressure_rx: mpsc::UnboundedReceiver<String>,
 }
 
 impl<S: Systemd + 'static> Driver<S> {

@@ -183,6 +183,7 @@ impl<S: Systemd + 'static> Driver<S> {
             .unwrap_or(0);
         self.read_idle_marker();
         self.arm_idle();
+        self.arm_pressure();
         if self.systemd.is_some() {
             self.adopting = true;
             self.scan_scopes(ScanPurpose::Adopt, ADOPT_DEADLINE);
