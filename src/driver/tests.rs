@@ -32,6 +32,8 @@ struct FakeInner {
     calls: RefCell<Vec<String>>,
     start_delay: Cell<Duration>,
     start_fails: Cell<bool>,
+    /// StopUnit answers only after this long (a manager busy with a long stop job).
+    stop_delay: Cell<Duration>,
     job_type: RefCell<Option<String>>,
     closed: Cell<bool>,
     lost: tokio::sync::Notify,
@@ -116,6 +118,10 @@ impl Systemd for FakeSystemd {
 
     async fn stop_unit(&self, unit: &str, _deadline: Duration) -> Result<JobResult, SystemdError> {
         self.note(format!("stop {unit}"));
+        let delay = self.0.stop_delay.get();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.signal_unit(unit, nix::sys::signal::Signal::SIGKILL);
         match self.0.units.borrow_mut().remove(unit) {
             Some(_) => Ok(JobResult::Done),
@@ -476,6 +482,48 @@ async fn a_lost_link_is_reconnected_and_stray_scopes_stopped() {
         // The worker is untouched; kechid still answers and stops cleanly.
         let s = status(&sock).await.unwrap();
         assert_eq!(ready_serials(&s), [1]);
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn slow_scope_stops_hold_neither_control_requests_nor_a_recycle_roll() {
+    let mut rig = Rig::new("h", 2, "");
+    let sd = FakeSystemd::default();
+    sd.0.stop_delay.set(Duration::from_secs(4));
+    let sock = rig.socket();
+    let driver = rig.run(&sd);
+    let steps = async {
+        until(&sock, "ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1, 2]
+        })
+        .await;
+        let (r, _) = ask(
+            &sock,
+            Request::Recycle {
+                worker: None,
+                all: true,
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap().error, None);
+        let t0 = Instant::now();
+        loop {
+            let (r, took) = ask(&sock, Request::Status {}).await;
+            assert!(took < Duration::from_secs(1), "status took {took:?}");
+            let s: control::Status = serde_json::from_value(r.unwrap().parameters).unwrap();
+            if ready_serials(&s) == [3, 4] && s.workers.len() == 2 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{:#?}", s.workers);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            sd.count("stop ") >= 1,
+            "the old scopes' stops were asked for (and are slow)"
+        );
         rig.signals.send(Signal::Term).unwrap();
     };
     let (code, ()) = tokio::join!(driver, steps);
