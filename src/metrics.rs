@@ -73,11 +73,17 @@ fn limits(m: &Memory) -> Vec<(&'static str, u64)> {
     .collect()
 }
 
-/// node exporter's textfile directory on Debian (package prometheus-node-exporter), if present;
-/// else kechid's runtime directory.
+/// The runtime directory of the system's kechids (run as root by `kechi@.service`).
+const SYSTEM_RUNTIME_DIR: &str = "/run/kechi";
+
+/// Where the app's file goes: node exporter's textfile directory on Debian (package
+/// prometheus-node-exporter) when it exists and kechid is one of the system's (its runtime
+/// directory is /run/kechi); else kechid's runtime directory. A kechid given a runtime
+/// directory of its own (`KECHI_RUNTIME_DIR`: the tests, a trial run) or run by a user manager
+/// keeps its metrics there, out of the machine's monitoring.
 pub fn textfile_dir(runtime_dir: &Path) -> PathBuf {
     let debian = Path::new("/var/lib/prometheus/node-exporter");
-    if debian.is_dir() {
+    if runtime_dir == Path::new(SYSTEM_RUNTIME_DIR) && debian.is_dir() {
         debian.to_owned()
     } else {
         runtime_dir.to_owned()
@@ -434,6 +440,18 @@ mod tests {
                 "kechi_memory_limit_bytes{app=\"demo\",limit=\"recycle-above\"} 41943040",
             ]
         );
+    }
+
+    #[test]
+    fn only_the_system_kechids_write_to_node_exporters_directory() {
+        let own = Path::new("/tmp/kechi-test-run");
+        assert_eq!(textfile_dir(own), own);
+        let system = textfile_dir(Path::new("/run/kechi/"));
+        if Path::new("/var/lib/prometheus/node-exporter").is_dir() {
+            assert_eq!(system, Path::new("/var/lib/prometheus/node-exporter"));
+        } else {
+            assert_eq!(system, Path::new("/run/kechi"));
+        }
     }
 
     #[test]
