@@ -52,10 +52,12 @@ banner() { printf '\n##### %s\n' "$*"; }
 # (lintian, rpm, man-db, zsh, fish: t_package checks the packages and the completions with them;
 # busybox-static: t_sec_worker's statically linked worker; the app servers of the compatibility
 # matrix's rows, t_compat_*: starman, libnet-server-ss-prefork-perl, uvicorn, puma, unicorn,
-# ruby-rack, uwsgi, uwsgi-plugin-python3, nodejs)
+# ruby-rack, uwsgi, uwsgi-plugin-python3, nodejs; prometheus, prometheus-node-exporter:
+# t_prometheus scrapes kechi's metrics with them and checks the example rules with promtool)
 PACKAGES="libjemalloc2 python3 curl wrk starlet gunicorn procps util-linux dbus systemd
  lintian rpm man-db zsh fish busybox-static
- starman libnet-server-ss-prefork-perl uvicorn puma unicorn ruby-rack uwsgi uwsgi-plugin-python3 nodejs"
+ starman libnet-server-ss-prefork-perl uvicorn puma unicorn ruby-rack uwsgi uwsgi-plugin-python3 nodejs
+ prometheus prometheus-node-exporter"
 install_deps() {
   local p missing="" t0=$SECONDS
   command -v dpkg-query > /dev/null || { record "install packages" SKIP 0 "no dpkg here"; return 0; }

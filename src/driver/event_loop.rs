@@ -151,6 +151,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 let recycled = self.state.replacement_of(serial).is_some();
                 self.stop(serial, reason.clone());
                 if recycled {
+                    self.recycles.note(reason.as_str());
                     self.record(format!("worker {serial} recycled ({})", reason.as_str()));
                 }
             }

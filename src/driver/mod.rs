@@ -249,6 +249,7 @@ async fn run_local<S: Systemd + 'static>(
         last_status: String::new(),
         last_event: None,
         history: std::collections::VecDeque::new(),
+        recycles: crate::metrics::Recycles::default(),
         control_rx,
         control_group,
         samples: 0,
@@ -313,6 +314,8 @@ struct Driver<S: Systemd> {
     last_event: Option<(Instant, String)>,
     /// The last restarts and recycles, `UNIXTIME what`, oldest first.
     history: std::collections::VecDeque<String>,
+    /// Recycles completed so far, by reason, for the metrics.
+    recycles: crate::metrics::Recycles,
     /// Memory samples taken so far.
     samples: u64,
     /// Each worker's last sample with full figures (PSS, USS, shared), for status and metrics.

@@ -177,9 +177,10 @@ impl<S: Systemd + 'static> Driver<S> {
         out
     }
 
-    /// OpenMetrics for node exporter's textfile collector, rewritten atomically each sample.
+    /// The metrics file for node exporter's textfile collector, rewritten atomically each sample.
     pub(super) fn write_metrics(&self) {
-        let text = crate::metrics::render(&self.status());
+        let text =
+            crate::metrics::render(&self.status(), &self.loaded.config.memory, &self.recycles);
         let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
         let path = crate::metrics::textfile_path(&dir, self.opts.app.as_str());
         if let Err(e) = crate::metrics::write_atomically(&path, &text) {
