@@ -207,7 +207,11 @@ fn full_example_sets_every_key() {
     assert_eq!(c.control.group, None);
     assert_eq!(c.jemalloc.library.as_deref(), Some(Path::new(AUTO_LIB)));
     // The rendered forms cover every key too.
-    assert_eq!(config::render_text(&loaded).lines().count(), KEYS.len() + 1);
+    // (and after them the two box-wide keys of kechi.conf, every app's too)
+    assert_eq!(
+        config::render_text(&loaded).lines().count(),
+        KEYS.len() + 1 + config::boxconf::BOX_KEYS.len()
+    );
     assert_eq!(
         config::render_json(&loaded)["keys"]
             .as_object()
