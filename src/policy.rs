@@ -777,15 +777,6 @@ pub fn decide(state: &AppState, policy: &Policy, now: Instant) -> Decision {
             match (not_before, resume) {
                 (_, Some(at)) if now < at => d.wake(at),
                 (Some(at), _) if rank >= 2 && now < at => d.wake(at),
-                // Under memory pressure the worker goes first, and the capacity rule starts its
-                // replacement as soon as it drains: a replacement started first would add to
-                // the pressure it is meant to relieve (in a slice above its MemoryHigh= it is
-                // throttled with the rest and may not get ready at all, so the old worker
-                // would never go). The other workers serve meanwhile; a lone worker is still
-                // replaced first.
-                _ if reason == StopReason::Pressure && wanted > 1 => {
-                    d.actions.push(Action::Stop(serial, reason))
-                }
                 _ => d.actions.push(Action::Replace {
                     old: serial,
                     reason,
@@ -1492,20 +1483,8 @@ mod tests {
         let d = decide(&s, &p, t + Duration::from_secs(1));
         assert!(replaces(&d).is_empty(), "automatic: min-interval applies");
         s.box_pick = Some((1, StopReason::Pressure));
-        let d = decide(&s, &p, t + p.min_interval);
-        assert!(replaces(&d).is_empty(), "pressure: no replacement first");
-        assert_eq!(d.actions, vec![Action::Stop(1, StopReason::Pressure)]);
-    }
-
-    #[test]
-    fn a_lone_worker_under_pressure_is_still_replaced_first() {
-        let mut p = policy();
-        p.workers = 1;
-        let t = Instant::now();
-        let mut s = ready_set(&p, 1, t);
-        s.box_pick = Some((1, StopReason::Pressure));
         assert_eq!(
-            replaces(&decide(&s, &p, t)),
+            replaces(&decide(&s, &p, t + p.min_interval)),
             vec![(1, StopReason::Pressure)]
         );
     }

@@ -149,16 +149,6 @@ impl<S: Systemd + 'static> Driver<S> {
             Action::MarkReady(serial) => self.became_ready(serial, None),
             Action::Stop(serial, reason) => {
                 let recycled = self.state.replacement_of(serial).is_some();
-                if reason == crate::lifecycle::StopReason::Pressure {
-                    // A pressure recycle stops the worker first (policy): it is the recycle.
-                    self.state.last_recycle = Some(Instant::now());
-                    tracing::info!(
-                        APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), REASON = reason.as_str(),
-                        "recycling worker ({}) under memory pressure: stopping it first, its replacement starts as it drains",
-                        self.figures(serial)
-                    );
-                    self.record(format!("worker {serial} recycled ({})", reason.as_str()));
-                }
                 self.stop(serial, reason.clone());
                 if recycled {
                     self.recycles.note(reason.as_str());
