@@ -31,6 +31,7 @@ pub mod notify;
 pub mod policy;
 pub mod quantity;
 pub mod readiness;
+pub mod sample_plan;
 pub mod servers;
 pub mod sockets;
 pub mod sockflags;
