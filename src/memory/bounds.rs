@@ -17,19 +17,21 @@
 //! - PSS shares each page among its mappers, so the worker's PSS from anonymous pages is at most
 //!   those distinct pages; from file and shmem pages at most their resident count per process
 //!   (statm's `shared`). Hence PSS, and USS below it, <= charge + file and shmem pages.
-//! - A page counts as private (USS) in at most one process; every other time a worker's process
-//!   maps an anonymous page, that mapping is shared. So the shared part is at least the
-//!   anonymous resident pages summed over processes, less the distinct ones (<= the charge).
-//!   This is what makes `min-shared` checkable without a page walk: copy-on-write decay raises
-//!   the charge (each un-shared page is a new page) and lowers the anonymous sum's excess.
+//! - The shared part, from anonymous pages alone: with `R` the anonymous resident pages summed
+//!   over the worker's `P` processes, `U` the distinct ones mapped once (private) and `S` those
+//!   mapped by 2..=P of them, `U + S <= charge` and `R - U <= P x S`. The shared mappings,
+//!   `R - U`, are then at least `(R - charge) x P / (P - 1)`: at least `R - charge`, more so the
+//!   fewer the processes (twice that for a master and one child). This is what makes
+//!   `min-shared` checkable without a page walk: copy-on-write decay raises the charge (each
+//!   un-shared page is a new page) and so lowers the bound, as it lowers the shared part.
 //! - The kernel's RSS counters may lag the page tables by up to [`counter_slack`] per counter
 //!   per process (per-CPU batching, Linux 6.2 and later; exact sums from 6.16 on, measured
 //!   exact here on 6.18); three counters make up RSS, two `shared`.
 //!
 //! Assumptions, outside kechi's control: no KSM merging across workers (a merged page stays
-//! charged to one cgroup), and exact per-page map counts for deciding "private" (a kernel
-//! built without per-page map counts judges large folios by an average, and may count one page
-//! private in two processes).
+//! charged to one cgroup), no process mapping one anonymous page twice, and exact per-page map
+//! counts for deciding "private" (a kernel built without per-page map counts judges large
+//! folios by an average, and may count one page private in two processes).
 
 /// One worker's cheap figures, in bytes, summed over its processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -77,16 +79,21 @@ impl Cheap {
     }
 
     /// At most the worker's shared part (`Shared_Clean + Shared_Dirty`, summed); 0 when nothing
-    /// is proven (no cgroup figure).
+    /// is proven (no cgroup figure, a single process).
     pub fn shared_lo(&self) -> u64 {
         let Some(charge) = self.cgroup else {
             return 0;
         };
+        if self.processes < 2 {
+            return 0;
+        }
         let anon = self
             .rss
             .saturating_sub(self.file_shmem)
             .saturating_sub(self.slack_of(1));
-        anon.saturating_sub(charge)
+        // (R - charge) x P / (P - 1), rounded down
+        let excess = anon.saturating_sub(charge);
+        excess.saturating_add(excess / (self.processes as u64 - 1))
     }
 }
 
@@ -131,7 +138,10 @@ mod tests {
         let c = cheap(25, 25 * 14 * MIB, 25 * 4 * MIB, Some(40 * MIB));
         assert_eq!(c.rss_hi(), 350 * MIB);
         assert_eq!(c.private_hi(), 140 * MIB);
-        assert_eq!(c.shared_lo(), 250 * MIB - 40 * MIB);
+        assert_eq!(c.shared_lo(), 210 * MIB + 210 * MIB / 24);
+        // a master and one child: each shared page is shared twice
+        let pair = cheap(2, 2 * 14 * MIB, 2 * 4 * MIB, Some(12 * MIB));
+        assert_eq!(pair.shared_lo(), 2 * (20 - 12) * MIB);
     }
 
     #[test]
@@ -149,7 +159,10 @@ mod tests {
         assert_eq!(c.rss_hi(), exact.0 + 3 * 4 * (256 << 10));
         assert_eq!(c.rss_lo(), exact.1 - 3 * 4 * (256 << 10));
         assert_eq!(c.private_hi(), exact.2 + 2 * 4 * (256 << 10));
-        assert_eq!(c.shared_lo(), exact.3 - 4 * (256 << 10));
+        // the anonymous sum less its slack, times 4/3
+        let excess = 60 * MIB - 4 * (256 << 10) - 30 * MIB;
+        assert_eq!(c.shared_lo(), excess + excess / 3);
+        assert!(c.shared_lo() < exact.3);
     }
 
     #[test]
