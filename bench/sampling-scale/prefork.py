@@ -10,8 +10,9 @@ its own.
 PREFORK_CHILDREN     children of the master (default 0: a single-process worker)
 PREFORK_SHARED_MB    MiB the master writes before forking (default 4)
 PREFORK_PRIVATE_MB   MiB each child writes after forking (default 1)
-PREFORK_GROW         "KECHI_WORKER:MB": that worker's master writes MB MiB more after forking
-                     (its private memory grows: one worker of the app near a threshold)
+PREFORK_GROW         "first:MB": the master of the first worker its kechid starts writes MB MiB
+                     more after forking (its private memory grows: one worker of the app near a
+                     threshold; serials go on growing across restarts, so "first" is not a serial)
 
 READY=1 goes to NOTIFY_SOCKET once every child runs. On SIGTERM the master signals its children,
 waits for them, and exits; a child exits on SIGTERM.
@@ -25,6 +26,16 @@ import time
 
 def touch(mb):
     return bytearray(b"\x01") * (mb << 20)
+
+
+def first_of_kechid():
+    """Whether this is the first master its kechid (the parent) started: the first to create a
+    flag file named after kechid's pid."""
+    try:
+        os.close(os.open("/tmp/bench-prefork-grow.{}".format(os.getppid()), os.O_CREAT | os.O_EXCL, 0o644))
+        return True
+    except FileExistsError:
+        return False
 
 
 def notify(msg):
@@ -53,7 +64,7 @@ def main():
         kids.append(pid)
     grow = os.environ.get("PREFORK_GROW", "")
     extra = None
-    if grow.split(":")[0] == os.environ.get("KECHI_WORKER"):
+    if grow.startswith("first:") and first_of_kechid():
         extra = touch(int(grow.split(":")[1]))
 
     def stop(_sig, _frame):

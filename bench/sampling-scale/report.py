@@ -79,7 +79,7 @@ def main():
         " kechid's CPU is what watching it costs. CPU time is kechid's utime + stime from"
         " `/proc/PID/stat` over the measured span (clock ticks of 10 ms). \"on\": `metric = \"uss\"`,"
         " `recycle-above = \"512M\"`, `app-budget = \"16G\"`, `min-shared = \"30%\"`,"
-        " `child-signal = \"TERM\"`. \"near1\": worker 1 holds 300 MiB more and `recycle-above` is 32 MiB"
+        " `child-signal = \"TERM\"`. \"near1\": the first worker started holds 300 MiB more and `recycle-above` is 32 MiB"
         " above its USS; \"nearall\": `app-budget` is 10% above the app's total USS. Nothing ever fires.",
         "",
         table(rows, labels),

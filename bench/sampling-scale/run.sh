@@ -15,8 +15,8 @@
 #   off      no memory policy (check-interval 1s)
 #   on       every memory policy, none near firing: metric uss, recycle-above 512M, app-budget
 #            16G, min-shared 30%, child-signal TERM
-#   near1    as on, but worker 1 holds 300 MiB more and recycle-above sits 32 MiB above its USS:
-#            one worker near a threshold (it never fires)
+#   near1    as on, but the first worker started holds 300 MiB more and recycle-above sits 32 MiB
+#            above its USS: one worker near a threshold (it never fires)
 #   nearall  as on, with app-budget 10% above the app's total USS: every worker near (never fires)
 #
 #   full (default)  plan "100x2:off 100x2:on 40x5:on 8x25:on 8x25:near1 8x25:nearall", settle
@@ -74,7 +74,7 @@ SS_IN=$KT_INSIDE/bench-sampling    # opens, profile, app-mem (bench/sampling-sca
 # config W P POLICIES [RECYCLE_ABOVE] [APP_BUDGET]: /etc/kechi/demo.toml
 config() {
   local w=$1 p=$2 pol=$3 above=${4:-512M} budget=${5:-16G} grow="" mem=""
-  [ "$pol" = near1 ] && grow=', PREFORK_GROW = "1:300"'
+  [ "$pol" = near1 ] && grow=', PREFORK_GROW = "first:300"'
   [ "$pol" = off ] || mem="metric = \"uss\"
 recycle-above = \"$above\"
 app-budget = \"$budget\"
@@ -113,16 +113,14 @@ stop_app() {
 
 # kib_of SIZE: "512M" -> KiB
 status_json() { tgt_run kechictl status "$KT_APP" --json 2> /dev/null; }
-# the app's total USS, and worker 1's, in MiB, from kechictl status (full figures on demand)
-uss_mib() {  # uss_mib all|1
+# the app's total USS, or its largest worker's, in MiB, from kechictl status (full figures on
+# demand)
+uss_mib() {  # uss_mib all|max
   status_json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-ws = [w for w in s["workers"] if w.get("memory")]
-if sys.argv[1] == "all":
-    print(sum(w["memory"]["uss"] for w in ws) >> 20)
-else:
-    print(min(ws, key=lambda w: w["serial"])["memory"]["uss"] >> 20)' "$1"
+uss = [w["memory"]["uss"] for w in s["workers"] if w.get("memory")]
+print((sum(uss) if sys.argv[1] == "all" else max(uss)) >> 20)' "$1"
 }
 
 # measure LAYOUT POLICIES: one CSV row, and the breakdown
@@ -135,10 +133,10 @@ measure() {
       config "$w" "$p" "$pol"
       start_app "$w" "$p" || { stop_app; return 1; }
       sleep 3
-      if [ "$pol" = near1 ]; then u=$(uss_mib 1) && above="$((u + 32))M"; else u=$(uss_mib all) && budget="$((u * 11 / 10))M"; fi
+      if [ "$pol" = near1 ]; then u=$(uss_mib max) && above="$((u + 32))M"; else u=$(uss_mib all) && budget="$((u * 11 / 10))M"; fi
       stop_app
       [ -n "$u" ] || { bad "$layout $pol: no USS from kechictl status"; return 1; }
-      info "$layout $pol: USS $u MiB (worker 1 or all): recycle-above $above, app-budget $budget"
+      info "$layout $pol: USS $u MiB (the largest worker's, or all): recycle-above $above, app-budget $budget"
       ;;
   esac
   config "$w" "$p" "$pol" "$above" "$budget"
