@@ -45,6 +45,12 @@ impl<S: Systemd + 'static> Driver<S> {
     }
 
     pub(super) fn status(&self) -> control::Status {
+        self.status_with(true)
+    }
+
+    /// The status; `tmpdir_sizes`: with each worker's temp dir usage (a `statfs` per worker,
+    /// which the metrics, rewritten every check-interval, do not show).
+    fn status_with(&self, tmpdir_sizes: bool) -> control::Status {
         let now = Instant::now();
         let workers = self
             .state
@@ -71,11 +77,7 @@ impl<S: Systemd + 'static> Driver<S> {
                         cgroup: m.cgroup,
                         processes: m.processes,
                     }),
-                    tmpdir_bytes: self
-                        .loaded
-                        .config
-                        .tmpdir
-                        .enabled
+                    tmpdir_bytes: (tmpdir_sizes && self.loaded.config.tmpdir.enabled)
                         .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
                         .flatten(),
                     tmpdir: self
@@ -159,7 +161,7 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// OpenMetrics for node exporter's textfile collector, rewritten atomically each sample.
     pub(super) fn write_metrics(&self) {
-        let text = crate::metrics::render(&self.status());
+        let text = crate::metrics::render(&self.status_with(false));
         let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
         let path = crate::metrics::textfile_path(&dir, self.opts.app.as_str());
         if let Err(e) = crate::metrics::write_atomically(&path, &text) {
