@@ -34,6 +34,7 @@ pub mod policy;
 pub mod psi;
 pub mod quantity;
 pub mod readiness;
+pub mod sample_plan;
 pub mod servers;
 pub mod sockets;
 pub mod sockflags;

@@ -121,11 +121,27 @@ pub struct MemSample {
 }
 
 impl MemSample {
+    /// A sample of the cheap figures alone (RSS from `statm`, the cgroup's charge): what the
+    /// sampler records for a worker whose full figures no policy needs this tick
+    /// ([`crate::sample_plan`]).
+    pub fn from_cheap(cheap: &crate::memory::Cheap) -> MemSample {
+        MemSample {
+            total: ProcMem {
+                rss: cheap.rss,
+                ..ProcMem::default()
+            },
+            cgroup: cheap.cgroup,
+            processes: cheap.processes,
+            ..MemSample::default()
+        }
+    }
+
     /// The figure `metric` measures (for a child: its own smaps; `cgroup` is per worker only).
+    /// USS and PSS only from full figures: a sample of the cheap ones has none (not 0).
     pub fn metric(&self, metric: Metric) -> Option<u64> {
         match metric {
-            Metric::Uss => Some(self.total.uss),
-            Metric::Pss => Some(self.total.pss),
+            Metric::Uss => self.detailed.then_some(self.total.uss),
+            Metric::Pss => self.detailed.then_some(self.total.pss),
             Metric::Rss => Some(self.total.rss),
             Metric::Cgroup => self.cgroup,
         }
@@ -565,7 +581,12 @@ fn lost_sharing(w: &Worker, policy: &Policy) -> bool {
     let (Some(min), Some(m)) = (policy.min_shared, &w.mem) else {
         return false;
     };
-    m.processes >= 2 && m.total.rss > 0 && (m.total.shared as f64) < min * m.total.rss as f64
+    // (the shared part is known from full figures only; the sampler reads them whenever the
+    // cheap ones cannot rule this out: crate::sample_plan)
+    m.detailed
+        && m.processes >= 2
+        && m.total.rss > 0
+        && (m.total.shared as f64) < min * m.total.rss as f64
 }
 
 /// `child-signal` to one child of a prefork worker, at most once per min-interval per worker.

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use kechi::memory::{
-    CgroupLayout, CgroupRoot, CgroupVersion, MemError, ProcMem, ProcRoot, locate_pid, probe_layout,
-    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,
-    read_proc_statm, read_slabinfo, scope_dir, worker_mem,
+    CgroupLayout, CgroupRoot, CgroupVersion, Cheap, MemError, ProcMem, ProcRoot, locate_pid,
+    probe_layout, read_cgroup_current, read_cgroup_mem, read_cgroup_procs, read_proc_cgroups,
+    read_proc_counters, read_proc_mem, read_proc_statm, read_slabinfo, scope_dir, worker_mem,
 };
 
 const MIB: u64 = 1 << 20;
@@ -79,6 +79,105 @@ fn hybrid_v1_oom_kill_is_counted() {
     let w = worker_mem(&proc, &dirs.procs).unwrap();
     assert_eq!(w.procs.len(), 1);
     assert_eq!(w.procs[0].0, 126);
+}
+
+/// The cheap figures of a captured scope, as the sampler takes them every tick (`status` holds
+/// the same counters as `statm`: resident = VmRSS, shared = RssFile + RssShmem), and the charge
+/// read alone.
+fn cheap_of(proc: &ProcRoot, dirs: &kechi::memory::CgroupDirs) -> Cheap {
+    let mut c = Cheap {
+        cgroup: Some(read_cgroup_current(&dirs.memory, dirs.version).unwrap()),
+        ..Cheap::default()
+    };
+    for pid in read_cgroup_procs(&dirs.procs).unwrap() {
+        let k = read_proc_counters(proc, pid).unwrap();
+        c.processes += 1;
+        c.rss += k.rss;
+        c.file_shmem += k.rss_file + k.rss_shmem;
+    }
+    c
+}
+
+#[test]
+fn the_charge_alone_is_the_first_figure_of_both_versions() {
+    for (kind, name, slice, scope) in [
+        (
+            "cgroup-v1",
+            "sd252-hybrid",
+            "kechi-demo.slice",
+            "kechi-demo-2.scope",
+        ),
+        (
+            "cgroup-v1",
+            "sd252-hybrid",
+            "kechi-demo.slice",
+            "kechi-demo-1.scope",
+        ),
+        (
+            "cgroup-v2",
+            "sd252-v2",
+            "kechi-demo.slice",
+            "kechi-demo-2.scope",
+        ),
+        (
+            "cgroup-v2",
+            "sd252-v2-throttled",
+            "kechi-demo.slice",
+            "kechi-demo-4.scope",
+        ),
+    ] {
+        let (_, cg) = roots(kind, name);
+        let layout = probe_layout(&cg).unwrap();
+        let d = scope_dir(&layout, slice, scope).unwrap();
+        let full = read_cgroup_mem(&d.memory, d.version).unwrap();
+        assert_eq!(
+            read_cgroup_current(&d.memory, d.version).unwrap(),
+            full.current,
+            "{name} {scope}"
+        );
+    }
+    let (_, cg) = roots("cgroup-v2", "sd252-v2");
+    let layout = probe_layout(&cg).unwrap();
+    let gone = scope_dir(&layout, "kechi-demo.slice", "kechi-demo-9.scope").unwrap();
+    assert!(matches!(
+        read_cgroup_current(&gone.memory, gone.version),
+        Err(MemError::CgroupGone { .. })
+    ));
+}
+
+#[test]
+fn cheap_figures_bound_the_full_ones_of_captured_scopes() {
+    // parent and copy-on-write child, on cgroup v1 (hybrid) and v2, and three unrelated
+    // processes held at memory.high
+    for (kind, name, scope) in [
+        ("cgroup-v1", "sd252-hybrid", "kechi-demo-2.scope"),
+        ("cgroup-v2", "sd252-v2", "kechi-demo-2.scope"),
+        ("cgroup-v2", "sd252-v2-throttled", "kechi-demo-4.scope"),
+    ] {
+        let (proc, cg) = roots(kind, name);
+        let layout = probe_layout(&cg).unwrap();
+        let d = scope_dir(&layout, "kechi-demo.slice", scope).unwrap();
+        let cheap = cheap_of(&proc, &d);
+        let full = worker_mem(&proc, &d.procs).unwrap().total;
+        assert!(
+            cheap.rss_lo() <= full.rss && full.rss <= cheap.rss_hi(),
+            "{name}: {cheap:?} {full:?}"
+        );
+        assert!(full.pss <= cheap.private_hi(), "{name}: {cheap:?} {full:?}");
+        assert!(full.uss <= cheap.private_hi(), "{name}: {cheap:?} {full:?}");
+        assert!(
+            cheap.shared_lo() <= full.shared,
+            "{name}: {cheap:?} {full:?}"
+        );
+    }
+    // The copy-on-write pair: the charge makes the private bound tighter than RSS, and proves
+    // much of the sharing.
+    let (proc, cg) = roots("cgroup-v1", "sd252-hybrid");
+    let layout = probe_layout(&cg).unwrap();
+    let d = scope_dir(&layout, "kechi-demo.slice", "kechi-demo-2.scope").unwrap();
+    let cheap = cheap_of(&proc, &d);
+    assert!(cheap.private_hi() < cheap.rss_hi(), "{cheap:?}");
+    assert!(cheap.shared_lo() > 0, "{cheap:?}");
 }
 
 #[test]

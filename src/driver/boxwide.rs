@@ -71,7 +71,7 @@ impl<S: Systemd + 'static> Driver<S> {
                     (m.detailed || cheap).then(|| m.metric(metric)).flatten()
                 };
                 let now = w.mem.as_ref().and_then(full);
-                let last = || full(self.last_detailed.get(&w.serial)?);
+                let last = || full(&self.last_detailed.get(&w.serial)?.1);
                 Some((w.serial, now.or_else(last)?))
             })
             .collect();

@@ -161,6 +161,9 @@ impl<S: Systemd + 'static> Driver<S> {
                     self.state.box_pick = None;
                 }
                 self.state.last_recycle = Some(Instant::now());
+                // the journal record carries the figures of the moment, in full (the latest
+                // sample may have had the cheap ones only: no policy needed more)
+                self.sample_full_now(old);
                 let m = self
                     .state
                     .workers

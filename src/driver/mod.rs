@@ -252,7 +252,6 @@ async fn run_local<S: Systemd + 'static>(
         recycles: crate::metrics::Recycles::default(),
         control_rx,
         control_group,
-        samples: 0,
         last_detailed: HashMap::new(),
         slice_oom_kills: None,
         global_oom_kills: memory::vmstat_oom_kills(&env.proc_root),
@@ -316,10 +315,10 @@ struct Driver<S: Systemd> {
     history: std::collections::VecDeque<String>,
     /// Recycles completed so far, by reason, for the metrics.
     recycles: crate::metrics::Recycles,
-    /// Memory samples taken so far.
-    samples: u64,
-    /// Each worker's last sample with full figures (PSS, USS, shared), for status and metrics.
-    last_detailed: HashMap<u64, policy::MemSample>,
+    /// Each worker's last sample with full figures (PSS, USS, shared) and when it was taken: for
+    /// status and metrics while the latest sample has the cheap figures only, and for the
+    /// sampler, which refreshes them once they are [`crate::sample_plan::REFRESH`] old.
+    last_detailed: HashMap<u64, (std::time::Instant, policy::MemSample)>,
     /// Who may use the control socket besides root (follows reloads).
     control_group: crate::control_server::ControlGroup,
     /// Requests from kechictl, each with where to send the reply.

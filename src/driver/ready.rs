@@ -18,11 +18,7 @@ impl<S: Systemd + 'static> Driver<S> {
         self.check_jemalloc(serial);
         // (its time is recorded with it: policy::Worker::fresh_metric compares only figures
         // taken since a worker became ready)
-        if let Some(fresh) = self.sample_worker(serial, true)
-            && let Some(w) = self.state.workers.get_mut(&serial)
-        {
-            w.record_mem(fresh, std::time::Instant::now());
-        }
+        self.sample_ready(serial);
         let how = how.map(|h| format!(" ({h})")).unwrap_or_default();
         tracing::info!(APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), "worker ready{how}");
     }

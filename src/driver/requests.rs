@@ -17,11 +17,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 // An operator asking gets the full figures, whatever the policies need.
                 let serials: Vec<u64> = self.procs.keys().copied().collect();
                 for serial in serials {
-                    if let Some(sample) = self.sample_worker(serial, true)
-                        && let Some(w) = self.state.workers.get_mut(&serial)
-                    {
-                        w.record_mem(sample, std::time::Instant::now());
-                    }
+                    self.sample_full_now(serial);
                 }
                 control::Reply::ok(self.status())
             }
@@ -49,50 +45,50 @@ impl<S: Systemd + 'static> Driver<S> {
     }
 
     pub(super) fn status(&self) -> control::Status {
+        self.status_with(true)
+    }
+
+    /// The status; `tmpdir_sizes`: with each worker's temp dir usage (a `statfs` per worker,
+    /// which the metrics, rewritten every check-interval, do not show).
+    fn status_with(&self, tmpdir_sizes: bool) -> control::Status {
         let now = Instant::now();
-        let workers =
-            self.state
-                .workers
-                .values()
-                .map(|w| {
-                    let p = self.procs.get(&w.serial);
-                    control::WorkerStatus {
-                        serial: w.serial,
-                        pid: self.pid_of(w.serial),
-                        scope: p.and_then(|p| p.scope.clone()),
-                        state: w.state.name().to_owned(),
-                        age_secs: now.saturating_duration_since(w.started).as_secs(),
-                        generation: w.generation,
-                        jemalloc: p.and_then(|p| p.jemalloc),
-                        memory_bytes: self.worker_memory(w.serial),
-                        memory: w.mem.as_ref().filter(|m| m.detailed).map(|m| {
-                            control::WorkerMemory {
-                                rss: m.total.rss,
-                                pss: m.total.pss,
-                                uss: m.total.uss,
-                                shared: m.total.shared,
-                                shared_percent: m.total.shared_percent(),
-                                swap: m.total.swap,
-                                cgroup: m.cgroup,
-                                processes: m.processes,
-                            }
-                        }),
-                        tmpdir_bytes: self
-                            .loaded
-                            .config
-                            .tmpdir
-                            .enabled
-                            .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
-                            .flatten(),
-                        tmpdir: self
-                            .loaded
-                            .config
-                            .tmpdir
-                            .enabled
-                            .then(|| self.tmpdirs.path(w.serial)),
-                    }
-                })
-                .collect();
+        let workers = self
+            .state
+            .workers
+            .values()
+            .map(|w| {
+                let p = self.procs.get(&w.serial);
+                control::WorkerStatus {
+                    serial: w.serial,
+                    pid: self.pid_of(w.serial),
+                    scope: p.and_then(|p| p.scope.clone()),
+                    state: w.state.name().to_owned(),
+                    age_secs: now.saturating_duration_since(w.started).as_secs(),
+                    generation: w.generation,
+                    jemalloc: p.and_then(|p| p.jemalloc),
+                    memory_bytes: self.worker_memory(w.serial),
+                    memory: self.shown_sample(w.serial).map(|m| control::WorkerMemory {
+                        rss: m.total.rss,
+                        pss: m.total.pss,
+                        uss: m.total.uss,
+                        shared: m.total.shared,
+                        shared_percent: m.total.shared_percent(),
+                        swap: m.total.swap,
+                        cgroup: m.cgroup,
+                        processes: m.processes,
+                    }),
+                    tmpdir_bytes: (tmpdir_sizes && self.loaded.config.tmpdir.enabled)
+                        .then(|| tmpdir_used(&self.tmpdirs.path(w.serial)))
+                        .flatten(),
+                    tmpdir: self
+                        .loaded
+                        .config
+                        .tmpdir
+                        .enabled
+                        .then(|| self.tmpdirs.path(w.serial)),
+                }
+            })
+            .collect();
         control::Status {
             app: self.opts.app.to_string(),
             kechid_pid: std::process::id(),
@@ -179,8 +175,11 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// The metrics file for node exporter's textfile collector, rewritten atomically each sample.
     pub(super) fn write_metrics(&self) {
-        let text =
-            crate::metrics::render(&self.status(), &self.loaded.config.memory, &self.recycles);
+        let text = crate::metrics::render(
+            &self.status_with(false),
+            &self.loaded.config.memory,
+            &self.recycles,
+        );
         let dir = crate::metrics::textfile_dir(&self.opts.runtime_dir);
         let path = crate::metrics::textfile_path(&dir, self.opts.app.as_str());
         if let Err(e) = crate::metrics::write_atomically(&path, &text) {

@@ -3,6 +3,8 @@
 //! Contract (DESIGN "Accounting reads are split from parsing"):
 //! - [`smaps`], [`status`], [`cgroup`] and [`slab`] are pure parsers: text in, typed figures in bytes out,
 //!   a [`MemError::Parse`] naming the line for anything else, never a panic.
+//! - [`bounds`] is pure arithmetic: what the cheap per-tick figures ([`Cheap`]) prove about the
+//!   expensive ones of `smaps_rollup`.
 //! - The readers in this module take their roots as parameters ([`ProcRoot`] for `/proc`,
 //!   [`CgroupRoot`] for `/sys/fs/cgroup`), so tests run them over the real captures in
 //!   `tests/fixtures/{proc,cgroup-v1,cgroup-v2}`.
@@ -22,6 +24,7 @@
 //! # Ok::<(), kechi::memory::MemError>(())
 //! ```
 
+pub mod bounds;
 pub mod cgroup;
 mod error;
 mod procfs;
@@ -30,6 +33,7 @@ pub mod slab;
 pub mod smaps;
 pub mod status;
 
+pub use bounds::{Cheap, counter_slack};
 pub use cgroup::{
     CgroupDirs, CgroupLayout, CgroupMem, CgroupVersion, MemoryEvents, MemoryStat, OomControl,
     ProcCgroups, V1Membership, slice_path, unit_cgroup_path,
@@ -41,8 +45,8 @@ pub use procfs::{
 };
 pub use read::{
     CgroupRoot, ProcRoot, WorkerMem, locate_pid, page_size, probe_layout, processes_rss,
-    read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters, read_proc_mem,
-    read_proc_statm, read_slabinfo, scope_dir, worker_mem,
+    read_cgroup_current, read_cgroup_mem, read_cgroup_procs, read_proc_cgroups, read_proc_counters,
+    read_proc_mem, read_proc_statm, read_slabinfo, scope_dir, worker_mem,
 };
 pub use slab::{SlabCache, SlabInfo};
 pub use smaps::ProcMem;
