@@ -199,10 +199,13 @@ impl<S: Systemd + 'static> Driver<S> {
         (!figures.is_empty()).then(|| figures.iter().sum())
     }
 
-    /// A worker's memory for display: its cgroup's charge, or its PSS without systemd.
+    /// A worker's memory for display: its cgroup's charge, or its PSS without systemd (from
+    /// its last full figures: a sample of the cheap ones has no PSS).
     fn worker_memory(&self, serial: u64) -> Option<u64> {
         let w = self.state.workers.get(&serial)?;
-        w.mem.as_ref().map(|m| m.cgroup.unwrap_or(m.total.pss))
+        let m = w.mem.as_ref()?;
+        m.cgroup
+            .or_else(|| self.shown_sample(serial).map(|full| full.total.pss))
     }
 
     pub(super) fn status_text(&self) -> String {
