@@ -92,6 +92,15 @@ pub fn settled(done_ms: Option<u64>, published: &[u64]) -> bool {
     }
 }
 
+/// Whether a memory pressure event speaks of the box as it is since the last box-wide recycle
+/// ended: the kernel reports stall over its trigger's window, so an event that arrives less than
+/// a window after that end still counts stall from before it, or from the recycle itself (a
+/// replacement starts beside the worker it replaces). Acting on it would recycle a second worker
+/// for pressure the first recycle may already have relieved.
+pub fn pressure_after(done_ms: Option<u64>, now_ms: u64, window_ms: u64) -> bool {
+    done_ms.is_none_or(|done| now_ms >= done.saturating_add(window_ms))
+}
+
 /// The `at` of a figures file.
 pub fn published_at(text: &str) -> Option<u64> {
     text.lines()
@@ -174,5 +183,15 @@ mod tests {
         assert!(settled(Some(10), &[11, 12]));
         assert_eq!(parse_done("done 42\n"), Some(42));
         assert_eq!(parse_done(""), None);
+    }
+
+    #[test]
+    fn pressure_counts_only_after_a_whole_window_past_the_last_recycle() {
+        assert!(pressure_after(None, 5, 2_000));
+        assert!(!pressure_after(Some(10_000), 10_500, 2_000));
+        assert!(!pressure_after(Some(10_000), 11_999, 2_000));
+        assert!(pressure_after(Some(10_000), 12_000, 2_000));
+        // a clock far ahead neither overflows nor blocks the trigger for ever
+        assert!(pressure_after(Some(u64::MAX - 1), u64::MAX, 2_000));
     }
 }

@@ -175,6 +175,14 @@ impl<S: Systemd + 'static> Driver<S> {
         if self.box_busy() {
             return;
         }
+        let done = std::fs::read_to_string(self.box_lock_file())
+            .ok()
+            .and_then(|t| boxwide::parse_done(&t));
+        let window_ms = self.pressure_window.as_millis() as u64;
+        if !boxwide::pressure_after(done, now_ms(), window_ms) {
+            tracing::debug!(APP = %self.opts.app, "memory pressure ({psi}) measured over a window that began before the last box-wide recycle ended: not acted on");
+            return;
+        }
         let (figures, published) = self.box_figures();
         let Some(worst) = boxwide::largest(&figures) else {
             return;
@@ -244,10 +252,11 @@ impl<S: Systemd + 'static> Driver<S> {
         let Some(p) = self.loaded.boxed.pressure else {
             return;
         };
-        if self.pressure_armed {
+        if !self.pressure_window.is_zero() {
             return;
         }
         let path = psi_file(&self.opts.app);
+        let mut window = p.window;
         let mut armed = crate::psi::Trigger::arm(&path, &p.trigger_line());
         if let Err(e) = &armed
             && e.kind() == std::io::ErrorKind::InvalidInput
@@ -256,10 +265,11 @@ impl<S: Systemd + 'static> Driver<S> {
             // Without CAP_SYS_RESOURCE the kernel takes only windows of whole multiples of 2 s.
             tracing::warn!(APP = %self.opts.app, "box.pressure: the kernel refused a {} window (without CAP_SYS_RESOURCE it takes multiples of 2 s only): using {wider}", crate::quantity::format_duration(p.window));
             armed = crate::psi::Trigger::arm(&path, &wider.trigger_line());
+            window = wider.window;
         }
         match armed {
             Ok(trigger) => {
-                self.pressure_armed = true;
+                self.pressure_window = window;
                 tracing::info!(APP = %self.opts.app, "memory pressure trigger armed on {}: {p}", path.display());
                 let tx = self.pressure_tx.clone();
                 tokio::task::spawn_local(async move {

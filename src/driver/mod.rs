@@ -266,7 +266,7 @@ async fn run_local<S: Systemd + 'static>(
         proc_root: env.proc_root,
         idle: idle::IdleWatch::new(Duration::ZERO, Instant::now()),
         box_lock: None,
-        pressure_armed: false,
+        pressure_window: std::time::Duration::ZERO,
         pressure_tx,
         pressure_rx,
         opts,
@@ -351,8 +351,9 @@ struct Driver<S: Systemd> {
     idle: idle::IdleWatch,
     /// The box lock, while a worker of this app is recycled for the box's budget.
     box_lock: Option<boxwide::BoxLock>,
-    /// The memory pressure trigger of `[box] pressure` is armed; its firings arrive here.
-    pressure_armed: bool,
+    /// The window of the armed memory pressure trigger of `[box] pressure` (zero: not armed);
+    /// its firings arrive on `pressure_rx`.
+    pressure_window: std::time::Duration,
     pressure_tx: mpsc::UnboundedSender<String>,
     pressure_rx: mpsc::UnboundedReceiver<String>,
 }
