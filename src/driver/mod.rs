@@ -245,6 +245,7 @@ async fn run_local<S: Systemd + 'static>(
         exit_tx,
         ops_tx,
         in_flight: 0,
+        op_slots: Rc::new(tokio::sync::Semaphore::new(ops::OPS_AT_ONCE)),
         last_serial: 0,
         last_status: String::new(),
         last_event: None,
@@ -307,6 +308,8 @@ struct Driver<S: Systemd> {
     ops_tx: mpsc::UnboundedSender<ops::Done>,
     /// Systemd operations started and not yet reported back.
     in_flight: usize,
+    /// Turns to call the manager: at most [`ops::OPS_AT_ONCE`] calls await a reply at once.
+    op_slots: Rc<tokio::sync::Semaphore>,
     last_serial: u64,
     last_status: String,
     /// The last restart or recycle, for STATUS=.

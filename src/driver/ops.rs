@@ -23,6 +23,12 @@ pub(super) const KILL_DEADLINE: Duration = Duration::from_secs(5);
 const STOP_ATTEMPTS: u32 = 10;
 /// How long the stray scan after a reconnect may take.
 const STRAY_SCAN_DEADLINE: Duration = Duration::from_secs(10);
+/// How many operations may await the manager's reply at once; the others wait their turn in
+/// order. The system bus lets one connection have 128 calls awaiting a reply
+/// (dbus-daemon's `max_replies_per_connection`) and refuses or drops the rest: with 200 workers
+/// started at once, the scopes past that never reported back and their workers stayed held
+/// until systemd's start timeout. Half of it leaves room for the calls of other tasks.
+pub(super) const OPS_AT_ONCE: usize = 64;
 
 /// Why an operation did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +134,12 @@ impl<S: Systemd + 'static> Driver<S> {
             return;
         };
         let tx = self.ops_tx.clone();
+        let slots = Rc::clone(&self.op_slots);
         self.in_flight += 1;
         tokio::task::spawn_local(async move {
+            // The deadline is the manager's to keep, so it starts once the call is made: a
+            // turn in the queue is bounded by the deadlines of the calls ahead of it.
+            let _slot = slots.acquire().await;
             let r = bounded(deadline, op(sd)).await;
             let _ = tx.send(done(r));
         });

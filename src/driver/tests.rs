@@ -31,6 +31,9 @@ struct FakeInner {
     /// `"reconnect"`.
     calls: RefCell<Vec<String>>,
     start_delay: Cell<Duration>,
+    /// StartTransientUnit calls awaiting their answer now, and the most there ever were.
+    starting: Cell<usize>,
+    most_starting: Cell<usize>,
     start_fails: Cell<bool>,
     /// StopUnit answers only after this long (a manager busy with a long stop job).
     stop_delay: Cell<Duration>,
@@ -102,10 +105,16 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 impl Systemd for FakeSystemd {
     async fn start_scope(&self, spec: &ScopeSpec, _deadline: Duration) -> Result<(), SystemdError> {
         self.note(format!("start {}", spec.unit));
+        let now = self.0.starting.get() + 1;
+        self.0.starting.set(now);
+        self.0
+            .most_starting
+            .set(self.0.most_starting.get().max(now));
         let delay = self.0.start_delay.get();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.0.starting.set(self.0.starting.get() - 1);
         if self.0.start_fails.get() {
             return Err(SystemdError::Job {
                 unit: spec.unit.clone(),
@@ -453,6 +462,29 @@ async fn failed_scopes_are_failed_starts_and_a_loop_of_them_gives_up() {
     assert_eq!(code, crate::exitcode::CRASH_LOOP);
     assert_eq!(sd.count("start "), 3, "burst 2: the third failure gives up");
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn many_workers_start_with_a_bounded_number_of_calls_awaiting_the_manager() {
+    // More workers than the calls the loop lets await a reply at once: all of them start, the
+    // later ones in turn, and the bus never has more than its share of calls pending.
+    let n = super::ops::OPS_AT_ONCE + 36;
+    let mut rig = Rig::new("m", n as u32, "");
+    let sd = FakeSystemd::default();
+    sd.0.start_delay.set(Duration::from_millis(300));
+    let sock = rig.socket();
+    let driver = rig.run(&sd);
+    let steps = async {
+        until(&sock, "every worker ready", Duration::from_secs(60), |s| {
+            ready_serials(s).len() == n
+        })
+        .await;
+        assert_eq!(sd.count("start "), n);
+        assert_eq!(sd.0.most_starting.get(), super::ops::OPS_AT_ONCE);
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
 }
 
 #[tokio::test(flavor = "current_thread")]
