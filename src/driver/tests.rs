@@ -487,6 +487,86 @@ async fn many_workers_start_with_a_bounded_number_of_calls_awaiting_the_manager(
     assert_eq!(code, 0);
 }
 
+/// A fake /proc for `pid`: its real `stat` (session and start time, which the driver reads to
+/// find the worker's processes) beside the memory figures the test chooses.
+fn fake_proc_entry(root: &Path, pid: i32, statm_pages: [u64; 7], smaps_kb: [(&str, u64); 6]) {
+    let dir = root.join(pid.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    std::fs::write(dir.join("stat"), stat).unwrap();
+    let statm: Vec<String> = statm_pages.iter().map(u64::to_string).collect();
+    std::fs::write(dir.join("statm"), statm.join(" ") + "\n").unwrap();
+    let mut rollup = String::from("00400000-7fff0000 ---p 00000000 00:00 0    [rollup]\n");
+    for (k, kb) in smaps_kb {
+        rollup += &format!("{k}:{kb:>16} kB\n");
+    }
+    std::fs::write(dir.join("smaps_rollup"), rollup).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_over_recycle_above_in_proc_figures_is_replaced_and_no_other() {
+    // The memory decision in-process: the driver reads a fake /proc whose figures put worker 1
+    // at ~309 MiB of USS (recycle-above 100M) and worker 2 at ~2 MiB; worker 1 is replaced,
+    // replacement first, and worker 2 stays.
+    let mut rig = Rig::new(
+        "p",
+        2,
+        "[memory]\nrecycle-above = \"100M\"\n[recycle]\ncheck-interval = \"200ms\"\n",
+    );
+    let fake = rig.dir.path().join("proc");
+    std::fs::create_dir_all(&fake).unwrap();
+    rig.env.as_mut().unwrap().proc_root = ProcRoot(fake.clone());
+    let sd = FakeSystemd::default();
+    let sock = rig.socket();
+    let driver = rig.run(&sd);
+    let steps = async {
+        let s = until(&sock, "ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1, 2]
+        })
+        .await;
+        let pid = |serial: u64| s.workers.iter().find(|w| w.serial == serial).unwrap().pid;
+        let big = [
+            ("Rss", 320_000),
+            ("Pss", 318_000),
+            ("Shared_Clean", 4_000),
+            ("Shared_Dirty", 0),
+            ("Private_Clean", 0),
+            ("Private_Dirty", 316_000),
+        ];
+        let small = [
+            ("Rss", 2_400),
+            ("Pss", 2_200),
+            ("Shared_Clean", 400),
+            ("Shared_Dirty", 0),
+            ("Private_Clean", 0),
+            ("Private_Dirty", 2_000),
+        ];
+        fake_proc_entry(
+            &fake,
+            pid(1),
+            [100_000, 80_000, 1_000, 10, 0, 79_000, 0],
+            big,
+        );
+        fake_proc_entry(&fake, pid(2), [5_000, 600, 100, 10, 0, 500, 0], small);
+        let s = until(&sock, "worker 1 replaced", Duration::from_secs(15), |s| {
+            s.workers.iter().all(|w| w.serial != 1) && ready_serials(s) == [2, 3]
+        })
+        .await;
+        let w2 = s.workers.iter().find(|w| w.serial == 2).unwrap();
+        let uss = w2.memory.as_ref().map(|m| m.uss);
+        assert_eq!(
+            uss,
+            Some(2_000 << 10),
+            "worker 2 judged by its fake figures"
+        );
+        assert!(sd.called(&format!("stop {}", rig.scope(1))));
+        assert!(!sd.called(&format!("stop {}", rig.scope(2))));
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_lost_link_is_reconnected_and_stray_scopes_stopped() {
     let mut rig = Rig::new("l", 1, "");
