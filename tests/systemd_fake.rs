@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fake_manager::{Call, Fake, JobTiming, StraySignal, UnitRow};
 use kechi::systemd::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo};
-use zbus::zvariant::Value;
+use zbus::zvariant::{OwnedValue, Value};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -22,6 +22,7 @@ fn spec() -> ScopeSpec {
         memory_high: Some(200 << 20),
         memory_swap_max: None,
         kill_signal: libc::SIGTERM,
+        cpu_weight: None,
         stop_timeout: Duration::from_secs(30),
     }
 }
@@ -491,6 +492,46 @@ async fn service_environment() {
     assert!(
         matches!(&err, SystemdError::NoSuchUnit(u) if u == "kechi@other.service"),
         "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn cpu_weight_is_set_for_the_runtime_only_and_reset_with_the_invalid_weight() {
+    let (fake, sd) = Fake::start().await;
+    sd.set_cpu_weight("kechi-demo-1.scope", Some(20))
+        .await
+        .unwrap();
+    sd.set_cpu_weight("kechi-demo-1.scope", None).await.unwrap();
+    let sent: Vec<(bool, String, String, OwnedValue)> = fake.calls()[1..]
+        .iter()
+        .map(|c| match c {
+            Call::SetUnitProperties {
+                name,
+                runtime,
+                properties,
+            } => {
+                assert_eq!(name, "kechi-demo-1.scope");
+                assert_eq!(properties.len(), 1);
+                let p = &properties[0];
+                (
+                    *runtime,
+                    p.name.clone(),
+                    p.signature.clone(),
+                    p.value.try_clone().unwrap(),
+                )
+            }
+            other => panic!("unexpected call {other:?}"),
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    for (runtime, name, sig, _) in &sent {
+        assert!(runtime, "a weight for the worker's life only, not saved");
+        assert_eq!((name.as_str(), sig.as_str()), ("CPUWeight", "t"));
+    }
+    assert_eq!(u64::try_from(sent[0].3.try_clone().unwrap()).unwrap(), 20);
+    assert_eq!(
+        u64::try_from(sent[1].3.try_clone().unwrap()).unwrap(),
+        u64::MAX
     );
 }
 

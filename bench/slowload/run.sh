@@ -24,6 +24,9 @@
 #   full (default)  S=20, W=20; writes bench/results/slowload/ (per-request CSVs, gzipped; actions.csv,
 #                   meta.txt), then docs/benchmarks/slowload.md and its plot (report.py)
 #   --quick         S=8, W=12; writes to --out (default /tmp/kechi-bench/slowload) only
+# SLOWLOAD_PLAN="kechi-starlet kechi-gunicorn" runs only those servers (default: all four); each
+# kechi-* server's journal of the run is kept beside its CSVs (SERVER-journal.txt.gz), to line
+# slow requests up with what kechid did.
 # Exit status 0 when every case ran, 1 if a server did not start or an action did not finish, 77
 # if it cannot run here (needs root and a machine whose PID 1 is not systemd).
 set -uo pipefail
@@ -58,7 +61,7 @@ rm -f "$out"/*.csv "$out"/*.csv.gz
 echo "server,action,n,start_unix_ms,secs" > "$out/actions.csv"
 
 PEER_ADDR=127.0.0.1:8081
-PLAN="start_server kechi-starlet gunicorn kechi-gunicorn"
+PLAN=${SLOWLOAD_PLAN:-"start_server kechi-starlet gunicorn kechi-gunicorn"}
 
 unit_of() { case "$1" in kechi-*) echo "kechi@$KT_APP.service" ;; *) echo "bench-$1.service" ;; esac; }
 addr_of() { case "$1" in kechi-*) echo "$KT_LISTEN" ;; *) echo "$PEER_ADDR" ;; esac; }
@@ -176,6 +179,10 @@ one_server() {
   for m in keepalive close; do
     # shellcheck disable=SC2016
     tgt_run sh -c 'while systemctl -q is-active "$1"; do sleep 0.5; done' w "openload-$m"
+    [ "$m" = keepalive ] && case "$srv" in
+      kechi-*) tgt_run journalctl -q --no-pager -o short-unix -u "kechi@$KT_APP.service" -S "-$((total + 30))s" \
+        | gzip -9 > "$out/$srv-journal.txt.gz" ;;
+    esac
     tgt_run cat "/run/openload-$m.csv" | gzip -9 > "$out/$srv-$m.csv.gz"
     info "$srv $m: $(zcat "$out/$srv-$m.csv.gz" | wc -l) requests"
   done

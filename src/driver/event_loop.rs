@@ -127,6 +127,11 @@ impl<S: Systemd + 'static> Driver<S> {
                 unit,
                 result,
             } => self.on_unit_killed(serial, pid, &unit, result),
+            Done::CpuWeight {
+                serial,
+                unit,
+                result,
+            } => self.on_cpu_weight(serial, &unit, result),
             Done::Environment(result) => self.on_environment(result),
             Done::JobType {
                 result,

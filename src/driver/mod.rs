@@ -246,6 +246,7 @@ async fn run_local<S: Systemd + 'static>(
         ops_tx,
         in_flight: 0,
         op_slots: Rc::new(tokio::sync::Semaphore::new(ops::OPS_AT_ONCE)),
+        loading_weight: HashSet::new(),
         last_serial: 0,
         last_status: String::new(),
         last_event: None,
@@ -310,6 +311,8 @@ struct Driver<S: Systemd> {
     in_flight: usize,
     /// Turns to call the manager: at most [`ops::OPS_AT_ONCE`] calls await a reply at once.
     op_slots: Rc<tokio::sync::Semaphore>,
+    /// Workers whose scope was created at [`spawning::LOADING_CPU_WEIGHT`], until ready.
+    loading_weight: HashSet<u64>,
     last_serial: u64,
     last_status: String,
     /// The last restart or recycle, for STATUS=.

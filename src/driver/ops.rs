@@ -21,6 +21,8 @@ pub(super) const RECONNECT_DEADLINE: Duration = Duration::from_secs(3);
 pub(super) const KILL_DEADLINE: Duration = Duration::from_secs(5);
 /// How often a stop without an answer is asked again.
 const STOP_ATTEMPTS: u32 = 10;
+/// How long a call that makes no job (a property set) may take.
+pub(super) const QUICK_CALL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the stray scan after a reconnect may take.
 const STRAY_SCAN_DEADLINE: Duration = Duration::from_secs(10);
 /// How many operations may await the manager's reply at once; the others wait their turn in
@@ -82,6 +84,12 @@ pub enum Done {
     UnitKilled {
         serial: u64,
         pid: nix::unistd::Pid,
+        unit: String,
+        result: Result<(), OpError>,
+    },
+    /// A ready worker's scope got the default CPU weight back (or not).
+    CpuWeight {
+        serial: u64,
         unit: String,
         result: Result<(), OpError>,
     },

@@ -14,6 +14,7 @@ impl<S: Systemd + 'static> Driver<S> {
     /// worker, and the memory policies judge ready workers by their last sample.
     pub(super) fn became_ready(&mut self, serial: u64, how: Option<&str>) {
         self.apply(serial, Event::BecameReady);
+        self.end_loading_weight(serial);
         self.note_first_ready();
         self.check_jemalloc(serial);
         // (its time is recorded with it: policy::Worker::fresh_metric compares only figures

@@ -143,6 +143,8 @@ impl<S: Systemd + 'static> Driver<S> {
             self.record_sample(serial, sample, Instant::now());
         }
         self.last_detailed.retain(|s, _| self.procs.contains_key(s));
+        self.loading_weight
+            .retain(|s| self.state.workers.contains_key(s));
         self.write_metrics();
         self.box_round();
         self.record_socket_flags();

@@ -27,6 +27,13 @@ use crate::worker_env;
 
 /// How long systemd may take to create a scope before the worker is given up.
 pub(super) const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
+/// `CPUWeight=` of a worker that loads while others serve (systemd's default is 100): loading
+/// an app is a burst of CPU (an interpreter compiling the app's code) that, on a box of one or
+/// two cores, takes the CPU from the workers answering requests, and a replacement is not in a
+/// hurry (the worker it replaces serves meanwhile). At a fifth of their weight it gets the CPU
+/// the serving workers leave, and a fifth of it when they want it all; it gets the default once
+/// ready. A worker started with none serving (a cold start) loads at the default weight.
+pub(super) const LOADING_CPU_WEIGHT: u64 = 20;
 /// How long a child given up on while held stays unreaped (a zombie: its pid cannot be
 /// reused), in case a late StartTransientUnit still names it.
 const ZOMBIE_HOLD: Duration = Duration::from_secs(90);
@@ -86,7 +93,11 @@ impl<S: Systemd + 'static> Driver<S> {
         }
         match self.fork_held(serial) {
             Ok(pending) if self.systemd.is_some() => {
-                let spec = self.scope_spec(serial, pending.pid);
+                let mut spec = self.scope_spec(serial, pending.pid);
+                if self.any_ready() {
+                    spec.cpu_weight = Some(LOADING_CPU_WEIGHT);
+                    self.loading_weight.insert(serial);
+                }
                 self.holding.insert(serial, pending);
                 self.start_scope(serial, spec, SCOPE_JOB_DEADLINE);
             }
@@ -163,6 +174,50 @@ impl<S: Systemd + 'static> Driver<S> {
             memory_swap_max: c.memory.swap_max.map(limit),
             kill_signal: c.stop.signal.0 as i32,
             stop_timeout: c.stop.timeout,
+            cpu_weight: None,
+        }
+    }
+
+    /// Whether some worker of the app serves now: then a new one is a replacement (or stands
+    /// in for one that died) and loads beside workers that answer requests.
+    fn any_ready(&self) -> bool {
+        self.state
+            .workers
+            .values()
+            .any(|w| matches!(w.state, WorkerState::Ready { .. }))
+    }
+
+    /// A worker that loaded at [`LOADING_CPU_WEIGHT`] is ready: it gets systemd's default
+    /// weight back, as every serving worker has.
+    pub(super) fn end_loading_weight(&mut self, serial: u64) {
+        if !self.loading_weight.remove(&serial) {
+            return;
+        }
+        let Some(unit) = self.procs.get(&serial).and_then(|p| p.scope.clone()) else {
+            return;
+        };
+        let name = unit.clone();
+        self.launch(
+            super::ops::QUICK_CALL_DEADLINE,
+            move |sd| async move { sd.set_cpu_weight(&name, None).await },
+            move |result| Done::CpuWeight {
+                serial,
+                unit,
+                result,
+            },
+        );
+    }
+
+    /// The default weight is back, or could not be set.
+    pub(super) fn on_cpu_weight(&mut self, serial: u64, unit: &str, result: Result<(), OpError>) {
+        match result {
+            Ok(()) => {
+                tracing::debug!(APP = %self.opts.app, WORKER = serial, "{unit}: CPU weight back to the default");
+            }
+            Err(e) if e.is_no_such_unit() => {}
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, "{unit}: could not give the ready worker the default CPU weight back ({e}); it keeps CPUWeight={LOADING_CPU_WEIGHT}, so it gets less of a busy CPU than the other workers until it is replaced");
+            }
         }
     }
 

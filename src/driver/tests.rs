@@ -105,6 +105,9 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 impl Systemd for FakeSystemd {
     async fn start_scope(&self, spec: &ScopeSpec, _deadline: Duration) -> Result<(), SystemdError> {
         self.note(format!("start {}", spec.unit));
+        if let Some(w) = spec.cpu_weight {
+            self.note(format!("loading-weight {} {w}", spec.unit));
+        }
         let now = self.0.starting.get() + 1;
         self.0.starting.set(now);
         self.0
@@ -122,6 +125,14 @@ impl Systemd for FakeSystemd {
             });
         }
         self.add_unit(&spec.unit, "active", &spec.pids);
+        Ok(())
+    }
+
+    async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError> {
+        match weight {
+            Some(w) => self.note(format!("cpu-weight {unit} {w}")),
+            None => self.note(format!("cpu-weight {unit} default")),
+        }
         Ok(())
     }
 
@@ -684,6 +695,23 @@ async fn a_recycle_roll_starts_each_replacement_first() {
         let at = |c: String| calls.iter().position(|x| *x == c).unwrap();
         assert!(at(format!("start {}", rig.scope(3))) < at(format!("stop {}", rig.scope(1))));
         assert!(at(format!("start {}", rig.scope(4))) < at(format!("stop {}", rig.scope(2))));
+        // The first workers loaded at the default CPU weight (none served yet); each
+        // replacement at the loading weight beside a serving worker, then the default once ready.
+        for first in [1, 2] {
+            assert!(
+                !calls
+                    .iter()
+                    .any(|c| c.starts_with(&format!("loading-weight {} ", rig.scope(first))))
+            );
+        }
+        for new in [3, 4] {
+            let w = super::spawning::LOADING_CPU_WEIGHT;
+            assert!(at(format!("loading-weight {} {w}", rig.scope(new))) > 0);
+            assert!(
+                at(format!("cpu-weight {} default", rig.scope(new)))
+                    > at(format!("start {}", rig.scope(new)))
+            );
+        }
         rig.signals.send(Signal::Term).unwrap();
     };
     let (code, ()) = tokio::join!(driver, steps);

@@ -455,6 +455,17 @@ impl Systemd for DbusSystemd {
         }
     }
 
+    async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError> {
+        let manager = self.manager();
+        let props = [props::cpu_weight(weight)];
+        bounded(
+            "SetUnitProperties",
+            unit,
+            manager.set_unit_properties(unit, true, &props),
+        )
+        .await
+    }
+
     async fn link_lost(&self) {
         self.connection().closed().await
     }

@@ -33,6 +33,8 @@ pub struct ScopeSpec {
     pub kill_signal: i32,
     /// How long systemd waits after `kill_signal` before SIGKILL.
     pub stop_timeout: Duration,
+    /// `CPUWeight=` while the worker loads (`None`: systemd's default, 100).
+    pub cpu_weight: Option<u64>,
 }
 
 /// How a systemd job ended (`JobRemoved`'s result string).
@@ -135,6 +137,9 @@ pub trait Systemd {
     async fn unit_job_type(&self, unit: &str) -> Result<Option<String>, SystemdError>;
     /// Forgets a failed unit so its name can be reused and `--failed` stays clean.
     async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Sets a running unit's `CPUWeight=` for as long as it runs (not saved to disk);
+    /// `None` returns it to systemd's default.
+    async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError>;
     /// Resolves once the link to the manager is lost (the bus daemon went away); a link that
     /// cannot be lost never resolves.
     async fn link_lost(&self) {

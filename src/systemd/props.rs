@@ -35,7 +35,16 @@ pub fn scope_properties(spec: &ScopeSpec) -> Vec<(&'static str, Value<'static>)>
     if let Some(swap) = spec.memory_swap_max {
         p.push(("MemorySwapMax", Value::U64(swap.unwrap_or(INFINITY))));
     }
+    if spec.cpu_weight.is_some() {
+        p.push(cpu_weight(spec.cpu_weight));
+    }
     p
+}
+
+/// `CPUWeight=` as a property: a weight, or `None` for systemd's default, which its D-Bus API
+/// spells as the invalid weight `u64::MAX` (what `CPUWeight=` with no value sets).
+pub fn cpu_weight(weight: Option<u64>) -> (&'static str, Value<'static>) {
+    ("CPUWeight", Value::U64(weight.unwrap_or(u64::MAX)))
 }
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -58,6 +67,7 @@ mod tests {
             memory_swap_max: None,
             kill_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(30),
+            cpu_weight: None,
         }
     }
 
@@ -79,6 +89,15 @@ mod tests {
         assert_eq!(get(&p, "TimeoutStopUSec"), &Value::U64(30_000_000));
         assert_eq!(get(&p, "Slice").value_signature().to_string(), "s");
         assert!(!p.iter().any(|(n, _)| *n == "MemorySwapMax"));
+        assert!(!p.iter().any(|(n, _)| *n == "CPUWeight"));
+    }
+
+    #[test]
+    fn cpu_weight_only_while_loading_and_default_is_the_invalid_weight() {
+        let mut s = spec();
+        s.cpu_weight = Some(20);
+        assert_eq!(get(&scope_properties(&s), "CPUWeight"), &Value::U64(20));
+        assert_eq!(cpu_weight(None), ("CPUWeight", Value::U64(u64::MAX)));
     }
 
     #[test]

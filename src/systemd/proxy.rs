@@ -58,6 +58,13 @@ pub trait Manager {
 
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
 
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
+
     /// Only its argument parsing ([`JobRemoved::from_message`]) is used: the stream is kechid's
     /// own, so that the sender check is kechid's too (see `dbus::JobWatch`).
     #[zbus(signal)]

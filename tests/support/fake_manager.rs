@@ -66,6 +66,11 @@ pub enum Call {
     ResetFailedUnit {
         name: String,
     },
+    SetUnitProperties {
+        name: String,
+        runtime: bool,
+        properties: Vec<Property>,
+    },
 }
 
 /// One unit property of `StartTransientUnit`, as it arrived on the wire.
@@ -347,6 +352,28 @@ impl Manager {
             .get(&name)
             .cloned()
             .unwrap_or_default())
+    }
+
+    async fn set_unit_properties(
+        &self,
+        name: String,
+        runtime: bool,
+        properties: Vec<(String, OwnedValue)>,
+    ) -> Result<(), ManagerError> {
+        self.state().calls.push(Call::SetUnitProperties {
+            name: name.clone(),
+            runtime,
+            properties: properties
+                .into_iter()
+                .map(|(name, value)| Property {
+                    name,
+                    signature: value.value_signature().to_string(),
+                    value,
+                })
+                .collect(),
+        });
+        self.delay().await;
+        self.check_loaded(&name)
     }
 
     async fn reset_failed_unit(&self, name: String) -> Result<(), ManagerError> {

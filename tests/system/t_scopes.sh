@@ -1,7 +1,8 @@
 #!/bin/bash
 # t_scopes: `systemctl start kechi@demo` runs three workers, each alone in its own transient scope
 # kechi-demo-N.scope inside kechi-demo.slice, with the memory limit of the config on the scope and
-# in the kernel, as the app's user; the unit is active and reports a status line.
+# in the kernel, as the app's user; the unit is active and reports a status line. A replacement
+# loads at a low CPU weight and gets the default once ready.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_scopes "three workers, one scope each, with MemoryMax, as the app's user"
@@ -52,4 +53,36 @@ expect_eq "GET http://$KT_LISTEN/ (kechi@demo.socket, drop-in)" "$code" 200
 code=$(tgt_run curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "/run/kechi/$KT_APP.sock" http://localhost/)
 expect_eq "GET on /run/kechi/$KT_APP.sock (kechi@demo.socket)" "$code" 200
 
+# A replacement loads beside serving workers at a low CPU weight (the loading burst must not take
+# the CPU from them), and gets systemd's default once ready (ready.mode delay: 1 s here).
+say "a replacement loads at CPUWeight=20, then gets the default"
+new=$(($(max_serial "$w") + 1))
+tgt_run kechictl recycle "$KT_APP" --worker 1 > /dev/null || bad "kechictl recycle $KT_APP --worker 1 failed"
+weight="" kernel=""
+for _ in $(seq 1 100); do
+  weight=$(unit_prop "kechi-$KT_APP-$new.scope" CPUWeight 2> /dev/null)
+  [ -n "$weight" ] && break
+  sleep 0.02
+done
+for f in /sys/fs/cgroup/cpu{,\,cpuacct}"/kechi.slice/kechi-$KT_APP.slice/kechi-$KT_APP-$new.scope/cpu.shares" \
+         "/sys/fs/cgroup/kechi.slice/kechi-$KT_APP.slice/kechi-$KT_APP-$new.scope/cpu.weight"; do
+  k=$(tgt_run cat "$f" 2> /dev/null) && kernel="$(basename "$f")=$k"
+done
+expect_eq "kechi-$KT_APP-$new.scope CPUWeight while it loads" "$weight" 20
+info "in the kernel while it loads: ${kernel:-no cpu controller file}"
+for _ in $(seq 1 100); do
+  w=$(workers)
+  ! printf '%s\n' "$w" | awk '{ print $1 }' | grep -qx 1 && [ "$(count_lines "$w")" = 3 ] && break
+  sleep 0.2
+done
+printf '%s\n' "$w" | awk '{ print $1 }' | grep -qx 1 && bad "worker 1 was not replaced"
+for _ in $(seq 1 50); do
+  weight=$(unit_prop "kechi-$KT_APP-$new.scope" CPUWeight)
+  [ "$weight" != 20 ] && break
+  sleep 0.1
+done
+case "$weight" in
+  20) bad "kechi-$KT_APP-$new.scope still has CPUWeight=20 once ready" ;;
+  *) ok "kechi-$KT_APP-$new.scope CPUWeight once ready: ${weight:-unset} (systemd's default)" ;;
+esac
 finish
