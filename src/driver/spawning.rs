@@ -34,6 +34,12 @@ pub(super) const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
 /// the serving workers leave, and a fifth of it when they want it all; it gets the default once
 /// ready. A worker started with none serving (a cold start) loads at the default weight.
 pub(super) const LOADING_CPU_WEIGHT: u64 = 20;
+/// Whether a worker loading at [`LOADING_CPU_WEIGHT`] for `loading` should get the default
+/// weight: after a third of `ready_timeout`.
+fn loading_is_long(loading: Duration, ready_timeout: Duration) -> bool {
+    loading >= ready_timeout / 3
+}
+
 /// How long a child given up on while held stays unreaped (a zombie: its pid cannot be
 /// reused), in case a late StartTransientUnit still names it.
 const ZOMBIE_HOLD: Duration = Duration::from_secs(90);
@@ -208,6 +214,26 @@ impl<S: Systemd + 'static> Driver<S> {
         );
     }
 
+    /// A worker still loading after a third of `ready.timeout` gets the default weight: on a
+    /// CPU its serving peers keep busy, a fifth of their weight could make it miss the timeout,
+    /// and a replacement that never gets ready is worse than one that slows them a while.
+    pub(super) fn loading_too_long(&mut self) {
+        let now = Instant::now();
+        let late: Vec<(u64, Duration)> = self
+            .loading_weight
+            .iter()
+            .filter_map(|s| match self.state.workers.get(s)?.state {
+                WorkerState::Starting { since } => Some((*s, now.saturating_duration_since(since))),
+                _ => None,
+            })
+            .filter(|(_, loading)| loading_is_long(*loading, self.policy.ready_timeout))
+            .collect();
+        for (serial, loading) in late {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, "worker still loading after {}: it gets the default CPU weight, to be ready within ready.timeout", crate::quantity::format_duration(loading));
+            self.end_loading_weight(serial);
+        }
+    }
+
     /// The default weight is back, or could not be set.
     pub(super) fn on_cpu_weight(&mut self, serial: u64, unit: &str, result: Result<(), OpError>) {
         match result {
@@ -350,5 +376,20 @@ impl<S: Systemd + 'static> Driver<S> {
             }
             let _ = tx.send(serial);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_load_gets_the_default_weight_after_a_third_of_the_ready_timeout() {
+        let timeout = Duration::from_secs(60);
+        assert!(!loading_is_long(Duration::from_secs(19), timeout));
+        assert!(loading_is_long(Duration::from_secs(20), timeout));
+        assert!(loading_is_long(Duration::from_secs(61), timeout));
+        // a zero timeout (none) must not leave a worker at the low weight
+        assert!(loading_is_long(Duration::ZERO, Duration::ZERO));
     }
 }
