@@ -112,7 +112,9 @@ fn run(args: DaemonArgs) -> i32 {
             return exitcode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    // Boxed, like the driver's own future (see driver::run_in): block_on would otherwise keep
+    // the whole state of the daemon's future on the main thread's stack, copied there by value.
+    rt.block_on(Box::pin(async move {
         if args.foreground {
             return driver::run::<DbusSystemd>(opts, None, loaded, inherited).await;
         }
@@ -132,7 +134,7 @@ fn run(args: DaemonArgs) -> i32 {
                 exitcode::FAILURE
             }
         }
-    })
+    }))
 }
 
 /// Logs the warnings of the config and of how its app server is run (see `kechi::servers`),
