@@ -14,6 +14,9 @@ use kechi::logging::{Severity, last_words};
 use kechi::systemd::{Bus, DbusSystemd};
 
 fn main() -> ExitCode {
+    // Before anything else: what the program's file is while it is surely the one started
+    // (its pages are given back only while it stays so; see kechi::trim).
+    kechi::trim::note_program();
     let args = match daemon_cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(a)) => a,
         // Written without println!: a reader that leaves early (`kechid --help | head -1`)
