@@ -41,5 +41,6 @@ pub mod sockflags;
 pub mod spawn;
 pub mod systemd;
 pub mod tmpdir;
+pub mod trim;
 pub mod worker_env;
 pub mod workers_file;

@@ -203,6 +203,36 @@ fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     })
 }
 
+/// What the child reported on its report pipe before it closed (at exec, or at its exit after a
+/// failed step): up to 5 bytes, read as they come, without blocking the event loop.
+async fn read_report(report: OwnedFd) -> Result<(usize, [u8; 5]), nix::Error> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(&report, FcntlArg::F_GETFL)?);
+    fcntl(&report, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // SAFETY: the AsyncFd owns the pipe's read end; nothing else closes or replaces it.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(report, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| nix::Error::from_raw(e.into_parts().1.raw_os_error().unwrap_or(libc::EIO)))?;
+    let mut buf = [0u8; 5];
+    let mut n = 0;
+    while n < buf.len() {
+        let Ok(mut ready) = fd.readable().await else {
+            break;
+        };
+        match ready
+            .try_io(|f| nix::unistd::read(f.get_ref(), &mut buf[n..]).map_err(std::io::Error::from))
+        {
+            Ok(Ok(0)) => break,
+            Ok(Ok(k)) => n += k,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => break,
+            Err(_would_block) => {}
+        }
+    }
+    Ok((n, buf))
+}
+
 /// Forks the worker; the child waits, blocked, until [`Held::release`].
 pub fn spawn_held(prep: &mut Prepared) -> Result<Held, SpawnError> {
     let (go_r, go_w) = pipe_cloexec()?;
@@ -252,7 +282,8 @@ impl Held {
     /// Lets the child go on to exec, and waits until it has (or has failed to).
     ///
     /// The wait ends as soon as `execve` closes the child's report pipe (close-on-exec), so it
-    /// is short; it runs on tokio's blocking pool so the event loop is not held.
+    /// is short; the pipe is watched by the event loop like any other fd, not read by a thread
+    /// (a thread per start costs a stack and a malloc arena that stay with kechid for good).
     pub async fn release(self) -> Result<Pid, SpawnError> {
         let Held {
             pid,
@@ -266,24 +297,12 @@ impl Held {
             source,
         })?;
         drop(go);
-        let got = tokio::task::spawn_blocking(move || {
-            let mut buf = [0u8; 5];
-            let mut n = 0;
-            while n < buf.len() {
-                match nix::unistd::read(&report, &mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(_) => break,
-                }
-            }
-            (n, buf)
-        })
-        .await
-        .map_err(|_| SpawnError::Sys {
-            op: "wait for exec",
-            source: nix::Error::EIO,
-        })?;
+        let got = read_report(report)
+            .await
+            .map_err(|source| SpawnError::Sys {
+                op: "wait for exec",
+                source,
+            })?;
         match got {
             (5, buf) => {
                 let stage = Stage::from_u8(buf[0]);

@@ -203,12 +203,13 @@ mapping), `meta.txt`.
 
 - date: {date}
 - machine: {machine}
+- load: {load}
 - {timing}
 - {versions}
 - kechid: {kechid} (commit {commit})
 """.format(notes="{notes}", mappings=by_mapping(csv_path, "kechid"), summary="\n".join(summary(peers, mon)), peers=md_table(PEER_COLS, peer_rows(peers)),
            mon=md_table(MON_COLS, mon_rows(mon), left=(1,)), command=m.get("command", "?"),
-           date=m.get("date", "?"), machine=m.get("machine", "?"), timing="timing: " + m.get("timing", "?"),
+           date=m.get("date", "?"), machine=m.get("machine", "?"), load=m.get("load", "?"), timing="timing: " + m.get("timing", "?"),
            versions="versions: " + m.get("versions", "?"), kechid=m.get("kechid", "?"), commit=m.get("commit", "?"))
     doc = with_observations(doc, __file__)  # notes.md: observations on the committed run
     with open(docs + "/footprint.md", "w") as f:

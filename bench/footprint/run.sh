@@ -46,6 +46,7 @@ done
 if [ "$quick" = 1 ]; then SETTLE=5 SECS=5 MON_SECS=15 MON_PLAN="8:on" out=${out:-/tmp/kechi-bench/footprint}
 else SETTLE=15 SECS=30 MON_SECS=45 MON_PLAN="2:on 8:on 32:on 32:off" out=${out:-$ROOT/bench/results/footprint}; fi
 PEERS="kechid"
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)   # the machine's load when the run starts (meta.txt)
 [ "$kechi_only" = 1 ] || PEERS="kechid supervisord circusd start_server"
 
 if [ -z "${KECHI_BIN_DIR:-}" ] && [ -x "${CARGO_TARGET_DIR:-$ROOT/target}/release/kechid" ]; then
@@ -135,6 +136,7 @@ done
   echo "command: bench/run.sh footprint${ARGS:+ $ARGS}"
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(bench_machine)"
+  echo "load: $LOAD0 at the start, $(cut -d" " -f1-3 /proc/loadavg) at the end (1, 5 and 15 min load averages)"
   echo "timing: settle ${SETTLE} s, measure ${SECS} s (monitoring: ${MON_SECS} s), one memory sample a second, median"
   echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2> /dev/null || echo '?')"
   echo "kechid: $(basename "$(kechi_bin_dir)") build, $(tgt_run kechid --version 2> /dev/null || echo '?')"

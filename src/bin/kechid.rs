@@ -14,6 +14,9 @@ use kechi::logging::{Severity, last_words};
 use kechi::systemd::{Bus, DbusSystemd};
 
 fn main() -> ExitCode {
+    // Before anything else: what the program's file is while it is surely the one started
+    // (its pages are given back only while it stays so; see kechi::trim).
+    kechi::trim::note_program();
     let args = match daemon_cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(a)) => a,
         // Written without println!: a reader that leaves early (`kechid --help | head -1`)
@@ -112,7 +115,9 @@ fn run(args: DaemonArgs) -> i32 {
             return exitcode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    // Boxed, like the driver's own future (see driver::run_in): block_on would otherwise keep
+    // the whole state of the daemon's future on the main thread's stack, copied there by value.
+    rt.block_on(Box::pin(async move {
         if args.foreground {
             return driver::run::<DbusSystemd>(opts, None, loaded, inherited).await;
         }
@@ -132,7 +137,7 @@ fn run(args: DaemonArgs) -> i32 {
                 exitcode::FAILURE
             }
         }
-    })
+    }))
 }
 
 /// Logs the warnings of the config and of how its app server is run (see `kechi::servers`),

@@ -18,6 +18,12 @@ use crate::systemd::Systemd;
 /// stops of the last workers' scopes).
 const DRAIN_ON_EXIT: Duration = Duration::from_secs(5);
 
+/// How long kechid must have had nothing to do but its timers (sampling, status, watchdog)
+/// before it gives back the pages of its executable and heap that the work before needed (see
+/// [`crate::trim`]). Short: giving back costs microseconds, and the steady state maps back
+/// what it uses within a second.
+const TRIM_WHEN_QUIET_FOR: Duration = Duration::from_secs(2);
+
 impl<S: Systemd + 'static> Driver<S> {
     pub(super) async fn main_loop(
         &mut self,
@@ -37,6 +43,8 @@ impl<S: Systemd + 'static> Driver<S> {
         let mut idle_every = self.idle.clock.look_every();
         let mut idle_tick = tokio::time::interval(idle_every);
         idle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Start-up is work: what it mapped goes once it is over.
+        let mut trim_at = Some(Instant::now() + TRIM_WHEN_QUIET_FOR);
         let code = loop {
             if self.idle.clock.look_every() != idle_every {
                 idle_every = self.idle.clock.look_every();
@@ -47,12 +55,16 @@ impl<S: Systemd + 'static> Driver<S> {
             // an earlier kechid's workers are being looked for).
             let mut wake_at = None;
             let mut leave = None;
+            // Anything but a timer of the steady state: an action, a signal, an exit, READY=1,
+            // a control request, a finished systemd operation, the link.
+            let mut busy = false;
             while !self.adopting {
                 let decision = policy::decide(&self.state, &self.policy, Instant::now());
                 if decision.actions.is_empty() {
                     wake_at = decision.wake_at;
                     break;
                 }
+                busy = true;
                 for action in decision.actions {
                     if let Some(code) = self.act(action) {
                         leave = Some(code);
@@ -71,28 +83,36 @@ impl<S: Systemd + 'static> Driver<S> {
                 Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
+            if busy {
+                trim_at = Some(Instant::now() + TRIM_WHEN_QUIET_FOR);
+            }
             let reconnect_due = !self.reconnecting;
             let step = tokio::select! {
-                Some(sig) = signals.recv() => self.on_signal(sig),
-                Some(serial) = exits.recv() => { self.on_exit(serial); None }
-                Ok((pid, msg)) = recv_notify(self.notify_socket.as_ref()) => { self.on_notify(pid, msg); None }
+                Some(sig) = signals.recv() => { busy = true; self.on_signal(sig) }
+                Some(serial) = exits.recv() => { busy = true; self.on_exit(serial); None }
+                Ok((pid, msg)) = recv_notify(self.notify_socket.as_ref()) => { busy = true; self.on_notify(pid, msg); None }
                 Some((req, reply)) = self.control_rx.recv() => {
+                    busy = true;
                     let r = self.on_control(req);
                     let _ = reply.send(r);
                     None
                 }
-                Some(done) = ops.recv() => self.on_done(done),
-                Some(psi) = self.pressure_rx.recv() => { self.on_pressure(psi); None }
+                Some(done) = ops.recv() => { busy = true; self.on_done(done) }
+                Some(psi) = self.pressure_rx.recv() => { busy = true; self.on_pressure(psi); None }
                 _ = sleep => None,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => { self.notifier.watchdog(); None }
                 _ = sample_tick.tick() => { self.sample(); self.loading_too_long(); None }
                 _ = idle_tick.tick(), if self.idle.clock.enabled() => { self.idle_look(); None }
                 _ = accept_tick.tick(), if self.awaiting_accept() => { self.check_accept(); None }
-                _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { self.on_link_lost(); None }
-                _ = sleep_until_opt(self.link.retry_at()), if reconnect_due => { self.reconnect(); None }
+                _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { busy = true; self.on_link_lost(); None }
+                _ = sleep_until_opt(self.link.retry_at()), if reconnect_due => { busy = true; self.reconnect(); None }
+                _ = sleep_until_opt(trim_at) => { trim_at = None; self.trim(); None }
             };
             if let Some(code) = step {
                 break code;
+            }
+            if busy {
+                trim_at = Some(Instant::now() + TRIM_WHEN_QUIET_FOR);
             }
         };
         self.drain_ops(&mut ops, DRAIN_ON_EXIT).await;
@@ -232,6 +252,12 @@ impl<S: Systemd + 'static> Driver<S> {
         self.record(format!(
             "child {pid} of worker {serial} signalled (child-signal)"
         ));
+    }
+
+    /// Gives back what the work since the last quiet spell mapped (see [`crate::trim`]).
+    fn trim(&self) {
+        let r = crate::trim::release();
+        tracing::debug!(APP = %self.opts.app, "quiet: dropped {} KiB of read-only program pages{}", r.code_bytes / 1024, if r.heap { ", trimmed the heap" } else { "" });
     }
 
     /// STATUS= for systemd, when it changed.

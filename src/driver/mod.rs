@@ -157,14 +157,16 @@ pub async fn run_in<S: Systemd + 'static>(
     // The systemd operations run as local tasks (the runtime is single-threaded; the
     // implementation of `Systemd` need not be `Send`).
     let local = tokio::task::LocalSet::new();
+    // Boxed: the driver's future (its state and the loop's) lives on the heap once, rather
+    // than being copied by value into each frame of the runtime's poll path on the stack.
     local
-        .run_until(run_local(
+        .run_until(Box::pin(run_local(
             opts,
             systemd.map(Rc::new),
             loaded,
             inherited,
             env,
-        ))
+        )))
         .await
 }
 

@@ -144,13 +144,17 @@ impl<S: Systemd + 'static> Driver<S> {
         let tx = self.ops_tx.clone();
         let slots = Rc::clone(&self.op_slots);
         self.in_flight += 1;
-        tokio::task::spawn_local(async move {
+        // Boxed before it is handed to tokio: an operation's future is kilobytes (zbus's call
+        // and job wait), and passed by value down tokio's spawn path it was copied onto the
+        // stack at each level, which left kechid's main stack tens of KiB deeper for good
+        // (touched stack pages stay resident).
+        tokio::task::spawn_local(Box::pin(async move {
             // The deadline is the manager's to keep, so it starts once the call is made: a
             // turn in the queue is bounded by the deadlines of the calls ahead of it.
             let _slot = slots.acquire().await;
             let r = bounded(deadline, op(sd)).await;
             let _ = tx.send(done(r));
-        });
+        }));
     }
 
     /// Creates a held worker's scope; [`Done::ScopeStarted`] when its start job is done.

@@ -311,7 +311,8 @@ async fn open_bus(bus: Bus) -> Result<Connection, SystemdError> {
     .map_err(connect_err)?;
     let shown = address.to_string();
     let connect = async {
-        zbus::connection::Builder::address(address)?
+        builder(address)
+            .await?
             .method_timeout(CALL_DEADLINE)
             .build()
             .await
@@ -321,6 +322,28 @@ async fn open_bus(bus: Bus) -> Result<Connection, SystemdError> {
         Err(_) => Err(connect_err(zbus::Error::Failure(format!(
             "no answer from {shown} within {CALL_DEADLINE:?}"
         )))),
+    }
+}
+
+/// A connection builder for `address`. A socket path (the system bus, a user bus) is connected
+/// here, on the event loop: zbus would connect it on a thread of tokio's blocking pool, and an
+/// exited thread leaves its stack and malloc arena mapped in kechid for good. Anything else
+/// (abstract sockets, TCP, an address with a guid to check) is left to zbus.
+async fn builder(address: zbus::Address) -> zbus::Result<zbus::connection::Builder<'static>> {
+    use zbus::address::transport::{Transport, UnixSocket};
+    let path = match address.transport() {
+        Transport::Unix(u) if address.guid().is_none() => match u.path() {
+            UnixSocket::File(path) => Some(path.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match path {
+        Some(path) => match tokio::net::UnixStream::connect(&path).await {
+            Ok(stream) => Ok(zbus::connection::Builder::unix_stream(stream)),
+            Err(e) => Err(zbus::Error::Connection(Arc::new(e), address)),
+        },
+        None => zbus::connection::Builder::address(address),
     }
 }
 
