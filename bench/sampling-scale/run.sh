@@ -196,7 +196,9 @@ done
 } > "$out/$label-meta.txt"
 cat "$out/$label-meta.txt"
 column -t -s, "$CSV"
-if [ "$quick" = 0 ]; then
+# The report is rewritten only from the repository's own results (a full run without --out):
+# a run into another directory is a trial, and its rows alone would replace the report's table.
+if [ "$quick" = 0 ] && [ "$out" = "$ROOT/bench/results/sampling-scale" ]; then
   /usr/bin/python3 "$HERE/report.py" "$out" "$ROOT/docs/benchmarks/sampling-scale.md" && say "wrote docs/benchmarks/sampling-scale.md"
 fi
 finish
