@@ -121,10 +121,21 @@ def figures(r):
             rest.append(float(v["ttfb_ms"]))
     f.update({"visits_n": len(r["visits"]), "visits_failed": vfail, "cold": sorted(cold), "warm": sorted(warm),
               "rest": sorted(rest)})
-    reasons = {}
+    # kechid's journal: idle stops (one line each), and recycles by reason (a recycle writes several
+    # lines with its REASON: counted once per worker)
+    reasons, seen = {}, set()
     for e in r["events"]:
-        if e.get("REASON"):
-            reasons[e["REASON"]] = reasons.get(e["REASON"], 0) + 1
+        reason, msg = e.get("REASON"), str(e.get("MESSAGE", ""))
+        if not reason:
+            continue
+        if reason == "idle":
+            if msg.startswith("no connection open"):
+                reasons["idle stops"] = reasons.get("idle stops", 0) + 1
+            continue
+        key = (reason, e.get("APP"), e.get("WORKER"))
+        if key not in seen:
+            seen.add(key)
+            reasons[reason] = reasons.get(reason, 0) + 1
     f["reasons"] = reasons
     return f
 
@@ -166,7 +177,7 @@ def tables(res):
     for a in APPS:
         row("{}: mean memory (MiB), max swap (MiB), running".format(a),
             lambda f, a=a: "{:.0f}, {:.0f}, {:.0f}%".format(f["apps"][a], f["apps_swap"][a], 100 * f["apps_running"][a]))
-    row("journal REASON= entries", lambda f: ", ".join("{} {}".format(k, v) for k, v in sorted(f["reasons"].items())) or "-")
+    row("kechid: idle stops, recycles by REASON", lambda f: ", ".join("{} {}".format(k, v) for k, v in sorted(f["reasons"].items())) or "-")
     return "\n".join(out)
 
 
@@ -244,8 +255,12 @@ def main():
         for name, _ in CONFIGS:
             if name in byname:
                 x = byname[name]
-                summ.append("{}: {:.0f} MiB used on average (max {:.0f}), {} OOM kills, {} failed requests, busy p99 {} ms".format(
-                    name, x["used_mean"], x["used_max"], x["oom"], x["busy_failed"] + x["visits_failed"], ms(x["p99"])))
+                cold = ", visits' cold starts {} ms in median (max {})".format(
+                    ms(pct(x["cold"], 50)), ms(x["cold"][-1])) if x["cold"] else ""
+                summ.append("{}: {:.0f} MiB used on average (max {:.0f}), {:.0f} MiB swap at most, {} OOM kills, {} failed "
+                            "requests, busy p99 {} ms{}".format(
+                                name, x["used_mean"], x["used_max"], x["swap_max"], x["oom"],
+                                x["busy_failed"] + x["visits_failed"], ms(x["p99"]), cold))
         f.write("Five apps (Starlet busy, gunicorn, puma, uWSGI and Node.js visited now and then) in a 1 GiB cgroup v2 VM "
                 "with zram swap, the same traffic three ways. " + "; ".join(summ) + ".\n\n")
         f.write(t + "\n\n")
