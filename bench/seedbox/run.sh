@@ -263,6 +263,7 @@ H_LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in $SB_CONFIGS; do run_config "$c"; done
 {
   echo "command: sudo bash bench/seedbox/run.sh${1:+ $1}"
+  echo "servers: $(for p in starlet gunicorn puma uwsgi-core nodejs; do printf '%s %s, ' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2> /dev/null)"; done | sed 's/, $//'); VM: vmbox qemu (TCG, no KVM), 1 GiB, 2 vCPUs, Linux $(cat "$OUT/plain/meta.txt" "$OUT/kechi-new/meta.txt" 2> /dev/null | sed -n 's/^vm_kernel: //p' | head -1), systemd 252, pure cgroup v2, zram swap (lzo-rle)"
   echo "host: $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r); load average at start $H_LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$OUT/run.txt"
 /usr/bin/python3 "$HERE/report.py" "$OUT" "$ROOT/docs/benchmarks" || bad "report.py"
