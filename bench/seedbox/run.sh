@@ -34,7 +34,9 @@
 #
 # Knobs: SB_SECONDS (300), SB_RATE (20), SB_PERIOD (75), SB_LEAK_KB (96), SB_MB (40), SB_SWAP
 # (512M), SB_STOP_AFTER (30s), SB_BUDGET (300M), SB_PRESSURE ("some 10% 10s"), SB_CONFIGS
-# ("plain kechi kechi-new").
+# ("plain kechi kechi-new"), SB_JEMALLOC (1: kechi's default allocator for the workers; 0:
+# `[jemalloc] enabled = false`, the servers' own malloc as in the plain services), SB_OUT (where
+# the raw figures go), SB_DOCS (where the report goes: docs/benchmarks).
 KT_TIER=v2
 . "$(dirname "$(readlink -f "$0")")/../../tests/system/lib/scenario.sh"
 ROOT=$KT_ROOT
@@ -51,6 +53,7 @@ SB_STOP_AFTER=${SB_STOP_AFTER:-$([ "$QUICK" = 1 ] && echo 15s || echo 30s)}
 SB_BUDGET=${SB_BUDGET:-300M}
 SB_PRESSURE=${SB_PRESSURE:-some 10% 10s}
 SB_CONFIGS=${SB_CONFIGS:-plain kechi kechi-new}
+SB_JEMALLOC=${SB_JEMALLOC:-1}
 OUT=${SB_OUT:-$ROOT/bench/results/seedbox}
 D=/usr/lib/kechi-seed     # the bench's files in the VM
 # kechid and kechictl of a release build: a debug kechid is 90 MB, in the VM's RAM (its root is a tmpfs)
@@ -146,6 +149,9 @@ timeout = "120s"
 [stop]
 signal = "$(stop_signal "$a")"
 timeout = "30s"
+
+[jemalloc]
+enabled = $([ "$SB_JEMALLOC" = 1 ] && echo true || echo false)
 $idle
 EOF
   done
@@ -251,7 +257,7 @@ for line in sys.stdin:
     echo "host_loadavg_end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "vm_loadavg_end: $(tgt_run cat /proc/loadavg | cut -d' ' -f1-3)"
     echo "seconds: $SB_SECONDS rate: $SB_RATE period: $SB_PERIOD leak_kb: $SB_LEAK_KB mb: $SB_MB swap: $SB_SWAP"
-    echo "stop_after: $SB_STOP_AFTER budget: $SB_BUDGET pressure: $SB_PRESSURE"
+    echo "stop_after: $SB_STOP_AFTER budget: $SB_BUDGET pressure: $SB_PRESSURE jemalloc: $SB_JEMALLOC"
     echo "vm_kernel: $(tgt_run uname -r)"
   } > "$dir/meta.txt"
   info "$cfg: $(wc -l < "$dir/samples.csv") samples, $(gzip -dc "$dir/busy.csv.gz" | wc -l) busy requests, $(($(wc -l < "$dir/visits.csv") - 1)) visit requests, $(wc -l < "$dir/events.jsonl") events"
@@ -266,5 +272,5 @@ for c in $SB_CONFIGS; do run_config "$c"; done
   echo "servers: $(for p in starlet gunicorn puma uwsgi-core nodejs; do printf '%s %s, ' "$p" "$(dpkg-query -W -f='${Version}' "$p" 2> /dev/null)"; done | sed 's/, $//'); VM: vmbox qemu (TCG, no KVM), 1 GiB, 2 vCPUs, Linux $(cat "$OUT/plain/meta.txt" "$OUT/kechi-new/meta.txt" 2> /dev/null | sed -n 's/^vm_kernel: //p' | head -1), systemd 252, pure cgroup v2, zram swap (lzo-rle)"
   echo "host: $(nproc) CPUs, $(awk '/^MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r); load average at start $H_LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$OUT/run.txt"
-/usr/bin/python3 "$HERE/report.py" "$OUT" "$ROOT/docs/benchmarks" || bad "report.py"
+/usr/bin/python3 "$HERE/report.py" "$OUT" "${SB_DOCS:-$ROOT/docs/benchmarks}" || bad "report.py"
 finish
