@@ -121,12 +121,12 @@ def figures(r):
             rest.append(float(v["ttfb_ms"]))
     f.update({"visits_n": len(r["visits"]), "visits_failed": vfail, "cold": sorted(cold), "warm": sorted(warm),
               "rest": sorted(rest)})
-    # kechid's journal: idle stops (one line each), and recycles by reason (a recycle writes several
-    # lines with its REASON: counted once per worker)
+    # kechid's journal during the traffic: idle stops (one line each), and recycles by reason (a
+    # recycle writes several lines with its REASON: counted once per worker)
     reasons, seen = {}, set()
     for e in r["events"]:
         reason, msg = e.get("REASON"), str(e.get("MESSAGE", ""))
-        if not reason:
+        if not reason or not t0 <= int(e.get("__REALTIME_TIMESTAMP", 0)) / 1000 <= t1 + 1000:
             continue
         if reason == "idle":
             if msg.startswith("no connection open"):
@@ -177,7 +177,7 @@ def tables(res):
     for a in APPS:
         row("{}: mean memory (MiB), max swap (MiB), running".format(a),
             lambda f, a=a: "{:.0f}, {:.0f}, {:.0f}%".format(f["apps"][a], f["apps_swap"][a], 100 * f["apps_running"][a]))
-    row("kechid: idle stops, recycles by REASON", lambda f: ", ".join("{} {}".format(k, v) for k, v in sorted(f["reasons"].items())) or "-")
+    row("kechid during the traffic: idle stops, recycles by REASON", lambda f: ", ".join("{} {}".format(k, v) for k, v in sorted(f["reasons"].items())) or "-")
     return "\n".join(out)
 
 
