@@ -9,6 +9,12 @@ MEM_START_MB    comma list: worker N (KECHI_WORKER) allocates the Nth figure, in
 MEM_START_REST  MiB for workers beyond that list (default 0)
 MEM_LEAK_KB     KiB kept forever per request served (default 0): a leak of a fixed amount
 MEM_DELAY_MS    milliseconds each request takes (default 0)
+MEM_LEAK_RANDOM 1: half of each kept block is random bytes (default: all 0x01). Compressed swap
+                (zram) keeps a same-filled page as a few bytes, so a leak of those costs it
+                nothing; half random packs about 2:1, as a real heap does
+MEM_TOUCH_KB    KiB of what the worker holds that each request reads again, one byte a page, at
+                random places (default 0): a cache that is read as well as written, so pages that
+                went to swap come back in (swap-in stalls) as they would in a real app
 
 GET /            200 "worker N pid P held X KiB"
 GET /grow?mb=M   allocates M MiB more in 4 MiB steps, every page written, and keeps it (a hog)
@@ -19,6 +25,7 @@ Every allocation is written to (bytes made by b"\\x01" * n), so it is resident a
 """
 import http.server
 import os
+import random
 import selectors
 import signal
 import socket
@@ -38,7 +45,11 @@ active_lock = threading.Lock()
 
 def keep(nbytes):
     global kept_bytes
-    block = b"\x01" * nbytes
+    if LEAK_RANDOM:
+        half = nbytes // 2
+        block = os.urandom(half) + b"\x01" * (nbytes - half)
+    else:
+        block = b"\x01" * nbytes
     with kept_lock:
         kept.append(block)
         kept_bytes += nbytes
@@ -68,6 +79,25 @@ def inherited_sockets():
 
 
 LEAK = int(os.environ.get("MEM_LEAK_KB", "0") or "0") << 10
+LEAK_RANDOM = os.environ.get("MEM_LEAK_RANDOM", "") == "1"
+TOUCH = int(os.environ.get("MEM_TOUCH_KB", "0") or "0") << 10
+
+
+def touch(nbytes):
+    """Reads one byte a page of nbytes of the kept blocks, from random places."""
+    with kept_lock:
+        blocks = list(kept)
+    if not blocks:
+        return 0
+    total, left = 0, nbytes
+    while left > 0:
+        b = random.choice(blocks)
+        start = random.randrange(0, len(b)) & ~4095
+        pages = range(start, min(len(b), start + left), 4096)
+        for i in pages:
+            total += b[i]
+        left -= max(1, len(pages)) * 4096
+    return total
 DELAY = int(os.environ.get("MEM_DELAY_MS", "0") or "0") / 1000.0
 
 
@@ -86,6 +116,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(DELAY)
         if LEAK:
             keep(LEAK)
+        if TOUCH:
+            touch(TOUCH)
         body = "worker {} pid {} held {} KiB\n".format(WORKER, os.getpid(), kept_bytes >> 10).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
