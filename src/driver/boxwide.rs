@@ -304,13 +304,13 @@ fn whole_two_seconds(
     })
 }
 
-/// Where the box's memory pressure is read: kechi.slice's on cgroup v2 (every app's workers
-/// are under it), else the whole machine's.
+/// Where the box's memory pressure is read ([`crate::psi::box_pressure_file`]): kechi.slice's
+/// when the slice carries a memory limit of its own (its tasks then stall at that limit), else
+/// the whole machine's, where kswapd's reclaim and swap-ins show (measured in the cgroup v2 VM:
+/// the slice's file stayed at 0-2.8% while the machine's was at 12%; docs/benchmarks/pressure-v2.md).
 fn psi_file(_app: &crate::app::AppName) -> PathBuf {
-    let slice = std::path::Path::new("/sys/fs/cgroup/kechi.slice/memory.pressure");
-    if slice.exists() {
-        slice.to_owned()
-    } else {
-        PathBuf::from("/proc/pressure/memory")
-    }
+    crate::psi::box_pressure_file(
+        std::path::Path::new("/sys/fs/cgroup"),
+        std::path::Path::new("/proc"),
+    )
 }
