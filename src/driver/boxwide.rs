@@ -255,7 +255,7 @@ impl<S: Systemd + 'static> Driver<S> {
         if !self.pressure_window.is_zero() {
             return;
         }
-        let path = psi_file(&self.opts.app);
+        let path = psi_file();
         let mut window = p.window;
         let mut armed = crate::psi::Trigger::arm(&path, &p.trigger_line());
         if let Err(e) = &armed
@@ -308,7 +308,7 @@ fn whole_two_seconds(
 /// when the slice carries a memory limit of its own (its tasks then stall at that limit), else
 /// the whole machine's, where kswapd's reclaim and swap-ins show (measured in the cgroup v2 VM:
 /// the slice's file stayed at 0-2.8% while the machine's was at 12%; docs/benchmarks/pressure-v2.md).
-fn psi_file(_app: &crate::app::AppName) -> PathBuf {
+fn psi_file() -> PathBuf {
     crate::psi::box_pressure_file(
         std::path::Path::new("/sys/fs/cgroup"),
         std::path::Path::new("/proc"),

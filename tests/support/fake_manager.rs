@@ -82,6 +82,18 @@ pub struct Property {
     pub value: OwnedValue,
 }
 
+/// Properties as they arrived on the wire (`StartTransientUnit`, `SetUnitProperties`).
+fn wire_properties(properties: Vec<(String, OwnedValue)>) -> Vec<Property> {
+    properties
+        .into_iter()
+        .map(|(name, value)| Property {
+            name,
+            signature: value.value_signature().to_string(),
+            value,
+        })
+        .collect()
+}
+
 /// A `JobRemoved` the fake sends on its own, for a job that is not the caller's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StraySignal {
@@ -242,14 +254,7 @@ impl Manager {
             s.calls.push(Call::StartTransientUnit {
                 name: name.clone(),
                 mode,
-                properties: properties
-                    .into_iter()
-                    .map(|(name, value)| Property {
-                        name,
-                        signature: value.value_signature().to_string(),
-                        value,
-                    })
-                    .collect(),
+                properties: wire_properties(properties),
                 aux: aux.len(),
             });
             s.unit_exists.contains(&name)
@@ -363,14 +368,7 @@ impl Manager {
         self.state().calls.push(Call::SetUnitProperties {
             name: name.clone(),
             runtime,
-            properties: properties
-                .into_iter()
-                .map(|(name, value)| Property {
-                    name,
-                    signature: value.value_signature().to_string(),
-                    value,
-                })
-                .collect(),
+            properties: wire_properties(properties),
         });
         self.delay().await;
         self.check_loaded(&name)
