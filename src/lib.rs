@@ -39,6 +39,7 @@ pub mod servers;
 pub mod sockets;
 pub mod sockflags;
 pub mod spawn;
+pub mod steer;
 pub mod systemd;
 pub mod tmpdir;
 pub mod trim;
