@@ -169,7 +169,6 @@ const ADD32_X: u8 = 0x0c;
 const ADD32_K: u8 = 0x04;
 const MOD32_X: u8 = 0x9c;
 const JEQ_K: u8 = 0x15;
-const JNE_K: u8 = 0x55;
 const JGE_K: u8 = 0x35;
 const JGE_X: u8 = 0x3d;
 const JA: u8 = 0x05;
@@ -209,12 +208,13 @@ pub const TRIES: i32 = 4;
 /// up to [`TRIES`] until one holds a socket; with N = 0, or no live socket among those tried,
 /// it picks `socks[0]` (the parking socket); the kernel's own choice is the last resort.
 pub fn steering_program(socks: BorrowedFd<'_>, serving: BorrowedFd<'_>) -> Vec<Insn> {
-    let mut p: Vec<Insn> = Vec::new();
     // r6 = ctx, r7 = hash, key at fp-4
-    p.push(insn(MOV64_X, R6, R1, 0, 0));
-    p.push(insn(LDX_W, R7, R6, MD_HASH, 0));
-    p.push(insn(MOV64_K, R1, 0, 0, 0));
-    p.push(insn(STX_W, FP, R1, -4, 0));
+    let mut p: Vec<Insn> = vec![
+        insn(MOV64_X, R6, R1, 0, 0),
+        insn(LDX_W, R7, R6, MD_HASH, 0),
+        insn(MOV64_K, R1, 0, 0, 0),
+        insn(STX_W, FP, R1, -4, 0),
+    ];
     p.extend(ld_map(R1, serving));
     p.push(insn(MOV64_X, R2, FP, 0, 0));
     p.push(insn(ADD64_K, R2, 0, 0, -4));
