@@ -8,6 +8,8 @@
 //! configuration than the one the new kechid reads (a reload roll cut short by a crash, or the
 //! file edited before a restart) is replaced as a reload would have. Lines it does not
 //! understand are skipped; a line without `config:` (an older kechid) counts as current.
+//! A worker with sockets of its own ([`crate::steer`]) has one `steer:LISTENER/SLOT/INODE` field
+//! per socket: the listener's index, its slot in the steering maps, the socket's inode.
 
 use crate::lifecycle::StopReason;
 
@@ -17,6 +19,8 @@ pub struct Entry {
     pub pid: i32,
     pub draining: Option<StopReason>,
     pub config: Option<u64>,
+    /// `(listener index, slot, inode)` of each socket of its own.
+    pub steer: Vec<(usize, u32, u64)>,
 }
 
 /// The file's text for `entries`.
@@ -30,6 +34,9 @@ pub fn render(entries: &[Entry]) -> String {
         text.push_str(&format!("{} {} {state}", e.serial, e.pid));
         if let Some(c) = e.config {
             text.push_str(&format!(" config:{c:016x}"));
+        }
+        for (l, slot, inode) in &e.steer {
+            text.push_str(&format!(" steer:{l}/{slot}/{inode}"));
         }
         text.push('\n');
     }
@@ -48,12 +55,22 @@ pub fn parse(text: &str) -> Vec<Entry> {
                 pid,
                 draining: None,
                 config: None,
+                steer: Vec::new(),
             };
             for field in f {
                 if let Some(reason) = field.strip_prefix("draining:") {
                     entry.draining = Some(StopReason::parse(reason).unwrap_or(StopReason::Manual));
                 } else if let Some(hex) = field.strip_prefix("config:") {
                     entry.config = u64::from_str_radix(hex, 16).ok();
+                } else if let Some(s) = field.strip_prefix("steer:") {
+                    let mut n = s.split('/');
+                    if let (Some(Ok(l)), Some(Ok(slot)), Some(Ok(inode))) = (
+                        n.next().map(str::parse),
+                        n.next().map(str::parse),
+                        n.next().map(str::parse),
+                    ) {
+                        entry.steer.push((l, slot, inode));
+                    }
                 }
             }
             Some(entry)
@@ -81,18 +98,20 @@ mod tests {
                 pid: 120,
                 draining: None,
                 config: Some(0xabc),
+                steer: vec![(0, 3, 7788), (2, 1, 99)],
             },
             Entry {
                 serial: 4,
                 pid: 130,
                 draining: Some(StopReason::Reload),
                 config: Some(u64::MAX),
+                steer: vec![],
             },
         ];
         let text = render(&entries);
         assert_eq!(
             text,
-            "3 120 live config:0000000000000abc\n4 130 draining:reload config:ffffffffffffffff\n"
+            "3 120 live config:0000000000000abc steer:0/3/7788 steer:2/1/99\n4 130 draining:reload config:ffffffffffffffff\n"
         );
         assert_eq!(parse(&text), entries);
         // an older kechid's lines, and junk
@@ -103,13 +122,15 @@ mod tests {
                     serial: 5,
                     pid: 140,
                     draining: None,
-                    config: None
+                    config: None,
+                    steer: vec![]
                 },
                 Entry {
                     serial: 6,
                     pid: 150,
                     draining: Some(StopReason::Age),
-                    config: None
+                    config: None,
+                    steer: vec![]
                 },
             ]
         );

@@ -161,6 +161,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 self.on_scanned(purpose, result);
             }
             Done::Reconnected(result) => self.on_reconnected(result),
+            Done::Drained { serial, waited } => self.on_drained(serial, waited),
         }
         None
     }

@@ -40,12 +40,28 @@ impl<S: Systemd + 'static> Driver<S> {
         let Some(pid) = self.procs.get(&serial).map(|p| p.pid) else {
             return;
         };
+        if self.steer_drain(serial) {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason.as_str(), "stopping worker: no new connection goes to it; its stop signal follows once none waits for it");
+        } else {
+            self.send_stop_signal(serial);
+        }
+        self.save_workers();
+    }
+
+    /// The stop signal, to a worker asked to stop.
+    pub(super) fn send_stop_signal(&mut self, serial: u64) {
+        let Some(pid) = self.procs.get(&serial).map(|p| p.pid) else {
+            return;
+        };
         let sig = self.loaded.config.stop.signal;
-        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason.as_str(), "stopping worker with SIG{sig}");
+        let reason = match self.state.workers.get(&serial).map(|w| &w.state) {
+            Some(crate::lifecycle::WorkerState::Draining { reason, .. }) => reason.as_str(),
+            _ => "stop",
+        };
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig}");
         if let Err(e) = kill(pid, sig.0) {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
         }
-        self.save_workers();
     }
 
     pub(super) fn kill(&mut self, serial: u64) {
@@ -176,6 +192,7 @@ impl<S: Systemd + 'static> Driver<S> {
     /// After a worker's main process ended (or it never started): take down what is left of
     /// its scope, wipe its temp dir, forget it.
     pub(super) fn cleanup(&mut self, serial: u64) {
+        self.steer_forget(serial);
         if let Some(p) = self.procs.remove(&serial) {
             match (&self.systemd, p.scope) {
                 // Children a prefork master left behind must not keep serving on their own.

@@ -31,6 +31,7 @@ mod shutdown;
 mod socket_flags;
 mod spawning;
 mod startup;
+mod steering;
 #[cfg(test)]
 mod tests;
 
@@ -273,6 +274,7 @@ async fn run_local<S: Systemd + 'static>(
         pressure_window: std::time::Duration::ZERO,
         pressure_tx,
         pressure_rx,
+        steering: steering::Steering::default(),
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.
@@ -364,6 +366,8 @@ struct Driver<S: Systemd> {
     pressure_window: std::time::Duration,
     pressure_tx: mpsc::UnboundedSender<String>,
     pressure_rx: mpsc::UnboundedReceiver<String>,
+    /// Each worker's own listening sockets and the serving list ([`steering`]).
+    steering: steering::Steering,
 }
 
 impl<S: Systemd + 'static> Driver<S> {

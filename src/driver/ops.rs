@@ -108,6 +108,12 @@ pub enum Done {
     },
     /// A reconnect attempt ended.
     Reconnected(Result<(), OpError>),
+    /// A worker's own sockets have had no connection waiting for [`crate::steer::DRAIN_SETTLE`]
+    /// (with how long that took), or still had some after [`crate::steer::DRAIN_MAX`].
+    Drained {
+        serial: u64,
+        waited: Result<Duration, u32>,
+    },
     /// A held worker was let go to exec (not a systemd operation, but as slow: it waits for
     /// the child's exec).
     Released {

@@ -14,6 +14,7 @@ impl<S: Systemd + 'static> Driver<S> {
     /// worker, and the memory policies judge ready workers by their last sample.
     pub(super) fn became_ready(&mut self, serial: u64, how: Option<&str>) {
         self.apply(serial, Event::BecameReady);
+        self.steer_serve(serial);
         self.end_loading_weight(serial);
         self.note_first_ready();
         self.check_jemalloc(serial);
@@ -70,6 +71,7 @@ impl<S: Systemd + 'static> Driver<S> {
             .listeners
             .iter()
             .filter_map(|l| nix::sys::stat::fstat(&l.fd).ok().map(|st| st.st_ino))
+            .chain(self.own_inodes())
             .collect();
         let addresses = self
             .listeners

@@ -140,15 +140,18 @@ impl<S: Systemd + 'static> Driver<S> {
             server_starter_port: ssp.as_deref(),
         };
         let env = worker_env::build(&c, &facts, &self.opts.env);
+        let (listen_fds, own_sockets) = self.worker_listen_fds(serial);
         let cmd = WorkerCommand {
             argv: c.command.clone(),
             env,
             directory: c.directory.clone(),
             ids: id.switch.then_some((id.uid, id.gid)),
-            listen_fds: sockets::raw_fds(&self.listeners),
+            listen_fds,
         };
         let mut prep = Prepared::new(&cmd)?;
         let held = spawn::spawn_held(&mut prep)?;
+        // the child has its own sockets now: kechid's copies go, so each closes with its worker
+        drop(own_sockets);
         let pid = held.pid;
         let pidfd = match spawn::pidfd_open(pid) {
             Ok(fd) => fd,

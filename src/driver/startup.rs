@@ -184,6 +184,12 @@ impl<S: Systemd + 'static> Driver<S> {
         self.read_idle_marker();
         self.arm_idle();
         self.arm_pressure();
+        let on_record = crate::workers_file::parse(
+            &std::fs::read_to_string(self.workers_file()).unwrap_or_default(),
+        )
+        .iter()
+        .any(|e| !e.steer.is_empty());
+        self.setup_steering(on_record);
         if self.systemd.is_some() {
             self.adopting = true;
             self.scan_scopes(ScanPurpose::Adopt, ADOPT_DEADLINE);
@@ -232,6 +238,7 @@ impl<S: Systemd + 'static> Driver<S> {
                     _ => None,
                 },
                 config: Some(p.config),
+                steer: self.own_sockets(*serial),
             })
             .collect();
         let text = crate::workers_file::render(&entries);
@@ -265,6 +272,10 @@ impl<S: Systemd + 'static> Driver<S> {
             .filter_map(|e| Some((e.serial, e.draining.clone()?)))
             .collect();
         let recorded: HashMap<u64, i32> = entries.iter().map(|e| (e.serial, e.pid)).collect();
+        let own: HashMap<u64, Vec<(usize, u32, u64)>> = entries
+            .iter()
+            .map(|e| (e.serial, e.steer.clone()))
+            .collect();
         let configs: HashMap<u64, u64> = entries
             .iter()
             .filter_map(|e| Some((e.serial, e.config?)))
@@ -315,10 +326,14 @@ impl<S: Systemd + 'static> Driver<S> {
             );
             self.watch_exit(f.serial, fd);
             self.check_jemalloc(f.serial);
+            if let Some(o) = own.get(&f.serial) {
+                self.adopt_own(f.serial, o);
+            }
         }
         if !self.procs.is_empty() {
             self.restore_socket_flags();
         }
+        self.steer_adopted();
         self.started();
     }
 

@@ -372,6 +372,7 @@ async fn adopts_an_earlier_kechids_workers_and_replaces_a_dead_one() {
         pid: pid as i32,
         draining: None,
         config: None,
+        steer: vec![],
     });
     std::fs::write(
         appdir.join("workers"),

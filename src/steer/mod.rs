@@ -192,6 +192,8 @@ pub struct Group {
     socks: OwnedFd,
     serving: OwnedFd,
     used: BTreeSet<u32>,
+    /// Why the maps could not be pinned, if so (steering then lasts as long as this kechid).
+    pub pin_error: Option<String>,
 }
 
 /// A worker's socket: given to the worker, then closed by kechid (the worker holds it).
@@ -221,7 +223,26 @@ impl Group {
             .map_err(io_err(format!("{a}: creating the serving map")))?;
         bpf::update(socks.as_fd(), 0, &(fd.as_raw_fd() as u64).to_ne_bytes())
             .map_err(io_err(format!("{a}: putting the socket in its map")))?;
-        let prog = bpf::load_steering(&bpf::steering_program(socks.as_fd(), serving.as_fd()))
+        let mut g = Group {
+            address: a.clone(),
+            socks,
+            serving,
+            used: BTreeSet::from([0]),
+            pin_error: None,
+        };
+        // pinned before the program is attached: a kechid that dies between the two leaves
+        // maps a successor finds, never a program steering with maps nobody can reach
+        if let Some(dir) = pin_dir {
+            let _ = std::fs::create_dir_all(dir);
+            for (suffix, map) in [("socks", &g.socks), ("serving", &g.serving)] {
+                let path = dir.join(format!("{name}-{suffix}"));
+                let _ = std::fs::remove_file(&path);
+                if let Err(e) = bpf::pin(map.as_fd(), &path) {
+                    g.pin_error = Some(format!("pinning {}: {e}", path.display()));
+                }
+            }
+        }
+        let prog = bpf::load_steering(&bpf::steering_program(g.socks.as_fd(), g.serving.as_fd()))
             .map_err(io_err(format!("{a}: loading the steering program")))?;
         setsockopt_int(
             fd,
@@ -230,21 +251,6 @@ impl Group {
             prog.as_raw_fd(),
         )
         .map_err(io_err(format!("{a}: attaching the steering program")))?;
-        let g = Group {
-            address: a.clone(),
-            socks,
-            serving,
-            used: BTreeSet::from([0]),
-        };
-        if let Some(dir) = pin_dir {
-            let _ = std::fs::create_dir_all(dir);
-            for (suffix, map) in [("socks", &g.socks), ("serving", &g.serving)] {
-                let path = dir.join(format!("{name}-{suffix}"));
-                let _ = std::fs::remove_file(&path);
-                bpf::pin(map.as_fd(), &path)
-                    .map_err(io_err(format!("pinning {}", path.display())))?;
-            }
-        }
         Ok(g)
     }
 
@@ -272,6 +278,7 @@ impl Group {
             socks,
             serving,
             used: BTreeSet::from([0]),
+            pin_error: None,
         })
     }
 
