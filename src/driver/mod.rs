@@ -175,7 +175,7 @@ async fn run_local<S: Systemd + 'static>(
     opts: Options,
     systemd: Option<Rc<S>>,
     loaded: Loaded,
-    mut inherited: Vec<Listener>,
+    inherited: Vec<Listener>,
     env: Environment,
 ) -> i32 {
     // (looked up again for every worker; here a wrong user stops kechid before anything runs)
@@ -183,6 +183,11 @@ async fn run_local<S: Systemd + 'static>(
         tracing::error!(APP = %opts.app, "{e}");
         return exitcode::CONFIG;
     }
+    // the steering maps an earlier kechid kept in the fd store are not listeners
+    let (maps, mut inherited): (Vec<Listener>, Vec<Listener>) = inherited
+        .into_iter()
+        .partition(|l| l.name.starts_with(crate::steer::STORE_PREFIX));
+    let stored_maps = maps.into_iter().map(|l| (l.name, l.fd)).collect();
     let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
         Ok(l) => l,
         Err(e) => {
@@ -274,7 +279,7 @@ async fn run_local<S: Systemd + 'static>(
         pressure_window: std::time::Duration::ZERO,
         pressure_tx,
         pressure_rx,
-        steering: steering::Steering::default(),
+        steering: steering::Steering::with_stored(stored_maps),
         opts,
     };
     // Before the first worker: the slice may not exist yet, and then no kill has happened in it.

@@ -115,7 +115,6 @@ impl<S: Systemd + 'static> Driver<S> {
     /// serial stays, so serials keep growing across stop and start. (A restart leaves all of
     /// them: the next kechid reads the workers file.)
     pub(super) fn remove_runtime_files(&self) {
-        self.unpin_steering();
         let app = self.opts.app.as_str();
         let dir = &self.opts.runtime_dir;
         for f in [

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::Driver;
@@ -41,46 +40,67 @@ pub(super) struct Steering {
     own: HashMap<u64, Vec<Own>>,
     /// The workers on the serving list.
     serving: BTreeSet<u64>,
+    /// Steering maps from the fd store, by name, until [`Driver::setup_steering`] takes them.
+    stored: HashMap<String, OwnedFd>,
+    /// Adopted workers' own sockets whose listener is not steered by this kechid: written to
+    /// the workers file again, so the next kechid knows they exist.
+    carried: HashMap<u64, Vec<(usize, u32, u64)>>,
 }
 
 impl Steering {
+    pub fn with_stored(stored: HashMap<String, OwnedFd>) -> Steering {
+        Steering {
+            stored,
+            ..Steering::default()
+        }
+    }
+
     fn any(&self) -> bool {
         self.groups.iter().any(Option::is_some)
     }
 }
 
 impl<S: Systemd + 'static> Driver<S> {
-    fn pin_dir(&self) -> PathBuf {
-        steer::pin_dir(self.opts.app.as_str())
-    }
-
-    /// Sets steering up for every listener that allows it: the maps an earlier kechid pinned
-    /// for the very same socket if its workers may still run, else new ones. With workers on
-    /// record and no maps to go on with, steering stays off for this kechid's life: the
-    /// program of the earlier one still steers to the adopted workers, and new workers share
-    /// the activated socket, which gets the connections once no adopted worker serves.
+    /// Sets steering up for every listener that allows it: the maps an earlier kechid kept
+    /// in the fd store for the very same socket, else new ones if no worker of an earlier
+    /// kechid may hold a socket of its own. With such workers on record and no maps to go on
+    /// with, steering stays off for this kechid's life: the earlier program still steers to
+    /// the adopted workers, and new workers share the activated socket, which gets the
+    /// connections once no adopted worker serves.
     pub(super) fn setup_steering(&mut self, workers_on_record: bool) {
-        let dir = self.pin_dir();
+        let mut stored = std::mem::take(&mut self.steering.stored);
         let mut groups = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if !steer::steerable(std::os::fd::AsFd::as_fd(&l.fd)) {
                 groups.push(None);
                 continue;
             }
-            let name = i.to_string();
-            let g = match Group::open(l, &dir, &name) {
+            let prefix = steer::store_prefix(i);
+            let maps = (
+                stored.remove(&format!("{prefix}-socks")),
+                stored.remove(&format!("{prefix}-serving")),
+            );
+            let g = match maps {
+                (Some(socks), Some(serving)) => Group::from_stored(l, socks, serving)
+                    .map(|g| (g, false))
+                    .map_err(|e| e.to_string()),
+                _ => Err("no maps in the fd store".to_owned()),
+            };
+            let g = match g {
                 Ok(g) => Ok(g),
                 Err(e) if workers_on_record => Err(format!(
-                    "{e}; the workers on record keep what they have, new workers share the socket until kechid restarts"
+                    "{e}, and workers of an earlier kechid may hold sockets of their own: they keep what they have, new workers share the socket until kechid restarts"
                 )),
-                Err(_) => Group::create(l, Some(&dir), &name).map_err(|e| e.to_string()),
+                Err(_) => Group::create(l)
+                    .map(|g| (g, true))
+                    .map_err(|e| e.to_string()),
             };
             match g {
-                Ok(g) => {
-                    tracing::info!(APP = %self.opts.app, "listening socket {}: each worker gets a socket of its own, and a worker is stopped only once no connection waits for it", l.address);
-                    if let Some(e) = &g.pin_error {
-                        tracing::warn!(APP = %self.opts.app, "listening socket {}: {e}: after a restart of kechid, the running workers keep being steered to, but new ones share the socket until no worker runs", l.address);
+                Ok((g, new)) => {
+                    if new {
+                        g.store(&prefix);
                     }
+                    tracing::info!(APP = %self.opts.app, "listening socket {}: each worker gets a socket of its own, and a worker is stopped only once no connection waits for it", l.address);
                     groups.push(Some(g));
                 }
                 Err(e) => {
@@ -141,17 +161,21 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// A worker's own sockets, for the workers file.
     pub(super) fn own_sockets(&self, serial: u64) -> Vec<(usize, u32, u64)> {
-        self.steering
+        let mut v: Vec<(usize, u32, u64)> = self
+            .steering
             .own
             .get(&serial)
             .map(|v| v.iter().map(|o| (o.listener, o.slot, o.inode)).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        v.extend(self.steering.carried.get(&serial).into_iter().flatten());
+        v
     }
 
     /// An adopted worker's own sockets, from the workers file; kept only if its listener is
     /// steered with the maps they are in.
     pub(super) fn adopt_own(&mut self, serial: u64, recorded: &[(usize, u32, u64)]) {
         let mut own = Vec::new();
+        let mut carried = Vec::new();
         for &(listener, slot, inode) in recorded {
             if let Some(Some(g)) = self.steering.groups.get_mut(listener) {
                 g.claim(slot);
@@ -160,10 +184,15 @@ impl<S: Systemd + 'static> Driver<S> {
                     slot,
                     inode,
                 });
+            } else {
+                carried.push((listener, slot, inode));
             }
         }
         if !own.is_empty() {
             self.steering.own.insert(serial, own);
+        }
+        if !carried.is_empty() {
+            self.steering.carried.insert(serial, carried);
         }
     }
 
@@ -291,6 +320,7 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// A worker is gone: off the lists, its slots free.
     pub(super) fn steer_forget(&mut self, serial: u64) {
+        self.steering.carried.remove(&serial);
         let Some(own) = self.steering.own.remove(&serial) else {
             return;
         };
@@ -301,14 +331,6 @@ impl<S: Systemd + 'static> Driver<S> {
             if let Some(Some(g)) = self.steering.groups.get_mut(o.listener) {
                 g.release(o.slot);
             }
-        }
-    }
-
-    /// kechid leaves for good with no worker running: its pinned maps go (the program and
-    /// maps stay with the socket's group until the next kechid replaces them).
-    pub(super) fn unpin_steering(&self) {
-        if self.steering.any() && self.procs.is_empty() {
-            let _ = std::fs::remove_dir_all(self.pin_dir());
         }
     }
 }

@@ -278,12 +278,21 @@ impl Rig {
 
     /// The driver, to be awaited beside the test's own steps.
     fn run(&mut self, sd: &FakeSystemd) -> impl std::future::Future<Output = i32> + use<> {
+        self.run_with(sd, vec![])
+    }
+
+    /// [`Rig::run`] with listening sockets, as systemd passes them.
+    fn run_with(
+        &mut self,
+        sd: &FakeSystemd,
+        listeners: Vec<crate::sockets::Listener>,
+    ) -> impl std::future::Future<Output = i32> + use<> {
         let loaded = load_initial(&self.opts).expect("the test config loads");
         run_in(
             self.opts.clone(),
             Some(sd.clone()),
             loaded,
-            vec![],
+            listeners,
             self.env.take().expect("run once"),
         )
     }
@@ -775,4 +784,95 @@ async fn sigterm_from_a_restart_leaves_the_workers_and_from_a_stop_stops_them() 
     assert!(!sock.exists(), "control socket removed");
     assert!(sd2.called(&format!("stop {}", rig2.scope(1))));
     drop(rig.dir);
+}
+
+/// The inode of a process's fd `fd`, if it is a socket.
+fn socket_inode_of(pid: i32, fd: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    crate::accept::socket_inode(link.to_str()?)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_steered_worker_accepts_from_a_socket_of_its_own_and_leaves_no_connection_behind() {
+    if !crate::steer::tests::root() {
+        return;
+    }
+    let mut rig = Rig::new("s", 1, "");
+    let sd = FakeSystemd::default();
+    let sock = rig.socket();
+    let l = crate::steer::tests::activated();
+    let address = l.address.clone();
+    let activated = nix::sys::stat::fstat(&l.fd).unwrap().st_ino;
+    let driver = rig.run_with(&sd, vec![l]);
+    let steps = async {
+        let s = until(&sock, "ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1]
+        })
+        .await;
+        // fd 3 of the worker: its own socket, on the activated socket's address
+        let own1 = socket_inode_of(s.workers[0].pid, 3).expect("fd 3 is a socket");
+        assert_ne!(own1, activated);
+        let queued = |ino: u64| {
+            crate::steer::queues(Path::new("/proc"), &[ino])
+                .first()
+                .map(|(_, q)| *q)
+        };
+        // `sleep` never accepts: a connection waits in worker 1's own queue
+        let conn = std::net::TcpStream::connect(address.as_str()).unwrap();
+        let t0 = Instant::now();
+        while queued(own1) != Some(1) && t0.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queued(own1), Some(1));
+        let (r, _) = ask(
+            &sock,
+            Request::Recycle {
+                worker: None,
+                all: true,
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap().error, None);
+        // worker 2 serves; worker 1 gets no new connection, and its stop signal waits for its
+        // queue to empty (here it never does: the signal goes after DRAIN_MAX)
+        let s = until(&sock, "replacement ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [2]
+        })
+        .await;
+        let w2 = s.workers.iter().find(|w| w.serial == 2).unwrap().pid;
+        let own2 = socket_inode_of(w2, 3).unwrap();
+        assert_ne!(own2, own1);
+        let stop_asked = Instant::now();
+        let c2 = std::net::TcpStream::connect(address.as_str()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            queued(own1),
+            Some(1),
+            "a new connection went to the drained worker"
+        );
+        assert_eq!(queued(own2), Some(1));
+        until(&sock, "worker 1 gone", Duration::from_secs(15), |s| {
+            s.workers.len() == 1
+        })
+        .await;
+        assert!(
+            stop_asked.elapsed() >= crate::steer::DRAIN_MAX - Duration::from_millis(500),
+            "worker 1 was stopped with a connection waiting for it, after {:?}",
+            stop_asked.elapsed()
+        );
+        // the connection that waited for worker 1 was handed to worker 2's socket, not reset
+        let t0 = Instant::now();
+        while queued(own2) != Some(2) && t0.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queued(own2), Some(2));
+        conn.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let e = std::io::Read::read(&mut &conn, &mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        drop(c2);
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
 }

@@ -1,23 +1,19 @@
 //! The kernel's BPF interface, as much of it as steering needs: two maps (a socket array and an
-//! array of `u32`), one `SK_REUSEPORT` program assembled here, pinning in bpffs.
+//! array of `u32`), one `SK_REUSEPORT` program assembled here.
 //!
 //! Contract: plain system calls, no loader library; every failure is an [`std::io::Error`] with
 //! the kernel's errno, and a program the verifier refuses comes back with the verifier's log in
 //! the error's text. The program ([`steering_program`]) is fixed: it reads nothing but its two
 //! maps and the connection's hash.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::Path;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
 
 pub const MAP_ARRAY: u32 = 2;
 pub const MAP_REUSEPORT_SOCKARRAY: u32 = 20;
@@ -120,22 +116,6 @@ pub fn delete(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r.map(drop),
     }
-}
-
-/// Pins `fd` at `path` (in a bpffs), so it outlives this process.
-pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut a = Attr::new();
-    a.u64(0, p.as_ptr() as u64).u32(8, fd.as_raw_fd() as u32);
-    bpf(BPF_OBJ_PIN, &mut a).map(drop)
-}
-
-/// The object pinned at `path`.
-pub fn get_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let p = CString::new(path.as_os_str().as_encoded_bytes())?;
-    let mut a = Attr::new();
-    a.u64(0, p.as_ptr() as u64);
-    bpf(BPF_OBJ_GET, &mut a).map(fd_of)
 }
 
 /// One BPF instruction.

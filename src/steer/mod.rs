@@ -22,8 +22,9 @@
 //!   serving socket: the program is of the "select or migrate" kind, which the kernel asks where
 //!   a closed listener's queue goes.
 //!
-//! The maps are pinned in bpffs (`/sys/fs/bpf/kechi/APP/`), so a kechid that adopts running
-//! workers after a restart goes on steering with the same maps. A Unix socket, or a TCP socket
+//! The maps are kept in systemd's fd store (`kechi-steer-N-socks`, `kechi-steer-N-serving`), so
+//! a kechid that adopts running workers after a restart or a crash goes on steering with the
+//! same maps; the store is emptied when the service stops. A Unix socket, or a TCP socket
 //! without `SO_REUSEPORT`, is shared by the workers as before.
 
 pub mod bpf;
@@ -31,7 +32,7 @@ pub mod bpf;
 use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::sockets::Listener;
@@ -192,8 +193,6 @@ pub struct Group {
     socks: OwnedFd,
     serving: OwnedFd,
     used: BTreeSet<u32>,
-    /// Why the maps could not be pinned, if so (steering then lasts as long as this kechid).
-    pub pin_error: Option<String>,
 }
 
 /// A worker's socket: given to the worker, then closed by kechid (the worker holds it).
@@ -205,13 +204,8 @@ pub struct WorkerSocket {
 }
 
 impl Group {
-    /// Maps and program for `listener`, pinned under `pin_dir` (if given) as `NAME-socks` and
-    /// `NAME-serving`. The program replaces whatever program the group had.
-    pub fn create(
-        listener: &Listener,
-        pin_dir: Option<&Path>,
-        name: &str,
-    ) -> Result<Group, SteerError> {
+    /// Maps and program for `listener`. The program replaces whatever program the group had.
+    pub fn create(listener: &Listener) -> Result<Group, SteerError> {
         let fd = listener.fd.as_fd();
         if !steerable(fd) {
             return Err(SteerError::NotSteerable(listener.address.clone()));
@@ -221,28 +215,7 @@ impl Group {
             .map_err(io_err(format!("{a}: creating the socket map")))?;
         let serving = bpf::create_map(bpf::MAP_ARRAY, 4, 4, SLOTS + 1, "kechi_serving")
             .map_err(io_err(format!("{a}: creating the serving map")))?;
-        bpf::update(socks.as_fd(), 0, &(fd.as_raw_fd() as u64).to_ne_bytes())
-            .map_err(io_err(format!("{a}: putting the socket in its map")))?;
-        let mut g = Group {
-            address: a.clone(),
-            socks,
-            serving,
-            used: BTreeSet::from([0]),
-            pin_error: None,
-        };
-        // pinned before the program is attached: a kechid that dies between the two leaves
-        // maps a successor finds, never a program steering with maps nobody can reach
-        if let Some(dir) = pin_dir {
-            let _ = std::fs::create_dir_all(dir);
-            for (suffix, map) in [("socks", &g.socks), ("serving", &g.serving)] {
-                let path = dir.join(format!("{name}-{suffix}"));
-                let _ = std::fs::remove_file(&path);
-                if let Err(e) = bpf::pin(map.as_fd(), &path) {
-                    g.pin_error = Some(format!("pinning {}: {e}", path.display()));
-                }
-            }
-        }
-        let prog = bpf::load_steering(&bpf::steering_program(g.socks.as_fd(), g.serving.as_fd()))
+        let prog = bpf::load_steering(&bpf::steering_program(socks.as_fd(), serving.as_fd()))
             .map_err(io_err(format!("{a}: loading the steering program")))?;
         setsockopt_int(
             fd,
@@ -251,25 +224,43 @@ impl Group {
             prog.as_raw_fd(),
         )
         .map_err(io_err(format!("{a}: attaching the steering program")))?;
-        Ok(g)
+        // A socket is in one socket map at most: the map of a program this one just replaced
+        // (an earlier kechid's, whose maps were lost) lets go of it once the kernel frees it,
+        // shortly after the program goes.
+        let value = (fd.as_raw_fd() as u64).to_ne_bytes();
+        let mut tries = 0;
+        loop {
+            match bpf::update(socks.as_fd(), 0, &value) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.map_err(io_err(format!("{a}: putting the socket in its map")))?,
+            }
+        }
+        Ok(Group {
+            address: a.clone(),
+            socks,
+            serving,
+            used: BTreeSet::from([0]),
+        })
     }
 
-    /// The maps a previous kechid pinned for `listener`, if they are this very socket's (its
-    /// cookie in slot 0): the program attached with them still steers the group.
-    pub fn open(listener: &Listener, pin_dir: &Path, name: &str) -> Result<Group, SteerError> {
+    /// The maps an earlier kechid kept in systemd's fd store for `listener`, if they are this
+    /// very socket's (its cookie in slot 0): the program attached with them still steers.
+    pub fn from_stored(
+        listener: &Listener,
+        socks: OwnedFd,
+        serving: OwnedFd,
+    ) -> Result<Group, SteerError> {
         let a = &listener.address;
-        let path = |s: &str| pin_dir.join(format!("{name}-{s}"));
-        let socks = bpf::get_pinned(&path("socks"))
-            .map_err(io_err(format!("{}", path("socks").display())))?;
-        let serving = bpf::get_pinned(&path("serving"))
-            .map_err(io_err(format!("{}", path("serving").display())))?;
         let mut c = [0u8; 8];
         bpf::lookup(socks.as_fd(), 0, &mut c)
-            .map_err(io_err(format!("{a}: reading the socket map")))?;
+            .map_err(io_err(format!("{a}: reading the stored socket map")))?;
         let mine = cookie(listener.fd.as_fd()).map_err(io_err(format!("{a}: SO_COOKIE")))?;
         if u64::from_ne_bytes(c) != mine {
             return Err(SteerError::Io {
-                what: format!("{a}: the pinned maps are another socket's"),
+                what: format!("{a}: the stored maps are another socket's"),
                 source: io::Error::from(io::ErrorKind::NotFound),
             });
         }
@@ -278,8 +269,31 @@ impl Group {
             socks,
             serving,
             used: BTreeSet::from([0]),
-            pin_error: None,
         })
+    }
+
+    /// Keeps the maps in systemd's fd store as `PREFIX-socks` and `PREFIX-serving` (replacing
+    /// any stored under those names), so the next kechid steers on with them.
+    pub fn store(&self, prefix: &str) {
+        for (suffix, map) in [("socks", &self.socks), ("serving", &self.serving)] {
+            let name = format!("{prefix}-{suffix}");
+            let _ = sd_notify::notify(&[
+                sd_notify::NotifyState::FdStoreRemove,
+                sd_notify::NotifyState::FdName(&name),
+            ]);
+            if let Err(e) = sd_notify::notify_with_fds(
+                &[
+                    sd_notify::NotifyState::FdStore,
+                    sd_notify::NotifyState::FdName(&name),
+                    // systemd watches a stored fd for errors, and a map that cannot be polled
+                    // answers EPOLLERR at once: without this, it is dropped from the store
+                    sd_notify::NotifyState::Custom("FDPOLL=0"),
+                ],
+                &[map.as_fd()],
+            ) {
+                tracing::debug!("FDSTORE=1 for {name}: {e}");
+            }
+        }
     }
 
     /// Records a slot an adopted worker's socket holds.
@@ -397,10 +411,13 @@ impl Group {
     }
 }
 
-/// The directory of an app's pinned maps.
-pub fn pin_dir(app: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/kechi").join(app)
+/// The fd store name prefix of the maps of the listener at `index`.
+pub fn store_prefix(index: usize) -> String {
+    format!("{STORE_PREFIX}{index}")
 }
+
+/// What the names of stored steering maps start with (no socket unit is named so).
+pub const STORE_PREFIX: &str = "kechi-steer-";
 
 /// The accept queue lengths of listening TCP sockets by inode, from `/proc/net/tcp` and
 /// `tcp6` under `proc_root` (for a listener, the `rx_queue` column is its accept queue).
@@ -437,4 +454,4 @@ pub fn parse_queues(text: &str, inodes: &[u64]) -> Vec<(u64, u32)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::*;
 
-fn root() -> bool {
+pub(crate) fn root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -15,7 +15,7 @@ fn root() -> bool {
 }
 
 /// A listening socket as systemd makes one with `ReusePort=yes`, on a free loopback port.
-fn activated() -> Listener {
+pub(crate) fn activated() -> Listener {
     // SAFETY: plain socket calls on a new fd we own.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(raw >= 0);
@@ -68,7 +68,7 @@ fn new_connections_go_to_the_serving_sockets_only_and_a_closed_ones_queue_moves_
     }
     let l = activated();
     assert!(steerable(l.fd.as_fd()));
-    let mut g = Group::create(&l, None, "t").unwrap();
+    let mut g = Group::create(&l).unwrap();
     let w1 = g.worker_socket(&l).unwrap();
     let w2 = g.worker_socket(&l).unwrap();
     assert_ne!(w1.slot, w2.slot);
@@ -133,7 +133,7 @@ fn a_serving_slot_whose_socket_closed_is_skipped() {
         return;
     }
     let l = activated();
-    let mut g = Group::create(&l, None, "t").unwrap();
+    let mut g = Group::create(&l).unwrap();
     let w1 = g.worker_socket(&l).unwrap();
     let w2 = g.worker_socket(&l).unwrap();
     g.set_serving(&[w1.slot, w2.slot]).unwrap();

@@ -34,7 +34,7 @@ ZD_SKIP=age
 # whose accept() has just returned a connection, but has not yet marked itself connected, takes
 # the HUP as "idle" and exits with that connection unanswered (the client reads a reset). No flag
 # of Starman closes that window; the row still fails at any failed request.
-ZD_KNOWN_LOSS="Starman's own stop race (Net::Server child exits on HUP with a just-accepted connection), see Starman below"
+ZD_STEER=1
 # Starman's master holds the socket of kechi@demo.socket it took from Server::Starter's variable,
 # and binds none itself (its default is *:5000)
 zd_after_start() {

@@ -33,7 +33,7 @@ ZD_SKIP=age
 # its request unread in the socket's buffer, is reset (traced with no kechi:
 # bench/uvicorn-term-race/). Three runs with both recipes lost 0, 1 and 7 requests; the row still fails
 # at any failed request.
-ZD_KNOWN_LOSS="uvicorn's own stop race (at TERM it closes connections it accepted and has not read yet), see uvicorn below"
+ZD_STEER=1
 zd_after_start() {
   local line
   line=$(tgt_run journalctl -b --no-pager -o cat | grep -m1 'Uvicorn running on')

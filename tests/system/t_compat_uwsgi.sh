@@ -22,7 +22,7 @@ ZD_PROCS=3   # uWSGI's master and its 2 workers
 ZD_SKIP=${ZD_SKIP-age}
 ZD_ROW=uwsgi
 ZD_SERVER="uWSGI $(dpkg-query -W -f='${Version}' uwsgi-core 2> /dev/null | cut -d- -f1), --master, 2 processes"
-ZD_KNOWN_LOSS="uWSGI's own stop race (a worker that has accepted a connection but not yet marked itself in a request exits at once on gracefully_kill), see uWSGI below"
+ZD_STEER=1
 tgt_up zuwsgi
 kechi_install
 zd_main

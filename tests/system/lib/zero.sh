@@ -32,6 +32,10 @@
 #   ZD_TCP_ONLY  1: kechi@demo.socket listens on $KT_LISTEN instead of its Unix socket (README's
 #                "instead" form: an empty ListenStream= first), for a server that takes one socket
 #   ZD_SOCKET_OPTIONS  lines for the [Socket] section of a drop-in of kechi@demo.socket (NoDelay=yes)
+#   ZD_STEER     1: ReusePort=yes on kechi@demo.socket, so kechid steers its TCP listener (each
+#                worker accepts from a socket of its own, drained before its stop signal:
+#                src/steer/); checked after start: the journal says so, and the port has one
+#                listening socket per worker besides the activated one
 # and may define zd_after_start, called once the app runs (before any step), and zd_after_step
 # STEP, called after each step's settle time, under load (e.g. to show what the workers wait on).
 #
@@ -215,6 +219,10 @@ zd_start() {
     kechi_socket_listen "" "$KT_LISTEN"
     info "kechi@$KT_APP.socket: ListenStream= (none of the unit's own), then ListenStream=$KT_LISTEN"
   fi
+  if [ "${ZD_STEER:-0}" = 1 ]; then
+    ZD_SOCKET_OPTIONS="${ZD_SOCKET_OPTIONS:+$ZD_SOCKET_OPTIONS
+}ReusePort=yes"
+  fi
   if [ -n "${ZD_SOCKET_OPTIONS:-}" ]; then
     printf '[Socket]\n%s\n' "$ZD_SOCKET_OPTIONS" | tgt_write "/etc/systemd/system/kechi@$KT_APP.socket.d/options.conf" \
       || abort "writing the drop-in of kechi@$KT_APP.socket"
@@ -235,7 +243,19 @@ zd_start() {
     info "worker $pid: its /proc/PID/environ was overwritten by the app (perl sets \$0)"
   fi
   zd_get_both "start"
+  if [ "${ZD_STEER:-0}" = 1 ]; then zd_check_steered; fi
   if declare -F zd_after_start > /dev/null; then zd_after_start; fi
+}
+
+zd_check_steered() {  # the TCP listener is steered: one listening socket per worker besides systemd's
+  local n line
+  line=$(tgt_run journalctl -b --no-pager -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:" | tail -n 1)
+  case "$line" in
+    *"each worker gets a socket of its own"*) ok "kechid steers $KT_LISTEN: $line" ;;
+    *) bad "kechid does not steer $KT_LISTEN: '$line'" ;;
+  esac
+  n=$(tgt_run ss -Hltn "sport = :${KT_LISTEN##*:}" | wc -l)
+  expect_eq "listening sockets on port ${KT_LISTEN##*:} (the activated one and one per worker)" "$n" "$((ZD_WORKERS + 1))"
 }
 
 zd_get_both() {  # zd_get_both STEP: both sockets of kechi@demo.socket answer (the one with ZD_TCP_ONLY)
