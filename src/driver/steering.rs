@@ -228,10 +228,24 @@ impl<S: Systemd + 'static> Driver<S> {
         }
     }
 
-    /// Every serving worker, adopted ones included, on the lists (after adoption).
+    /// Every serving worker, adopted ones included, on the lists (after adoption). An adopted
+    /// worker the earlier kechid was stopping may have been waiting for its drain (its stop
+    /// signal not sent yet): it is drained and signalled again (a graceful stop signal twice is
+    /// the same stop for the servers of the matrix).
     pub(super) fn steer_adopted(&mut self) {
         if !self.steering.any() {
             return;
+        }
+        let stopping: Vec<u64> = self
+            .state
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
+            .map(|w| w.serial)
+            .filter(|s| self.steering.own.contains_key(s))
+            .collect();
+        for serial in stopping {
+            self.steer_drain(serial);
         }
         self.steering.serving = self
             .state
