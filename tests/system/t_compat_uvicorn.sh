@@ -28,11 +28,12 @@ ZD_SOCKET_OPTIONS="NoDelay=yes"
 ZD_ROW=uvicorn
 ZD_SERVER="uvicorn $(dpkg-query -W -f='${Version}' uvicorn 2> /dev/null | cut -d- -f1)"
 ZD_SKIP=age
-# What neither kechi nor a flag removes (docs/APP-SERVERS.md): uvicorn's graceful stop closes every
-# connection whose request it has not parsed yet, so a connection it accepted just before TERM,
-# its request unread in the socket's buffer, is reset (traced with no kechi:
-# bench/uvicorn-term-race/). Three runs with both recipes lost 0, 1 and 7 requests; the row still fails
-# at any failed request.
+# What no flag of uvicorn removes (docs/APP-SERVERS.md): its graceful stop closes every connection
+# whose request it has not parsed yet, so a connection it accepted just before TERM, its request
+# unread in the socket's buffer, is reset (traced with no kechi: bench/uvicorn-term-race/). Three
+# runs on a shared socket lost 0, 1 and 7 requests. Steering (ReusePort=yes: each worker accepts
+# from a socket of its own and gets TERM only once no connection can reach it) closes the window;
+# the row fails at any failed request.
 ZD_STEER=1
 zd_after_start() {
   local line

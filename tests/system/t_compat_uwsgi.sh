@@ -22,6 +22,9 @@ ZD_PROCS=3   # uWSGI's master and its 2 workers
 ZD_SKIP=${ZD_SKIP-age}
 ZD_ROW=uwsgi
 ZD_SERVER="uWSGI $(dpkg-query -W -f='${Version}' uwsgi-core 2> /dev/null | cut -d- -f1), --master, 2 processes"
+# - steered (ReusePort=yes): a sync worker that has accepted a connection but not yet marked itself
+#   in a request exits at once on gracefully_kill (about one request in millions on a shared socket,
+#   docs/APP-SERVERS.md); with a socket of its own it gets TERM only once no connection can reach it
 ZD_STEER=1
 tgt_up zuwsgi
 kechi_install
