@@ -178,6 +178,19 @@ fn ld_map(dst: u8, map: BorrowedFd<'_>) -> [Insn; 2] {
     ]
 }
 
+/// `bpf_sk_select_reuseport(ctx, socks, fp-8, 0)`, ctx in r6; the result in r0.
+fn select_slot_at_fp8(socks: BorrowedFd<'_>) -> Vec<Insn> {
+    let mut p = vec![insn(MOV64_X, R1, R6, 0, 0)];
+    p.extend(ld_map(R2, socks));
+    p.extend([
+        insn(MOV64_X, R3, FP, 0, 0),
+        insn(ADD64_K, R3, 0, 0, -8),
+        insn(MOV64_K, R4, 0, 0, 0),
+        insn(CALL, 0, 0, 0, FN_SK_SELECT_REUSEPORT),
+    ]);
+    p
+}
+
 /// How many serving slots the program tries for one connection before it parks it: each try
 /// after the first follows a slot whose socket closed since the list was written.
 pub const TRIES: i32 = 4;
@@ -220,12 +233,7 @@ pub fn steering_program(socks: BorrowedFd<'_>, serving: BorrowedFd<'_>) -> Vec<I
     p.push(insn(JEQ_K, R0, 0, 0, 0)); // patched: next try
     p.push(insn(LDX_W, R1, R0, 0, 0));
     p.push(insn(STX_W, FP, R1, -8, 0)); // slot at fp-8
-    p.push(insn(MOV64_X, R1, R6, 0, 0));
-    p.extend(ld_map(R2, socks));
-    p.push(insn(MOV64_X, R3, FP, 0, 0));
-    p.push(insn(ADD64_K, R3, 0, 0, -8));
-    p.push(insn(MOV64_K, R4, 0, 0, 0));
-    p.push(insn(CALL, 0, 0, 0, FN_SK_SELECT_REUSEPORT));
+    p.extend(select_slot_at_fp8(socks));
     let to_pass = p.len();
     p.push(insn(JEQ_K, R0, 0, 0, 0)); // selected: pass (patched)
     let next = p.len();
@@ -244,12 +252,7 @@ pub fn steering_program(socks: BorrowedFd<'_>, serving: BorrowedFd<'_>) -> Vec<I
     let park = p.len();
     p.push(insn(MOV64_K, R1, 0, 0, 0));
     p.push(insn(STX_W, FP, R1, -8, 0));
-    p.push(insn(MOV64_X, R1, R6, 0, 0));
-    p.extend(ld_map(R2, socks));
-    p.push(insn(MOV64_X, R3, FP, 0, 0));
-    p.push(insn(ADD64_K, R3, 0, 0, -8));
-    p.push(insn(MOV64_K, R4, 0, 0, 0));
-    p.push(insn(CALL, 0, 0, 0, FN_SK_SELECT_REUSEPORT));
+    p.extend(select_slot_at_fp8(socks));
     let pass = p.len();
     p.push(insn(MOV64_K, R0, 0, 0, SK_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
