@@ -251,6 +251,9 @@ pub struct Sockets {
     /// Whether this is every socket the workers get (kechid at start, or the socket unit
     /// asked), or only `listen` (a file checked on its own).
     pub complete: bool,
+    /// The TCP addresses among them whose socket kechid cannot steer (no `SO_REUSEPORT`: the
+    /// socket unit has no `ReusePort=yes`, or a `listen` address): every worker shares it.
+    pub shared_tcp: Vec<String>,
 }
 
 /// `listen` entries as socket addresses (`:8080` is every IPv4 address, as kechid binds it).
@@ -344,7 +347,32 @@ pub fn advise(s: &Subject<'_>) -> (Option<Server>, Vec<ConfigError>) {
         ),
         _ => {}
     }
+    if drops_just_accepted(&server) && !s.sockets.shared_tcp.is_empty() {
+        a.warn(
+            "command",
+            format!(
+                "{} drops a connection it accepted just before its stop signal (docs/APP-SERVERS.md): \
+                 on a socket its workers share ({}), a replacement can reset a request",
+                server.name(),
+                s.sockets.shared_tcp.join(", ")
+            ),
+            "ReusePort=yes in the [Socket] section of the app's socket unit \
+             (systemctl edit kechi@APP.socket): kechid then gives each worker a socket of its own \
+             and stops a worker only once no connection can reach it"
+                .into(),
+        );
+    }
     (Some(server), a.out)
+}
+
+/// Whether the server's graceful stop drops a connection accepted a moment before it (each
+/// traced in docs/APP-SERVERS.md): such a server loses requests on a shared socket, and none
+/// on a steered one ([`crate::steer`]).
+fn drops_just_accepted(server: &Server) -> bool {
+    matches!(
+        server,
+        Server::Starman | Server::Uvicorn { .. } | Server::Uwsgi(_)
+    )
 }
 
 /// Whether `signal` makes `server` finish its requests in flight before it exits.
@@ -745,14 +773,23 @@ mod tests {
         }
     }
 
-    /// The findings for `text` (a demo.toml) with `sockets` (complete), as lines.
+    /// The findings for `text` (a demo.toml) with `sockets` (complete), as lines; a socket
+    /// written `shared:ADDRESS` is a TCP socket kechid cannot steer.
     fn findings(text: &str, sockets: &[&str]) -> Vec<String> {
         let text = format!("{text}\n[jemalloc]\nenabled = false\n");
         let path = Path::new("/etc/kechi/demo.toml");
         let loaded = parse(&text, path, &BTreeMap::new(), &AnyHost).unwrap();
         let sockets = Sockets {
-            addresses: sockets.iter().map(|s| s.to_string()).collect(),
+            addresses: sockets
+                .iter()
+                .map(|s| s.trim_start_matches("shared:").to_string())
+                .collect(),
             complete: true,
+            shared_tcp: sockets
+                .iter()
+                .filter(|s| s.starts_with("shared:"))
+                .map(|s| s.trim_start_matches("shared:").to_string())
+                .collect(),
         };
         let (_, found) = advise(&Subject {
             config: &loaded.config,
@@ -807,6 +844,29 @@ mod tests {
     }
 
     #[test]
+    fn servers_that_drop_a_just_accepted_connection_are_pointed_at_steering() {
+        let starman = "command = [\"starman\", \"--workers\", \"4\", \"app.psgi\"]\n[stop]\nsignal = \"QUIT\"";
+        let f = findings(starman, &["shared:127.0.0.1:8080"]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains("Starman drops a connection it accepted just before its stop signal"),
+            "{f:?}"
+        );
+        assert!(f[0].contains("(127.0.0.1:8080)"), "{f:?}");
+        assert!(
+            f[0].contains("fix: ReusePort=yes in the [Socket] section"),
+            "{f:?}"
+        );
+        // steered: nothing to say
+        assert!(findings(starman, &["127.0.0.1:8080"]).is_empty());
+        let uvicorn = "command = [\"uvicorn\", \"--fd\", \"3\", \"app:app\"]";
+        assert_eq!(findings(uvicorn, &["shared:127.0.0.1:8080"]).len(), 1);
+        // a server whose stop serves what it accepted: no finding
+        let gunicorn = "command = [\"gunicorn\", \"app:app\"]";
+        assert!(findings(gunicorn, &["shared:127.0.0.1:8080"]).is_empty());
+    }
+
+    #[test]
     fn puma_bind_matching_no_socket() {
         let f = findings(
             "command = [\"puma\", \"-w\", \"2\", \"-b\", \"tcp://localhost:8080\"]\nworkers = 2",
@@ -841,6 +901,7 @@ mod tests {
         let sockets = Sockets {
             addresses: listen_addresses(&loaded.config.listen),
             complete: false,
+            shared_tcp: vec![],
         };
         let (_, found) = advise(&Subject {
             config: &loaded.config,

@@ -98,6 +98,16 @@ pub fn address_of(fd: BorrowedFd<'_>) -> String {
     }
 }
 
+/// Whether a socket is TCP (IPv4 or IPv6).
+pub fn is_tcp(fd: BorrowedFd<'_>) -> bool {
+    matches!(
+        getsockname::<SockaddrStorage>(fd.as_raw_fd()).map(|sa| sa.family()),
+        Ok(Some(
+            nix::sys::socket::AddressFamily::Inet | nix::sys::socket::AddressFamily::Inet6
+        ))
+    )
+}
+
 /// Takes the sockets systemd passed (activation and fd store). Call before any thread starts:
 /// it unsets `LISTEN_*` in kechid's own environment.
 pub fn take_inherited() -> Vec<Listener> {

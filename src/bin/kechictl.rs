@@ -238,12 +238,22 @@ fn load(target: &Target, env: &BTreeMap<String, String>) -> Result<Loaded, Failu
 /// only its `listen` (the socket unit it would run with is not known).
 fn worker_sockets(target: &Target, listen: &[String]) -> (servers::Sockets, Option<String>) {
     let mut addresses = Vec::new();
+    let mut shared_tcp = Vec::new();
     let mut note = None;
     let complete = match &target.app {
         Some(app) => {
             let unit = format!("kechi@{app}.socket");
             match socket_unit_listens(&unit) {
-                Ok(found) => addresses = found,
+                Ok(found) => {
+                    if !socket_unit_reuses_port(&unit) {
+                        shared_tcp = found
+                            .iter()
+                            .filter(|a| !a.starts_with('/'))
+                            .cloned()
+                            .collect();
+                    }
+                    addresses = found;
+                }
                 Err(e) => {
                     addresses.push(format!("/run/kechi/{app}.sock"));
                     note = Some(format!(
@@ -256,6 +266,10 @@ fn worker_sockets(target: &Target, listen: &[String]) -> (servers::Sockets, Opti
         None => false,
     };
     for a in servers::listen_addresses(listen) {
+        // kechid binds `listen` addresses without SO_REUSEPORT: shared
+        if !a.starts_with('/') && !shared_tcp.contains(&a) {
+            shared_tcp.push(a.clone());
+        }
         if !addresses.contains(&a) {
             addresses.push(a);
         }
@@ -264,9 +278,19 @@ fn worker_sockets(target: &Target, listen: &[String]) -> (servers::Sockets, Opti
         servers::Sockets {
             addresses,
             complete,
+            shared_tcp,
         },
         note,
     )
+}
+
+/// Whether a socket unit as systemd has it loaded sets `ReusePort=yes` (kechid steers its TCP
+/// sockets then); `false` when systemd cannot be asked.
+fn socket_unit_reuses_port(unit: &str) -> bool {
+    Command::new("systemctl")
+        .args(["show", "-p", "ReusePort", "--value", unit])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "yes")
 }
 
 /// `Listen=` of a socket unit as systemd has it loaded: `/run/kechi/x.sock (Stream)` lines.

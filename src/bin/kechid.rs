@@ -154,9 +154,22 @@ fn advise(
             addresses.push(a);
         }
     }
+    // the sockets kechid binds for `listen` have no SO_REUSEPORT: shared like an unsteerable one
+    let mut shared_tcp: Vec<String> = inherited
+        .iter()
+        .filter(|l| kechi::sockets::is_tcp(std::os::fd::AsFd::as_fd(&l.fd)))
+        .filter(|l| !kechi::steer::steerable(std::os::fd::AsFd::as_fd(&l.fd)))
+        .map(|l| l.address.clone())
+        .collect();
+    for a in kechi::servers::listen_addresses(&loaded.config.listen) {
+        if !a.starts_with('/') && !shared_tcp.contains(&a) {
+            shared_tcp.push(a);
+        }
+    }
     let sockets = kechi::servers::Sockets {
         addresses,
         complete: true,
+        shared_tcp,
     };
     let (server, problems) = kechi::servers::review(loaded, &opts.config_path, &sockets);
     if problems.iter().any(|p| !p.is_warning()) {
