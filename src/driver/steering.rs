@@ -215,17 +215,16 @@ impl<S: Systemd + 'static> Driver<S> {
         }
     }
 
-    /// A ready worker serves: its sockets get new connections, and those that waited on a
-    /// listener while none served move to the serving ones.
+    /// A ready worker serves: its sockets get new connections, and any that wait on the
+    /// activated socket (parked while none served) move to the serving ones.
     pub(super) fn steer_serve(&mut self, serial: u64) {
         if !self.steering.own.contains_key(&serial) || !self.steering.serving.insert(serial) {
             return;
         }
-        let first = self.steering.serving.len() == 1;
         self.write_serving();
-        if first {
-            self.unpark();
-        }
+        // (also when others serve: the program parks a connection whenever every serving
+        // socket it tried had closed, e.g. workers that crashed together)
+        self.unpark();
     }
 
     /// Every serving worker, adopted ones included, on the lists (after adoption). An adopted

@@ -7,11 +7,18 @@
 # `kechictl status` and the metrics then show a cold start after an idle stop. Requests sent
 # while kechid is stopping the idle app are answered too (they wait in the socket's queue), and a
 # load that starts against the stopped app fails nothing.
+# The TCP listener is steered (ReusePort=yes, src/steer/): while no worker runs, connections wait
+# on the activated socket; the first worker that serves gets them handed over (the "waited while
+# no worker served" journal line), including across the idle stop's exit of kechid, after which a
+# new kechid makes the steering program anew.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_idle "an idle app stops, and the next connection starts it again"
 tgt_up idle
 kechi_install
+printf '[Socket]\nReusePort=yes\n' | tgt_write "/etc/systemd/system/kechi@$KT_APP.socket.d/steer.conf" \
+  || abort "writing the drop-in of kechi@$KT_APP.socket"
+tgt_run systemctl daemon-reload || abort "systemctl daemon-reload"
 STOP_AFTER=4
 kechi_config <<EOF
 command = ["/usr/bin/python3", "$KT_INSIDE/hello.py"]
@@ -124,6 +131,22 @@ for _ in $(seq 1 200); do
 done
 codes=$(tgt_run sh -c "for i in \$(seq 1 20); do curl -sS -o /dev/null -m 60 -w '%{http_code}\n' http://$KT_LISTEN/ 2>/dev/null || echo 000 & done; wait" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
 expect_eq "20 requests during the idle stop" "$codes" " 20 200;"
+
+steer=$(tgt_run journalctl -b --no-pager -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:")
+handed=$(printf '%s\n' "$steer" | grep -c 'waited while no worker served')
+if [ "$(printf '%s\n' "$steer" | grep -c 'each worker gets a socket of its own')" -ge 2 ]; then
+  ok "kechid steered $KT_LISTEN at each start"
+else
+  bad "kechid did not steer $KT_LISTEN at each start: $steer"
+fi
+# the first request and the one after the idle stop each started the app: each waited on the
+# activated socket until a worker served
+if [ "$handed" -ge 2 ]; then
+  ok "connections that waited on the activated socket handed to the first serving worker: $handed time(s)"
+else
+  bad "connections handed from the activated socket: $handed time(s), want 2 or more (the first request and the cold start)"
+fi
+expect_eq "kechid lines about $KT_LISTEN that are warnings (not steered)" "$(printf '%s\n' "$steer" | grep -c 'not steered')" 0
 
 say "a load that starts against the stopped app: nothing fails"
 until_inactive 60 > /dev/null || bad "no idle stop before the load"
