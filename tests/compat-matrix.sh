@@ -112,8 +112,8 @@ def ratio(f):
     return "-" if r == "-" else "×" + r
 
 out = []
-out.append("| row | server | command | ready | stop | steps | keep-alive: served | failed | p99 | close: served | failed | p99 | |")
-out.append("| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+out.append("| row | server | command | socket unit | ready | stop | steps | keep-alive: served | failed | p99 | close: served | failed | p99 | |")
+out.append("| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 all_green = True
 for (row, tier), loads in sorted(rows.items()):
     ka, cl = loads.get("keepalive", {}), loads.get("close", {})
@@ -122,7 +122,11 @@ for (row, tier), loads in sorted(rows.items()):
     green = failed == 0
     all_green &= green
     label = row if tier == "v1" else "{} ({})".format(row, tier)
-    cells = [label, any_f.get("server", ""), "`{}`".format(any_f.get("command", "")), any_f.get("ready", ""),
+    # (logs from before the field have no socket= at all: left blank)
+    socket = any_f.get("socket")
+    cells = [label, any_f.get("server", ""), "`{}`".format(any_f.get("command", "")),
+             "" if socket is None else "`{}`".format(socket) if socket else "Unix + TCP",
+             any_f.get("ready", ""),
              any_f.get("stop", ""), any_f.get("steps", "")]
     for f in (ka, cl):
         cells += [f.get("served", "-"), f.get("failed", "-"), ratio(f)] if f else ["-", "-", "-"]

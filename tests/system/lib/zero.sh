@@ -51,10 +51,11 @@
 # and then, before the first step, both loads run alone for ZD_STEADY_SECS (5) seconds: their p99
 # there is the row's steady p99, the yardstick of the whole run's. At the end the row prints one
 # line per load for tests/compat-matrix.sh to collect from its log:
-#   COMPAT row=NAME load=keepalive|close tier=v1 server="..." command="..." ready=MODE stop=SIGNAL
+#   COMPAT row=NAME load=keepalive|close tier=v1 server="..." command="..." socket="..." ready=MODE stop=SIGNAL
 #     steps="..." served=N failed=N non2xx=N p99_steady_ms=X p99_ms=Y p99_ratio=Z p999_ms=X
 #     max_ms=X secs=N loadavg="A B C" date=ISO8601 known="ZD_KNOWN_LOSS or empty"
-# (one line; failed counts every failed request and non-2xx response of the whole run; p99_ms,
+# (one line; socket is how kechi@demo.socket differs from Unix + TCP: "TCP only", its options;
+# failed counts every failed request and non-2xx response of the whole run; p99_ms,
 # p999_ms and max_ms are the whole run's, through every replacement; secs is the row's duration
 # so far, loadavg the machine's at the end).
 # shellcheck disable=SC2034  # (ZD_* are set by the scenarios)
@@ -145,8 +146,8 @@ zd_compat_lines() {
     steady=${ZD_STEADY_P99[$n]:-0}
     ratio=$(awk -v a="$p99" -v b="$steady" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "-" }')
     if [ "$n" = ka ]; then load=keepalive; else load=close; fi
-    printf 'COMPAT row=%s load=%s tier=%s server="%s" command="%s" ready=%s stop=%s steps="%s" served=%s failed=%s non2xx=%s p99_steady_ms=%s p99_ms=%s p99_ratio=%s p999_ms=%s max_ms=%s secs=%s loadavg="%s" date=%s known="%s"\n' \
-      "$ZD_ROW" "$load" "$KT_TIER" "${ZD_SERVER//\"/\'}" "${cmd//\"/\'}" "$ZD_READY" "${ZD_STOP_SIGNAL:-TERM}" "$steps" \
+    printf 'COMPAT row=%s load=%s tier=%s server="%s" command="%s" socket="%s" ready=%s stop=%s steps="%s" served=%s failed=%s non2xx=%s p99_steady_ms=%s p99_ms=%s p99_ratio=%s p999_ms=%s max_ms=%s secs=%s loadavg="%s" date=%s known="%s"\n' \
+      "$ZD_ROW" "$load" "$KT_TIER" "${ZD_SERVER//\"/\'}" "${cmd//\"/\'}" "$(zd_socket_unit)" "$ZD_READY" "${ZD_STOP_SIGNAL:-TERM}" "$steps" \
       "$served" "$failed" "$non2xx" "$(zd_ms "$steady")" "$(zd_ms "$p99")" "$ratio" "$(zd_ms "$p999")" "$(zd_ms "$max")" \
       $((SECONDS - _KT_T0)) "$la" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${known//\"/\'}"
   done
@@ -245,6 +246,14 @@ zd_start() {
   zd_get_both "start"
   if [ "${ZD_STEER:-0}" = 1 ]; then zd_check_steered; fi
   if declare -F zd_after_start > /dev/null; then zd_after_start; fi
+}
+
+zd_socket_unit() {  # the row's socket unit, in a word or two, for the matrix
+  local parts=()
+  [ "${ZD_TCP_ONLY:-0}" = 1 ] && parts+=("TCP only")
+  # shellcheck disable=SC2206
+  [ -n "${ZD_SOCKET_OPTIONS:-}" ] && parts+=(${ZD_SOCKET_OPTIONS//$'\n'/ })
+  printf '%s' "${parts[*]:-}"
 }
 
 zd_check_steered() {  # the TCP listener is steered: one listening socket per worker besides systemd's
