@@ -4,4 +4,7 @@
 # reload; what differs on v2 is how kechid finds and adopts the scopes of a previous kechid.
 # The VM's kernel (User-mode Linux) has no /proc/PID/syscall, so ready.mode accept falls back to
 # ready.delay there: 5 s, for gunicorn's workers to load the app on a slow single-CPU VM.
-ZD_READY_DELAY=5s ZD_SKIP=age KT_TIER=v2 exec bash "$(dirname "$(readlink -f "$0")")/t_compat_gunicorn_sync.sh" "$@"
+# Steered (ReusePort=yes, src/steer/): the v1 row runs gunicorn on a shared socket, this one on
+# sockets of each worker's own, so both ways run under a real systemd, and steering on the VM's
+# own kernel too.
+ZD_STEER=1 ZD_READY_DELAY=5s ZD_SKIP=age KT_TIER=v2 exec bash "$(dirname "$(readlink -f "$0")")/t_compat_gunicorn_sync.sh" "$@"
