@@ -109,6 +109,10 @@ impl<S: Systemd + 'static> Driver<S> {
                 }
             }
         }
+        // maps of a listener that is gone or no longer steerable: out of the store
+        for name in stored.keys() {
+            steer::unstore(name);
+        }
         self.steering.groups = groups;
     }
 

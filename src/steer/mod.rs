@@ -277,10 +277,7 @@ impl Group {
     pub fn store(&self, prefix: &str) {
         for (suffix, map) in [("socks", &self.socks), ("serving", &self.serving)] {
             let name = format!("{prefix}-{suffix}");
-            let _ = sd_notify::notify(&[
-                sd_notify::NotifyState::FdStoreRemove,
-                sd_notify::NotifyState::FdName(&name),
-            ]);
+            unstore(&name);
             if let Err(e) = sd_notify::notify_with_fds(
                 &[
                     sd_notify::NotifyState::FdStore,
@@ -409,6 +406,14 @@ impl Group {
         }
         Ok(queued)
     }
+}
+
+/// Removes what the fd store holds under `name`.
+pub fn unstore(name: &str) {
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::FdStoreRemove,
+        sd_notify::NotifyState::FdName(name),
+    ]);
 }
 
 /// The fd store name prefix of the maps of the listener at `index`.
