@@ -70,7 +70,7 @@ check_says() {
   printf '%s\n' "$out" | sed 's/^/          | /'
   expect_eq "kechictl check demo exit status ($what)" "$rc" 1
   for p in "$@"; do
-    if printf '%s\n' "$out" | grep -qF -- "$p"; then ok "kechictl check says: $p"; else bad "kechictl check does not say: $p"; fi
+    if has "$out" -F -- "$p"; then ok "kechictl check says: $p"; else bad "kechictl check does not say: $p"; fi
   done
 }
 
@@ -112,7 +112,7 @@ kechi_start || bad "kechi@demo did not start with warnings only"
 log=$(journal_unit_after "$cursor" kechi@demo.service)
 for p in "demo.toml:5: ready.mode: warning: gunicorn's arbiter sends READY=1 before its workers" \
   "demo.toml:7: stop.signal: warning: gunicorn's arbiter kills its workers at once on INT"; do
-  if printf '%s\n' "$log" | grep -qF -- "$p"; then ok "the journal says: $p"; else bad "the journal does not say: $p"; fi
+  if has "$log" -F -- "$p"; then ok "the journal says: $p"; else bad "the journal does not say: $p"; fi
 done
 expect_eq "kechictl check demo exit status (warnings only)" "$(tgt_run kechictl check demo > /dev/null 2>&1; echo $?)" 0
 expect_eq "kechictl check --strict demo exit status" "$(tgt_run kechictl check --strict demo > /dev/null 2>&1; echo $?)" 1

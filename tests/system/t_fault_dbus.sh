@@ -62,7 +62,7 @@ fault_step() {
 }
 
 fault_step 1 "systemctl restart dbus" systemctl restart dbus
-if printf '%s\n' "$FAULT_LOG" | grep -q "reconnected to systemd's manager"; then
+if has "$FAULT_LOG" "reconnected to systemd's manager"; then
   ok "1: kechid says it reconnected ($(printf '%s\n' "$FAULT_LOG" | grep -c "reconnected to systemd's manager") times)"
 else
   bad "1: no 'reconnected to systemd's manager' in kechid's journal"

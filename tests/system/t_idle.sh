@@ -105,16 +105,16 @@ expect_eq "the first request after the idle stop" "${r%% *}" 200
 info "cold start: first request answered in ${r#* } s"
 st=$(tgt_run kechictl status "$KT_APP" 2>&1)
 printf '%s\n' "$st" | head -n 4 | sed 's/^/          | /'
-if printf '%s\n' "$st" | grep -q '^start: first worker ready .* (a cold start after an idle stop'; then
+if has "$st" '^start: first worker ready .* (a cold start after an idle stop'; then
   ok "kechictl status shows the cold start"
 else
   bad "kechictl status does not show a cold start after an idle stop"
 fi
 prom=$(tgt_run sh -c "cat /var/lib/prometheus/node-exporter/kechi-$KT_APP.prom 2>/dev/null || cat /run/kechi/kechi-$KT_APP.prom")
 for m in "kechi_start_after_idle{app=\"$KT_APP\"} 1" "kechi_idle_stops_total{app=\"$KT_APP\"} 1"; do
-  if printf '%s\n' "$prom" | grep -qF "$m"; then ok "metrics: $m"; else bad "metrics lack: $m"; fi
+  if has "$prom" -F "$m"; then ok "metrics: $m"; else bad "metrics lack: $m"; fi
 done
-if printf '%s\n' "$prom" | grep -q "^kechi_start_ready_seconds{app=\"$KT_APP\"} [0-9.]*$"; then
+if has "$prom" "^kechi_start_ready_seconds{app=\"$KT_APP\"} [0-9.]*$"; then
   ok "metrics: $(printf '%s\n' "$prom" | grep '^kechi_start_ready_seconds')"
 else
   bad "metrics lack kechi_start_ready_seconds"

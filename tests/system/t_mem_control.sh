@@ -51,7 +51,7 @@ refused() {
     bad "$2: kechictl status $KT_APP as $1: exit $AS_RC (want 4)"
   fi
   printf '%s\n' "$AS_OUT" | head -n 3 | sed 's/^/          | /'
-  if printf '%s\n' "$AS_OUT" | grep -qi 'permission denied' && printf '%s\n' "$AS_OUT" | grep -qE 'root|control\.group'; then
+  if has "$AS_OUT" -i 'permission denied' && has "$AS_OUT" -E 'root|control\.group'; then
     ok "$2: the message says permission denied, and who may"
   else
     bad "$2: the message does not say 'permission denied' and who may (root, control.group)"

@@ -64,7 +64,7 @@ say "kechictl status $KT_APP"
 st=$(tgt_run kechictl status "$KT_APP" 2>&1); rc=$?
 printf '%s\n' "$st" | sed 's/^/          | /'
 expect_eq "kechictl status exit status" "$rc" 0
-if printf '%s\n' "$st" | grep -q "worker $vserial oom-kill"; then
+if has "$st" "worker $vserial oom-kill"; then
   ok "kechictl status shows 'worker $vserial oom-kill'"
 else
   bad "kechictl status does not show 'worker $vserial oom-kill'"
@@ -72,7 +72,7 @@ fi
 if mem_status; then
   ev=$(mem_field "$MEM_STATUS" "'\n'.join(s['events'])")
   printf '%s\n' "$ev" | sed 's/^/          events: /'
-  if printf '%s\n' "$ev" | grep -q "worker $vserial oom-kill"; then
+  if has "$ev" "worker $vserial oom-kill"; then
     ok "kechictl status --json events: 'worker $vserial oom-kill'"
   else
     bad "kechictl status --json events lack 'worker $vserial oom-kill'"

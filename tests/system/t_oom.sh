@@ -91,7 +91,7 @@ show_workers "$w2"
 expect_eq "the other workers, still in place" "$(printf '%s\n' "$w2" | awk -v s="$top" '$1 <= s { print $3 }' | sort | tr '\n' ' ')" "$others"
 log=$(journal_unit_after "$cursor" kechi@demo.service)
 printf '%s\n' "$log" | grep -v '^hog: [0-9]* MiB$' | tail -n 8 | sed 's/^/          | /'
-if printf '%s\n' "$log" | grep -qi 'oom'; then ok "the journal of kechi@demo says oom-kill"; else bad "the journal of kechi@demo never mentions an OOM kill"; fi
+if has "$log" -i 'oom'; then ok "the journal of kechi@demo says oom-kill"; else bad "the journal of kechi@demo never mentions an OOM kill"; fi
 expect_eq "kechi@demo is" "$(tgt_run systemctl is-active kechi@demo)" active
 
 finish

@@ -43,7 +43,7 @@ say "package: $DEB"
 if command -v lintian > /dev/null; then
   lint=$(lintian "$DEB" 2>&1 | grep -v '^running with root privileges')
   printf '%s\n' "$lint" | grep . | sed 's/^/          | /'
-  if printf '%s\n' "$lint" | grep -q '^E: '; then bad "lintian: errors"; else ok "lintian: no errors"; fi
+  if has "$lint" '^E: '; then bad "lintian: errors"; else ok "lintian: no errors"; fi
 else
   bad "lintian is not installed, so the .deb was not checked (apt-get install lintian; tests/run.sh does)"
 fi
@@ -169,7 +169,7 @@ while read -r _ unit _; do
 done <<< "$w"
 out=$(tgt_run kechictl config "$KT_APP" 2> /dev/null | awk '$1 == "workers" || $1 == "memory.max"')
 printf '%s\n' "$out" | sed 's/^/          | /'
-if printf '%s\n' "$out" | grep -q 'KECHI_MEMORY_MAX'; then ok "kechictl config names the variable"; else bad "kechictl config: memory.max not from KECHI_MEMORY_MAX"; fi
+if has "$out" 'KECHI_MEMORY_MAX'; then ok "kechictl config names the variable"; else bad "kechictl config: memory.max not from KECHI_MEMORY_MAX"; fi
 # `journalctl -u kechi@APP` tells why each worker was replaced: REASON=reload, one record per old
 # worker, after the record of the reload itself
 log=$(journal_unit_after "$reload_cursor" "kechi@$KT_APP.service" fields)
@@ -297,7 +297,7 @@ else
     /usr/share/man/man8/kechid.8.gz /usr/share/man/man1/kechictl.1.gz /usr/share/man/man5/kechi.toml.5.gz \
     /usr/share/bash-completion/completions/kechictl /usr/share/zsh/site-functions/_kechictl \
     /usr/share/fish/vendor_completions.d/kechictl.fish; do
-    if printf '%s\n' "$files" | grep -qx "$f"; then ok "rpm -qlp: $f"; else
+    if has "$files" -x "$f"; then ok "rpm -qlp: $f"; else
       bad "rpm -qlp: no $f"
       # once: what rpm did list (and said), and what the build left to pack
       if [ "$rpm_listed" = 0 ]; then
@@ -308,9 +308,9 @@ else
     fi
   done
   req=$(rpm -qp --requires "$RPM" 2> /dev/null)
-  if printf '%s\n' "$req" | grep -qx jemalloc; then ok "rpm requires jemalloc"; else bad "rpm does not require jemalloc"; fi
+  if has "$req" -x jemalloc; then ok "rpm requires jemalloc"; else bad "rpm does not require jemalloc"; fi
   scripts=$(rpm -qp --scripts "$RPM" 2> /dev/null)
-  if printf '%s\n' "$scripts" | grep -q "try-restart 'kechi@\*.service'"; then ok "rpm scriptlets: try-restart on upgrade"; else bad "rpm scriptlets: no try-restart"; fi
+  if has "$scripts" "try-restart 'kechi@\*.service'"; then ok "rpm scriptlets: try-restart on upgrade"; else bad "rpm scriptlets: no try-restart"; fi
   if printf '%s\n' "$scripts" | grep -v '^ *#' | grep -q "systemctl start\|systemctl enable"; then bad "rpm scriptlets start or enable something"; else ok "rpm scriptlets start nothing"; fi
   root=$(mktemp -d)
   # dependencies aside (the root is empty), scriptlets aside (no /bin/sh and no systemd in it)

@@ -36,7 +36,7 @@ EOF
 cursor=$(journal_cursor)
 kechi_start || abort "kechi@$KT_APP did not start"
 log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service")
-if printf '%s\n' "$log" | grep -q 'memory pressure trigger armed on'; then
+if has "$log" 'memory pressure trigger armed on'; then
   ok "kechid armed the trigger: $(printf '%s\n' "$log" | grep 'memory pressure trigger armed on' | head -1)"
 else
   bad "kechid did not arm a memory pressure trigger"

@@ -256,11 +256,11 @@ import json, sys
 for g in json.load(sys.stdin)["data"]["groups"]:
     for r in g["rules"]:
         print(r["health"], r["name"], r.get("lastError", ""))')
-  printf '%s\n' "$rules" | grep -qv '^ok ' || break
+  has "$rules" -v '^ok ' || break
   sleep 1
 done
 if [ -n "$NRULES" ] && [ "$(count_lines "$rules")" = "$NRULES" ]; then ok "Prometheus loaded the $NRULES rules promtool counted"; else bad "Prometheus has $(count_lines "$rules") rules, promtool counted '${NRULES:-?}'"; fi
-if [ -n "$rules" ] && ! printf '%s\n' "$rules" | grep -qv '^ok '; then
+if [ -n "$rules" ] && ! has "$rules" -v '^ok '; then
   ok "every rule evaluated without error"
 else
   bad "rules that did not evaluate cleanly:"; printf '%s\n' "$rules" | grep -v '^ok ' | sed 's/^/          | /'

@@ -52,11 +52,11 @@ zd_reload "$step"
 log=""
 while [ $((SECONDS - t0)) -lt 60 ]; do
   log=$(journal_unit_after "$cursor" kechi@demo.service fields)
-  printf '%s\n' "$log" | grep -q 'keeps serving' && break
+  has "$log" 'keeps serving' && break
   sleep 0.2
 done
 t1=$SECONDS
-if printf '%s\n' "$log" | grep -q 'keeps serving'; then
+if has "$log" 'keeps serving'; then
   ok "$step: the journal says the replacement failed and the old worker keeps serving, $((t1 - t0)) s after the reload"
   if [ $((t1 - t0)) -le 13 ]; then ok "$step: within ready.timeout 3s (+ 10 s of slack)"; else bad "$step: $((t1 - t0)) s is far beyond ready.timeout = 3s"; fi
 else
@@ -69,7 +69,7 @@ printf '%s\n' "$log" | sed 's/^/          | /' | head -n 40
 n=$(printf '%s\n' "$log" | grep -c 'REASON=ready-timeout')
 if [ "$n" -ge 1 ]; then ok "$step: $n journal entries with REASON=ready-timeout"; else bad "$step: no journal entry with REASON=ready-timeout"; fi
 info "replacements started: $(printf '%s\n' "$log" | grep -c 'worker started'), failed: $(printf '%s\n' "$log" | grep -c 'keeps serving') (in $((SECONDS - t0)) s)"
-if printf '%s\n' "$log" | grep -qiE 'giving up|crash-loop'; then
+if has "$log" -iE 'giving up|crash-loop'; then
   bad "$step: kechid gave up on the app: $(printf '%s\n' "$log" | grep -iE 'giving up|crash-loop' | head -1)"
 fi
 expect_eq "$step: kechi@demo is" "$(tgt_run systemctl is-active kechi@demo)" active

@@ -143,12 +143,12 @@ esac
 
 log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service")
 printf '%s\n' "$log" | grep -iE 'JobRemoved|job for|worker' | head -n 12 | sed 's/^/          | /'
-if printf '%s\n' "$log" | grep -q "ignored a JobRemoved signal not sent by systemd's manager"; then
+if has "$log" "ignored a JobRemoved signal not sent by systemd's manager"; then
   ok "kechid says it ignored a JobRemoved not sent by the manager ($(printf '%s\n' "$log" | grep -c "ignored a JobRemoved") times)"
 else
   bad "kechid's journal does not say it ignored the forged JobRemoved"
 fi
-if printf '%s\n' "$log" | grep -q "ended with result 'failed'"; then
+if has "$log" "ended with result 'failed'"; then
   bad "kechid took a job as failed: $(printf '%s\n' "$log" | grep "ended with result" | head -n 2)"
 else
   ok "no job taken as failed"
