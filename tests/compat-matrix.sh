@@ -124,8 +124,10 @@ for (row, tier), loads in sorted(rows.items()):
     label = row if tier == "v1" else "{} ({})".format(row, tier)
     # (logs from before the field have no socket= at all: left blank)
     socket = any_f.get("socket")
+    if socket is not None and not socket.startswith("TCP only"):
+        socket = ("Unix + TCP " + socket).strip()
     cells = [label, any_f.get("server", ""), "`{}`".format(any_f.get("command", "")),
-             "" if socket is None else "`{}`".format(socket) if socket else "Unix + TCP",
+             "" if socket is None else socket,
              any_f.get("ready", ""),
              any_f.get("stop", ""), any_f.get("steps", "")]
     for f in (ka, cl):
