@@ -256,6 +256,21 @@ pub struct Sockets {
     pub shared_tcp: Vec<String>,
 }
 
+impl Sockets {
+    /// Adds the config's `listen` addresses. kechid binds them itself, without `SO_REUSEPORT`,
+    /// so a TCP one is shared by the workers.
+    pub fn add_listen(&mut self, listen: &[String]) {
+        for a in listen_addresses(listen) {
+            if !a.starts_with('/') && !self.shared_tcp.contains(&a) {
+                self.shared_tcp.push(a.clone());
+            }
+            if !self.addresses.contains(&a) {
+                self.addresses.push(a);
+            }
+        }
+    }
+}
+
 /// `listen` entries as socket addresses (`:8080` is every IPv4 address, as kechid binds it).
 pub fn listen_addresses(listen: &[String]) -> Vec<String> {
     listen
@@ -841,6 +856,25 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn listen_addresses_join_the_sockets_and_a_tcp_one_is_shared() {
+        let mut s = Sockets {
+            addresses: vec![SOCK.into(), "127.0.0.1:8080".into()],
+            complete: true,
+            shared_tcp: vec![],
+        };
+        s.add_listen(&[
+            ":9000".into(),
+            "/run/x.sock".into(),
+            "127.0.0.1:8080".into(),
+        ]);
+        assert_eq!(
+            s.addresses,
+            [SOCK, "127.0.0.1:8080", "0.0.0.0:9000", "/run/x.sock"]
+        );
+        assert_eq!(s.shared_tcp, ["0.0.0.0:9000", "127.0.0.1:8080"]);
     }
 
     #[test]

@@ -265,23 +265,13 @@ fn worker_sockets(target: &Target, listen: &[String]) -> (servers::Sockets, Opti
         }
         None => false,
     };
-    for a in servers::listen_addresses(listen) {
-        // kechid binds `listen` addresses without SO_REUSEPORT: shared
-        if !a.starts_with('/') && !shared_tcp.contains(&a) {
-            shared_tcp.push(a.clone());
-        }
-        if !addresses.contains(&a) {
-            addresses.push(a);
-        }
-    }
-    (
-        servers::Sockets {
-            addresses,
-            complete,
-            shared_tcp,
-        },
-        note,
-    )
+    let mut sockets = servers::Sockets {
+        addresses,
+        complete,
+        shared_tcp,
+    };
+    sockets.add_listen(listen);
+    (sockets, note)
 }
 
 /// Whether a socket unit as systemd has it loaded sets `ReusePort=yes` (kechid steers its TCP

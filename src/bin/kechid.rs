@@ -148,29 +148,24 @@ fn advise(
     loaded: &kechi::config::Loaded,
     inherited: &[kechi::sockets::Listener],
 ) -> Result<(), kechi::config::ConfigErrors> {
-    let mut addresses: Vec<String> = inherited.iter().map(|l| l.address.clone()).collect();
-    for a in kechi::servers::listen_addresses(&loaded.config.listen) {
-        if !addresses.contains(&a) {
-            addresses.push(a);
-        }
-    }
-    // the sockets kechid binds for `listen` have no SO_REUSEPORT: shared like an unsteerable one
-    let mut shared_tcp: Vec<String> = inherited
+    use std::os::fd::AsFd;
+    // (the steering maps kept in the fd store come in beside the sockets: not sockets)
+    let passed: Vec<&kechi::sockets::Listener> = inherited
         .iter()
-        .filter(|l| kechi::sockets::is_tcp(std::os::fd::AsFd::as_fd(&l.fd)))
-        .filter(|l| !kechi::steer::steerable(std::os::fd::AsFd::as_fd(&l.fd)))
-        .map(|l| l.address.clone())
+        .filter(|l| !kechi::steer::is_stored(&l.name))
         .collect();
-    for a in kechi::servers::listen_addresses(&loaded.config.listen) {
-        if !a.starts_with('/') && !shared_tcp.contains(&a) {
-            shared_tcp.push(a);
-        }
-    }
-    let sockets = kechi::servers::Sockets {
-        addresses,
+    let mut sockets = kechi::servers::Sockets {
+        addresses: passed.iter().map(|l| l.address.clone()).collect(),
         complete: true,
-        shared_tcp,
+        shared_tcp: passed
+            .iter()
+            .filter(|l| {
+                kechi::sockets::is_tcp(l.fd.as_fd()) && !kechi::steer::steerable(l.fd.as_fd())
+            })
+            .map(|l| l.address.clone())
+            .collect(),
     };
+    sockets.add_listen(&loaded.config.listen);
     let (server, problems) = kechi::servers::review(loaded, &opts.config_path, &sockets);
     if problems.iter().any(|p| !p.is_warning()) {
         return Err(kechi::config::ConfigErrors::new(problems));

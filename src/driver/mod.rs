@@ -186,7 +186,7 @@ async fn run_local<S: Systemd + 'static>(
     // the steering maps an earlier kechid kept in the fd store are not listeners
     let (maps, mut inherited): (Vec<Listener>, Vec<Listener>) = inherited
         .into_iter()
-        .partition(|l| l.name.starts_with(crate::steer::STORE_PREFIX));
+        .partition(|l| crate::steer::is_stored(&l.name));
     let stored_maps = maps.into_iter().map(|l| (l.name, l.fd)).collect();
     let mut listeners = match sockets::bind_configured(&loaded.config.listen, &mut inherited) {
         Ok(l) => l,

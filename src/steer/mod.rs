@@ -424,6 +424,11 @@ pub fn store_prefix(index: usize) -> String {
 /// What the names of stored steering maps start with (no socket unit is named so).
 pub const STORE_PREFIX: &str = "kechi-steer-";
 
+/// Whether an fd systemd passed under `name` is a steering map from the fd store, not a socket.
+pub fn is_stored(name: &str) -> bool {
+    name.starts_with(STORE_PREFIX)
+}
+
 /// The accept queue lengths of listening TCP sockets by inode, from `/proc/net/tcp` and
 /// `tcp6` under `proc_root` (for a listener, the `rx_queue` column is its accept queue).
 /// An inode not found (its socket closed) is absent.
