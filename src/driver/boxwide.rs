@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::Driver;
 use crate::boxwide;
 use crate::config::Metric;
-use crate::lifecycle::{StopReason, WorkerState};
+use crate::lifecycle::StopReason;
 use crate::quantity::Bytes;
 use crate::systemd::Systemd;
 
@@ -98,11 +98,7 @@ impl<S: Systemd + 'static> Driver<S> {
             .as_ref()
             .is_some_and(|(s, _)| *s == serial);
         let replacing = self.state.replacement_of(serial).is_some();
-        let draining = self
-            .state
-            .workers
-            .get(&serial)
-            .is_some_and(|w| matches!(w.state, WorkerState::Draining { .. }));
+        let draining = self.is_draining(serial);
         if live && (pending || replacing || draining) {
             return;
         }

@@ -398,6 +398,14 @@ impl<S: Systemd + 'static> Driver<S> {
             .unwrap_or(0)
     }
 
+    /// Whether the worker has been asked to stop (its stop signal sent or about to be).
+    fn is_draining(&self, serial: u64) -> bool {
+        self.state
+            .workers
+            .get(&serial)
+            .is_some_and(|w| matches!(w.state, crate::lifecycle::WorkerState::Draining { .. }))
+    }
+
     fn apply(&mut self, serial: u64, event: crate::lifecycle::Event) {
         if let Err(e) = self
             .state

@@ -316,11 +316,7 @@ impl<S: Systemd + 'static> Driver<S> {
         self.procs.insert(serial, proc);
         self.watch_exit(serial, p.pidfd);
         self.save_workers();
-        let stopped = self
-            .state
-            .workers
-            .get(&serial)
-            .is_some_and(|w| matches!(w.state, WorkerState::Draining { .. }));
+        let stopped = self.is_draining(serial);
         if stopped {
             // Asked to stop while it was let go: stop it now that it runs.
             let sig = self.loaded.config.stop.signal;

@@ -239,25 +239,24 @@ impl<S: Systemd + 'static> Driver<S> {
         if !self.steering.any() {
             return;
         }
-        let stopping: Vec<u64> = self
-            .state
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Draining { .. }))
-            .map(|w| w.serial)
-            .filter(|s| self.steering.own.contains_key(s))
-            .collect();
+        let mut stopping = Vec::new();
+        let mut serving = BTreeSet::new();
+        for w in self.state.workers.values() {
+            if !self.steering.own.contains_key(&w.serial) {
+                continue;
+            }
+            match w.state {
+                WorkerState::Draining { .. } => stopping.push(w.serial),
+                WorkerState::Ready { .. } => {
+                    serving.insert(w.serial);
+                }
+                _ => {}
+            }
+        }
+        self.steering.serving = serving;
         for serial in stopping {
             self.steer_drain(serial);
         }
-        self.steering.serving = self
-            .state
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
-            .map(|w| w.serial)
-            .filter(|s| self.steering.own.contains_key(s))
-            .collect();
         self.write_serving();
         if !self.steering.serving.is_empty() {
             self.unpark();
@@ -325,11 +324,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 tracing::warn!(APP = %self.opts.app, WORKER = serial, "{q} connection(s) still wait in the worker's own queue after {}: stopping it anyway (they move to a serving worker when its socket closes)", crate::quantity::format_duration(steer::DRAIN_MAX))
             }
         }
-        let draining = self
-            .state
-            .workers
-            .get(&serial)
-            .is_some_and(|w| matches!(w.state, WorkerState::Draining { .. }));
+        let draining = self.is_draining(serial);
         if draining {
             self.send_stop_signal(serial);
         }
