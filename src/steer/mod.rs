@@ -67,16 +67,19 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SteerError {
     move |source| SteerError::Io { what, source }
 }
 
-fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for the kernel to write an int into.
+/// `getsockopt` of a value of type `T`: one of the plain C types the kernel fills (an int, a
+/// u64, `tcp_info`), for which all-zero bytes are a valid value.
+fn getsockopt_as<T>(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<T> {
+    // SAFETY: T is a plain C type for which zeroed bytes are valid (see above).
+    let mut v: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the kernel to write at most size_of::<T>() bytes into.
     let r = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             level,
             opt,
-            (&mut v as *mut libc::c_int).cast(),
+            (&mut v as *mut T).cast(),
             &mut len,
         )
     };
@@ -85,6 +88,10 @@ fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
     } else {
         Ok(v)
     }
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
+    getsockopt_as::<libc::c_int>(fd, level, opt)
 }
 
 fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
@@ -107,23 +114,7 @@ fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Resul
 
 /// The socket's cookie: the kernel's id of it for its whole life (what a socket array gives back).
 fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut v: u64 = 0;
-    let mut len = 8 as libc::socklen_t;
-    // SAFETY: v and len are valid for the kernel to write a u64 into.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut v as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(v)
-    }
+    getsockopt_as::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
 }
 
 fn local_address(fd: BorrowedFd<'_>) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
@@ -147,21 +138,7 @@ fn local_address(fd: BorrowedFd<'_>) -> io::Result<(libc::sockaddr_storage, libc
 /// `(accept queue length, its maximum)` of a listening TCP socket (`TCP_INFO`: `tcpi_unacked`,
 /// `tcpi_sacked` hold them for a listener).
 fn accept_queue(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    // SAFETY: zeroed tcp_info is a valid value; the kernel fills at most len bytes.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info = getsockopt_as::<libc::tcp_info>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
     Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
