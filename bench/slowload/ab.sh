@@ -39,7 +39,10 @@ for srv in ("kechi-starlet", "kechi-gunicorn"):
             except OSError:
                 continue
             for load in ("keepalive", "close"):
-                for line in gzip.open(os.path.join(d, f"{srv}-{load}.csv.gz"), "rt"):
+                path = os.path.join(d, f"{srv}-{load}.r1.csv.gz")  # run.sh --quick: one round
+                if not os.path.exists(path):
+                    path = os.path.join(d, f"{srv}-{load}.csv.gz")
+                for line in gzip.open(path, "rt"):
                     due, lat, status = line.strip().split(",")
                     due, lat, n = float(due), float(lat), n + 1
                     if not status.startswith("2"):

@@ -5,19 +5,23 @@
   report.py --markdown DIR --docs DOCS DOCS/slowload.md (summary, table, the command, the machine,
                                        the date) and DOCS/slowload.png (latency over time)
 
-DIR holds SERVER-LOAD.csv.gz (openload's per-request lines: due_unix_ms,latency_ms,outcome),
-actions.csv (server,action,n,start_unix_ms,secs) and meta.txt. Per server and load: the steady
-window is from 5 s after the load began until the first replacement; each replacement's window is
-from its start until the next one's (the last: as long as the one before). Failed = every request
+DIR holds SERVER-LOAD.rN.csv.gz, one per round N (openload's per-request lines:
+due_unix_ms,latency_ms,outcome; SERVER-LOAD.csv.gz of a single round is read too), actions.csv
+(server,action,n,start_unix_ms,secs,round) and meta.txt. Per server and load, pooled over the
+rounds: the steady window is from 5 s after the load began until the first replacement; each
+replacement's window is from its start until the next one's (the last: as long as the one
+before); "during" is the part of that window until the replacement was over. Failed = every request
 due in a window that did not end in a 2xx response (connection refused, reset, closed, timed out,
 or another status). Latency percentiles are over the 2xx responses, counted from each request's
 due time.
 """
 import argparse
 import csv
+import glob
 import gzip
 import math
 import os
+import re
 import sys
 
 SERVER = {
@@ -46,35 +50,60 @@ def stats(rows):
             "p999": pct(ok, 99.9), "max": ok[-1] if ok else float("nan")}
 
 
+def read_rows(path):
+    rows = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            a, b, c = line.strip().split(",")
+            rows.append((float(a), float(b), c))
+    return rows
+
+
+def rounds_of(d, srv, ld):
+    """[(round or None, path)] of the per-request files of SERVER and LOAD, by round."""
+    out = []
+    single = os.path.join(d, "{}-{}.csv.gz".format(srv, ld))
+    if os.path.exists(single):
+        out.append((None, single))
+    for path in glob.glob(os.path.join(d, "{}-{}.r*.csv.gz".format(srv, ld))):
+        m = re.search(r"\.r(\d+)\.csv\.gz$", path)
+        if m:
+            out.append((int(m.group(1)), path))
+    return sorted(out, key=lambda x: x[0] or 0)
+
+
 def load(d):
     actions = {}
     with open(os.path.join(d, "actions.csv")) as f:
         for r in csv.DictReader(f):
-            actions.setdefault(r["server"], []).append((float(r["start_unix_ms"]), float(r["secs"])))
+            rnd = int(r["round"]) if r.get("round") else None
+            actions.setdefault(r["server"], []).append((rnd, float(r["start_unix_ms"]), float(r["secs"])))
     out = []
     for srv in ORDER:
-        acts = sorted(actions.get(srv, []))
-        if not acts:
+        if not actions.get(srv):
             continue
         for ld in ("keepalive", "close"):
-            path = os.path.join(d, "{}-{}.csv.gz".format(srv, ld))
-            if not os.path.exists(path):
+            steady, repl, during, whole, secs, first = [], [], [], [], [], None
+            for rnd, path in rounds_of(d, srv, ld):
+                rows = read_rows(path)
+                acts = sorted((a[1], a[2]) for a in actions[srv] if rnd is None or a[0] == rnd)
+                if not rows or not acts:
+                    continue
+                t0 = rows[0][0]
+                starts = [a[0] for a in acts]
+                width = starts[1] - starts[0] if len(starts) > 1 else 20000.0
+                steady += [r for r in rows if t0 + 5000 <= r[0] < starts[0]]
+                repl += [r for r in rows if any(s <= r[0] < s + width for s in starts)]
+                during += [r for r in rows if any(s <= r[0] < s + 1000 * sec for s, sec in acts)]
+                whole += rows
+                secs += [a[1] for a in acts]
+                if first is None:
+                    first = (rows, starts)
+            if first is None:
                 continue
-            rows = []
-            with gzip.open(path, "rt") as f:
-                for line in f:
-                    a, b, c = line.strip().split(",")
-                    rows.append((float(a), float(b), c))
-            if not rows:
-                continue
-            t0 = rows[0][0]
-            starts = [a[0] for a in acts]
-            width = starts[1] - starts[0] if len(starts) > 1 else 20000.0
-            steady = [r for r in rows if t0 + 5000 <= r[0] < starts[0]]
-            repl = [r for r in rows if any(s <= r[0] < s + width for s in starts)]
-            st, rp = stats(steady), stats(repl)
-            out.append({"server": srv, "load": ld, "steady": st, "repl": rp, "rows": rows, "starts": starts,
-                        "secs": [a[1] for a in acts], "whole_failed": stats(rows)["failed"]})
+            out.append({"server": srv, "load": ld, "steady": stats(steady), "repl": stats(repl),
+                        "during": stats(during), "rows": first[0], "starts": first[1], "secs": secs,
+                        "rounds": len(rounds_of(d, srv, ld)), "whole_failed": stats(whole)["failed"]})
     return out
 
 
@@ -82,19 +111,29 @@ def fmt(x):
     return "-" if x != x else ("{:.0f}".format(x) if x >= 100 else "{:.1f}".format(x))
 
 
+def ratio(a, b):
+    return a / b if b and b == b and a == a else float("nan")
+
+
+def over_in(secs):
+    if len(secs) <= 2:
+        return " and ".join("{:.1f} s".format(s) for s in secs)
+    return "{:.1f}-{:.1f} s ({})".format(min(secs), max(secs), len(secs))
+
+
 def table(res):
-    lines = ["| server | replaced by | load | replacement over in | steady p99 | replacements: p99 | p99 x steady"
-             " | p99.9 | max | failed (of requests) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| server | replaced by | load | replacement over in | steady p99 | during the replacement: p99"
+             " | x steady | replacement's window: p99 | x steady | p99.9 | max | failed (of requests) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res:
         name, how = SERVER.get(r["server"], (r["server"], ""))
-        st, rp = r["steady"], r["repl"]
-        ratio = rp["p99"] / st["p99"] if st["p99"] and st["p99"] == st["p99"] else float("nan")
+        st, rp, du = r["steady"], r["repl"], r["during"]
         kinds = ", ".join("{} {}".format(k, v) for k, v in sorted(rp["kinds"].items()))
-        lines.append("| {} | {} | {} | {} | {} ms | {} ms | {} | {} ms | {} ms | **{}** of {}{} |".format(
-            name, how, r["load"], " and ".join("{:.1f} s".format(s) for s in r["secs"]), fmt(st["p99"]),
-            fmt(rp["p99"]), "{:.2f}x".format(ratio) if ratio == ratio else "-", fmt(rp["p999"]), fmt(rp["max"]),
-            rp["failed"], rp["n"], " ({})".format(kinds) if kinds else ""))
+        x = lambda v: "{:.2f}x".format(v) if v == v else "-"  # noqa: E731
+        lines.append("| {} | {} | {} | {} | {} ms | {} ms | {} | {} ms | {} | {} ms | {} ms | **{}** of {}{} |".format(
+            name, how, r["load"], over_in(r["secs"]), fmt(st["p99"]), fmt(du["p99"]),
+            x(ratio(du["p99"], st["p99"])), fmt(rp["p99"]), x(ratio(rp["p99"], st["p99"])), fmt(rp["p999"]),
+            fmt(rp["max"]), rp["failed"], rp["n"], " ({})".format(kinds) if kinds else ""))
     return "\n".join(lines)
 
 
@@ -146,15 +185,19 @@ def main():
     plot(res, os.path.join(a.docs, "slowload.png"))
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     kechi_failed = sum(r["repl"]["failed"] for r in res if r["server"].startswith("kechi-"))
-    kechi_ratio = max((r["repl"]["p99"] / r["steady"]["p99"] for r in res if r["server"].startswith("kechi-")),
-                      default=float("nan"))
+    kechi = [r for r in res if r["server"].startswith("kechi-")]
+    kechi_ratio = max((ratio(r["repl"]["p99"], r["steady"]["p99"]) for r in kechi), default=float("nan"))
+    kechi_during = max((ratio(r["during"]["p99"], r["steady"]["p99"]) for r in kechi), default=float("nan"))
+    rounds = max((r["rounds"] for r in res), default=1)
     with open(os.path.join(a.docs, "slowload.md"), "w") as f:
         f.write("# Replacing the workers of a slow-loading app\n\n")
-        f.write("An app that takes 1 s to load, its workers replaced twice under an open-loop load at a fixed rate: "
-                "kechi failed {} requests, its worst p99 during the replacements was {:.2f}x its steady p99; "
-                "start_server and gunicorn's SIGHUP beside it in the table.\n\n".format(kechi_failed, kechi_ratio))
+        f.write("An app that takes 1 s to load, its workers replaced twice under an open-loop load at a fixed rate "
+                "({} round(s), pooled): kechi failed {} requests; its worst p99 in the windows after its replacements "
+                "was {:.2f}x its steady p99, and {:.2f}x over the replacements themselves (from the start until the "
+                "old workers were gone); start_server and gunicorn's SIGHUP beside it in the table.\n\n".format(
+                    rounds, kechi_failed, kechi_ratio, kechi_during))
         f.write(table(res) + "\n\n")
-        f.write("![latency of every request over time, per server](slowload.png)\n\n")
+        f.write("![latency of every request over time, per server (the first round)](slowload.png)\n\n")
         if os.path.exists(notes):
             f.write("## Observations\n\n" + open(notes).read().strip() + "\n\n")
         f.write("## How it was measured\n\n")

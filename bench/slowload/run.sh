@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench/slowload/run.sh [--quick] [--rate N] [--out DIR]
+# bench/slowload/run.sh [--quick] [--rounds N] [--rate N] [--out DIR]
 #
 # Replacing the workers of an app that takes 1 s to load (bench/slowload/app: hello_slow.psgi,
 # hello_slow_wsgi.py sleep 1 s while loading), under an open-loop load at a fixed rate: failed
@@ -19,13 +19,17 @@
 # request's latency counts from the moment it was due, so a stall is charged in full to every
 # request it delays (no coordinated omission). Timeline per server: S s steady, the first
 # replacement, W s, the second replacement, W s; the steady window is [5 s, S), each replacement's
-# window the W s from its start.
+# window the W s from its start, and within it the replacement itself: from its start until it
+# was over. --rounds N runs the whole plan N times, the servers taking turns within each round, so
+# that the machine's own ups and downs fall on every server alike; the report pools the rounds
+# (a p99 of a few thousand requests moves by 10-20% from one window to the next on its own).
 #
-#   full (default)  S=20, W=20; writes bench/results/slowload/ (per-request CSVs, gzipped; actions.csv,
-#                   meta.txt), then docs/benchmarks/slowload.md and its plot (report.py)
-#   --quick         S=8, W=12; writes to --out (default /tmp/kechi-bench/slowload) only
+#   full (default)  S=20, W=20, 3 rounds; writes bench/results/slowload/ (per-request CSVs, gzipped,
+#                   SERVER-LOAD.rN.csv.gz; actions.csv, meta.txt), then docs/benchmarks/slowload.md
+#                   and its plot (report.py)
+#   --quick         S=8, W=12, 1 round; writes to --out (default /tmp/kechi-bench/slowload) only
 # SLOWLOAD_PLAN="kechi-starlet kechi-gunicorn" runs only those servers (default: all four); each
-# kechi-* server's journal of the run is kept beside its CSVs (SERVER-journal.txt.gz), to line
+# kechi-* server's journal of the run is kept beside its CSVs (SERVER-journal.rN.txt.gz), to line
 # slow requests up with what kechid did.
 # Exit status 0 when every case ran, 1 if a server did not start or an action did not finish, 77
 # if it cannot run here (needs root and a machine whose PID 1 is not systemd).
@@ -38,27 +42,36 @@ ROOT=$(readlink -f "$HERE/../..")
 # shellcheck source=bench/lib/debs.sh
 . "$ROOT/bench/lib/debs.sh"
 
-quick=0 rate=150 out=""
+quick=0 rate=150 out="" rounds=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --rate) rate=$2; shift ;;
+    --rounds) rounds=$2; shift ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "slowload: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-if [ "$quick" = 1 ]; then S=8 W=12 out=${out:-/tmp/kechi-bench/slowload}
-else S=20 W=20 out=${out:-$ROOT/bench/results/slowload}; fi
+if [ "$quick" = 1 ]; then S=8 W=12 out=${out:-/tmp/kechi-bench/slowload} rounds=${rounds:-1}
+else S=20 W=20 out=${out:-$ROOT/bench/results/slowload} rounds=${rounds:-3}; fi
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "slowload: --rounds wants a positive number, not '$rounds'" >&2; exit 2; }
 
+# kechid and kechictl are the release build when there is one (target/release, or $KECHI_BIN_DIR),
+# as the peers are their distributions' builds: a debug kechid spends several times the CPU of a
+# release one at a hand-over (a worker ready, the old one stopped, the next replacement started),
+# on the same two cores as the workers answering the load.
+if [ -z "${KECHI_BIN_DIR:-}" ] && [ -x "${CARGO_TARGET_DIR:-$ROOT/target}/release/kechid" ]; then
+  export KECHI_BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 [ "$(id -u)" = 0 ] || skip "needs root (it boots a systemd in a throwaway box)"
 bench_need_debs wrk starlet libserver-starter-perl gunicorn curl python3-matplotlib || exit 1
 OPENLOAD=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/openload
 (cd "$ROOT" && cargo build -q --example openload) || abort "cargo build --example openload"
 mkdir -p "$out"
-rm -f "$out"/*.csv "$out"/*.csv.gz
-echo "server,action,n,start_unix_ms,secs" > "$out/actions.csv"
+rm -f "$out"/*.csv "$out"/*.csv.gz "$out"/*.txt.gz
+echo "server,action,n,start_unix_ms,secs,round" > "$out/actions.csv"
 
 PEER_ADDR=127.0.0.1:8081
 PLAN=${SLOWLOAD_PLAN:-"start_server kechi-starlet gunicorn kechi-gunicorn"}
@@ -161,8 +174,8 @@ act() {
   return "$rc"
 }
 
-one_server() {
-  local srv=$1 addr total m t_start n rc=0
+one_server() {  # one_server SERVER ROUND
+  local srv=$1 r=$2 addr total m t_start n rc=0
   addr=$(addr_of "$srv")
   total=$((S + 2 * W))
   for m in keepalive close; do
@@ -174,22 +187,22 @@ one_server() {
   for n in 1 2; do
     sleep $((S + (n - 1) * W - (SECONDS - t_start)))
     if act "$srv" "$n"; then ok "$srv: replacement $n over in $ACT_SECS s"; else bad "$srv: replacement $n not over"; rc=1; fi
-    echo "$srv,$n,$n,$ACT_T0,$ACT_SECS" >> "$out/actions.csv"
+    echo "$srv,$n,$n,$ACT_T0,$ACT_SECS,$r" >> "$out/actions.csv"
   done
   for m in keepalive close; do
     # shellcheck disable=SC2016
     tgt_run sh -c 'while systemctl -q is-active "$1"; do sleep 0.5; done' w "openload-$m"
     [ "$m" = keepalive ] && case "$srv" in
       kechi-*) tgt_run journalctl -q --no-pager -o short-unix -u "kechi@$KT_APP.service" -S "-$((total + 30))s" \
-        | gzip -9 > "$out/$srv-journal.txt.gz" ;;
+        | gzip -9 > "$out/$srv-journal.r$r.txt.gz" ;;
     esac
-    tgt_run cat "/run/openload-$m.csv" | gzip -9 > "$out/$srv-$m.csv.gz"
-    info "$srv $m: $(zcat "$out/$srv-$m.csv.gz" | wc -l) requests"
+    tgt_run cat "/run/openload-$m.csv" | gzip -9 > "$out/$srv-$m.r$r.csv.gz"
+    info "$srv $m: $(zcat "$out/$srv-$m.r$r.csv.gz" | wc -l) requests"
   done
   return "$rc"
 }
 
-scenario bench-slowload "replacing the workers of an app that loads in 1 s, open-loop load at $rate req/s x 2 (steady ${S}s, two replacements ${W}s apart)"
+scenario bench-slowload "replacing the workers of an app that loads in 1 s, open-loop load at $rate req/s x 2 (steady ${S}s, two replacements ${W}s apart; $rounds round(s))"
 info "machine: $(bench_machine); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 tgt_up bslowload
 kechi_install
@@ -200,19 +213,22 @@ peer_unit gunicorn "/usr/bin/gunicorn --bind $PEER_ADDR --workers 4 hello_slow_w
 tgt_run systemctl daemon-reload
 tgt_run systemctl start "kechi@$KT_APP.socket" || abort "kechi@$KT_APP.socket"
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
-for srv in $PLAN; do
-  say "$srv"
-  srv_start "$srv" || { bad "$srv did not start"; continue; }
-  one_server "$srv"
-  srv_stop "$srv" || bad "$srv: processes left after stop"
+for r in $(seq "$rounds"); do
+  for srv in $PLAN; do
+    say "round $r/$rounds: $srv (load average $(cut -d' ' -f1 /proc/loadavg))"
+    srv_start "$srv" || { bad "$srv did not start"; continue; }
+    one_server "$srv" "$r"
+    srv_stop "$srv" || bad "$srv: processes left after stop"
+  done
 done
 {
   echo "command: bench/run.sh slowload${ARGS:+ $ARGS}"
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(bench_machine)"
   echo "load average: $loadavg_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
-  echo "load: openload at $rate req/s keep-alive + $rate req/s Connection: close, timeout 10 s; steady ${S} s, replacements at ${S} s and $((S + W)) s, windows of ${W} s"
+  echo "load: openload at $rate req/s keep-alive + $rate req/s Connection: close, timeout 10 s; steady ${S} s, replacements at ${S} s and $((S + W)) s, windows of ${W} s; $rounds round(s), the servers taking turns"
   echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2> /dev/null || echo '?')"
+  echo "kechid: $(kechi_bin_dir)/kechid ($(case "$(kechi_bin_dir)" in */release) echo release build ;; *) echo "not the release build" ;; esac))"
   echo "versions: $(dpkg-query -W -f='${Package} ${Version}, ' starlet libserver-starter-perl gunicorn systemd | sed 's/, $//')"
 } > "$out/meta.txt"
 /usr/bin/python3 "$HERE/report.py" --text "$out"
