@@ -83,7 +83,7 @@ def load(d):
         if not actions.get(srv):
             continue
         for ld in ("keepalive", "close"):
-            steady, repl, during, whole, secs, first = [], [], [], [], [], None
+            steady, repl, during, whole, secs, first, per_round = [], [], [], [], [], None, []
             for rnd, path in rounds_of(d, srv, ld):
                 rows = read_rows(path)
                 acts = sorted((a[1], a[2]) for a in actions[srv] if rnd is None or a[0] == rnd)
@@ -92,9 +92,12 @@ def load(d):
                 t0 = rows[0][0]
                 starts = [a[0] for a in acts]
                 width = starts[1] - starts[0] if len(starts) > 1 else 20000.0
-                steady += [r for r in rows if t0 + 5000 <= r[0] < starts[0]]
-                repl += [r for r in rows if any(s <= r[0] < s + width for s in starts)]
-                during += [r for r in rows if any(s <= r[0] < s + 1000 * sec for s, sec in acts)]
+                st = [r for r in rows if t0 + 5000 <= r[0] < starts[0]]
+                rp = [r for r in rows if any(s <= r[0] < s + width for s in starts)]
+                du = [r for r in rows if any(s <= r[0] < s + 1000 * sec for s, sec in acts)]
+                steady, repl, during = steady + st, repl + rp, during + du
+                sp = stats(st)["p99"]
+                per_round.append((ratio(stats(du)["p99"], sp), ratio(stats(rp)["p99"], sp), sp))
                 whole += rows
                 secs += [a[1] for a in acts]
                 if first is None:
@@ -103,6 +106,7 @@ def load(d):
                 continue
             out.append({"server": srv, "load": ld, "steady": stats(steady), "repl": stats(repl),
                         "during": stats(during), "rows": first[0], "starts": first[1], "secs": secs,
+                        "per_round": per_round,
                         "rounds": len(rounds_of(d, srv, ld)), "whole_failed": stats(whole)["failed"]})
     return out
 
@@ -123,16 +127,18 @@ def over_in(secs):
 
 def table(res):
     lines = ["| server | replaced by | load | replacement over in | steady p99 | during the replacement: p99"
-             " | x steady | replacement's window: p99 | x steady | p99.9 | max | failed (of requests) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             " | x steady | replacement's window: p99 | x steady | x steady by round: during, window (steady p99)"
+             " | p99.9 | max | failed (of requests) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in res:
         name, how = SERVER.get(r["server"], (r["server"], ""))
         st, rp, du = r["steady"], r["repl"], r["during"]
         kinds = ", ".join("{} {}".format(k, v) for k, v in sorted(rp["kinds"].items()))
         x = lambda v: "{:.2f}x".format(v) if v == v else "-"  # noqa: E731
-        lines.append("| {} | {} | {} | {} | {} ms | {} ms | {} | {} ms | {} | {} ms | {} ms | **{}** of {}{} |".format(
+        rounds = "; ".join("{}, {} ({} ms)".format(x(a), x(b), fmt(c)) for a, b, c in r["per_round"])
+        lines.append("| {} | {} | {} | {} | {} ms | {} ms | {} | {} ms | {} | {} | {} ms | {} ms | **{}** of {}{} |".format(
             name, how, r["load"], over_in(r["secs"]), fmt(st["p99"]), fmt(du["p99"]),
-            x(ratio(du["p99"], st["p99"])), fmt(rp["p99"]), x(ratio(rp["p99"], st["p99"])), fmt(rp["p999"]),
+            x(ratio(du["p99"], st["p99"])), fmt(rp["p99"]), x(ratio(rp["p99"], st["p99"])), rounds, fmt(rp["p999"]),
             fmt(rp["max"]), rp["failed"], rp["n"], " ({})".format(kinds) if kinds else ""))
     return "\n".join(lines)
 
@@ -189,17 +195,29 @@ def main():
     kechi_ratio = max((ratio(r["repl"]["p99"], r["steady"]["p99"]) for r in kechi), default=float("nan"))
     kechi_during = max((ratio(r["during"]["p99"], r["steady"]["p99"]) for r in kechi), default=float("nan"))
     rounds = max((r["rounds"] for r in res), default=1)
+
+    def median_round(r, k):  # the median over the rounds of one ratio (k: 0 during, 1 window)
+        xs = sorted(pr[k] for pr in r["per_round"] if pr[k] == pr[k])
+        return xs[(len(xs) - 1) // 2] if xs else float("nan")
+
+    kechi_ratio_med = max((median_round(r, 1) for r in kechi), default=float("nan"))
+    kechi_during_med = max((median_round(r, 0) for r in kechi), default=float("nan"))
     with open(os.path.join(a.docs, "slowload.md"), "w") as f:
         f.write("# Replacing the workers of a slow-loading app\n\n")
         f.write("An app that takes 1 s to load, its workers replaced twice under an open-loop load at a fixed rate "
-                "({} round(s), pooled): kechi failed {} requests; its worst p99 in the windows after its replacements "
-                "was {:.2f}x its steady p99, and {:.2f}x over the replacements themselves (from the start until the "
-                "old workers were gone); start_server and gunicorn's SIGHUP beside it in the table.\n\n".format(
-                    rounds, kechi_failed, kechi_ratio, kechi_during))
+                "({} round(s)): kechi failed {} requests; its worst p99 in the windows after its replacements was "
+                "{:.2f}x its steady p99 in the median round ({:.2f}x pooled over the rounds), and {:.2f}x over the "
+                "replacements themselves, from their start until the old workers were gone ({:.2f}x pooled); "
+                "start_server and gunicorn's SIGHUP beside it in the table.\n\n".format(
+                    rounds, kechi_failed, kechi_ratio_med, kechi_ratio, kechi_during_med, kechi_during))
         f.write(table(res) + "\n\n")
         f.write("![latency of every request over time, per server (the first round)](slowload.png)\n\n")
         if os.path.exists(notes):
             f.write("## Observations\n\n" + open(notes).read().strip() + "\n\n")
+        # experiments that compared two kechid builds (bench/slowload/ab.sh), kept beside the run
+        ab = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ab.md")
+        if os.path.exists(ab):
+            f.write(open(ab).read().strip() + "\n\n")
         f.write("## How it was measured\n\n")
         f.write("`bench/slowload/run.sh` (its header says what each server and replacement is). The load is "
                 "`bench/openload.rs`, an open-loop generator: request i is due at start + i/rate whatever happened "
