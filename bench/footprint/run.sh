@@ -49,9 +49,7 @@ PEERS="kechid"
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)   # the machine's load when the run starts (meta.txt)
 [ "$kechi_only" = 1 ] || PEERS="kechid supervisord circusd start_server"
 
-if [ -z "${KECHI_BIN_DIR:-}" ] && [ -x "${CARGO_TARGET_DIR:-$ROOT/target}/release/kechid" ]; then
-  export KECHI_BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
+kechi_prefer_release
 
 pkgs="python3 python3-matplotlib"
 [ "$kechi_only" = 1 ] || pkgs="$pkgs supervisor starlet libserver-starter-perl python3-venv"

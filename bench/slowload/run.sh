@@ -62,9 +62,7 @@ else S=20 W=20 out=${out:-$ROOT/bench/results/slowload} rounds=${rounds:-3}; fi
 # as the peers are their distributions' builds: a debug kechid spends several times the CPU of a
 # release one at a hand-over (a worker ready, the old one stopped, the next replacement started),
 # on the same two cores as the workers answering the load.
-if [ -z "${KECHI_BIN_DIR:-}" ] && [ -x "${CARGO_TARGET_DIR:-$ROOT/target}/release/kechid" ]; then
-  export KECHI_BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
-fi
+kechi_prefer_release
 [ "$(id -u)" = 0 ] || skip "needs root (it boots a systemd in a throwaway box)"
 bench_need_debs wrk starlet libserver-starter-perl gunicorn curl python3-matplotlib || exit 1
 OPENLOAD=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/openload

@@ -176,12 +176,10 @@ say "$step: the user back (uid $uid), recycle again"
 tgt_run useradd --system --no-create-home --shell /usr/sbin/nologin --uid "$uid" "$KT_USER" || bad "$step: useradd"
 # The operator's recycle is still wanted after its replacement failed: kechid retries it after the
 # crash backoff (500ms doubling to 4s here), so with the user back no second command is needed.
-end=$((SECONDS + 40))
-while printf '%s\n' "$(workers)" | awk -v s="$userial" '$1 == s { f = 1 } END { exit !f }' && [ "$SECONDS" -lt "$end" ]; do sleep 0.5; done
-if printf '%s\n' "$(workers)" | awk -v s="$userial" '$1 == s { f = 1 } END { exit !f }'; then
-  bad "$step: with the user back, worker $userial still runs after 40 s (the retried recycle did not replace it)"
+if kt wait-gone "$upid" 40; then
+  ok "$step: with the user back, the retried recycle replaced worker $userial (pid $upid gone)"
 else
-  ok "$step: with the user back, the retried recycle replaced worker $userial"
+  bad "$step: with the user back, worker $userial (pid $upid) still runs after 40 s (the retried recycle did not replace it)"
 fi
 load_stop user "$step"
 if why=$(kt steady "$KT_APP" "$WORKERS" 1 "$KT_USER" 30); then ok "$step: $WORKERS workers, steady"; else bad "$step: not steady: $why"; fi

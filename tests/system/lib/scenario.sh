@@ -89,6 +89,12 @@ kt() { tgt_run "$KT_INSIDE/kt" "$@"; }
 
 # ---- kechi in the test machine -----------------------------------------------------------------
 kechi_bin_dir() { echo "${KECHI_BIN_DIR:-${CARGO_TARGET_DIR:-$KT_ROOT/target}/debug}"; }
+# kechi_prefer_release: for benchmarks, which measure the build operators run: KECHI_BIN_DIR
+# becomes the release build when there is one and KECHI_BIN_DIR is not set already.
+kechi_prefer_release() {
+  local release=${CARGO_TARGET_DIR:-$KT_ROOT/target}/release
+  if [ -z "${KECHI_BIN_DIR:-}" ] && [ -x "$release/kechid" ]; then export KECHI_BIN_DIR=$release; fi
+}
 
 kechi_install() {
   local bin f
