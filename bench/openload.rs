@@ -13,8 +13,10 @@
 //! server has closed meanwhile (seen with a non-blocking peek before it is reused) is dropped,
 //! as any HTTP client does; one the server closes after the request was written is a failure.
 //!
-//! Output: one CSV line per request to `--out` (`due_unix_ms,latency_ms,outcome`; outcome is the
-//! status code, or connect, write, read, eof, timeout, overload), and a summary line on stdout.
+//! Output: one CSV line per request to `--out` (`due_unix_ms,latency_ms,outcome,pid`; outcome is
+//! the status code, or connect, write, read, eof, timeout, overload; pid is the number after
+//! "pid " in the response's body when it has one, as the test apps' answers do, so that a slow
+//! request can be laid beside the process that answered it), and a summary line on stdout.
 //! SIGINT ends the schedule early (the requests in flight are still waited for and written).
 //!
 //! Built with `cargo build --example openload`; run `openload --help`.
@@ -32,8 +34,9 @@ const USAGE: &str =
     "usage: openload --addr HOST:PORT --rate N --duration SECS [--mode keepalive|close]
                 [--timeout SECS] [--path /] [--max-inflight N] --out FILE.csv
 Sends N requests a second on a fixed schedule for SECS seconds (open loop), and writes one line
-per request to FILE.csv: due_unix_ms,latency_ms,outcome (status code, or connect, write, read,
-eof, timeout, overload). Latency counts from the moment a request was due.";
+per request to FILE.csv: due_unix_ms,latency_ms,outcome,pid (outcome: status code, or connect,
+write, read, eof, timeout, overload; pid: the number after \"pid \" in the body, if any). Latency
+counts from the moment a request was due.";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -137,6 +140,8 @@ struct Record {
     due_unix_ms: f64,
     latency_ms: f64,
     outcome: Outcome,
+    /// The answering process, as the body names it ("pid N"), when it does.
+    pid: Option<u32>,
 }
 
 type Pool = Arc<Mutex<Vec<TcpStream>>>;
@@ -195,10 +200,10 @@ fn parse_head(buf: &[u8]) -> Option<(usize, u16, Option<usize>, bool)> {
     Some((end, status, len, close))
 }
 
-async fn exchange(a: &Args, pool: &Pool) -> Outcome {
+async fn exchange(a: &Args, pool: &Pool) -> (Outcome, Option<u32>) {
     let mut s = match connection(a, pool).await {
         Ok(s) => s,
-        Err(o) => return o,
+        Err(o) => return (o, None),
     };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
@@ -211,7 +216,7 @@ async fn exchange(a: &Args, pool: &Pool) -> Outcome {
         }
     );
     if s.write_all(req.as_bytes()).await.is_err() {
-        return Outcome::Write;
+        return (Outcome::Write, None);
     }
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 4096];
@@ -220,12 +225,12 @@ async fn exchange(a: &Args, pool: &Pool) -> Outcome {
             Ok(0) => {
                 // a response without Content-Length ends with the connection
                 return match parse_head(&buf) {
-                    Some((_, st, None, _)) => Outcome::Status(st),
-                    _ => Outcome::Eof,
+                    Some((end, st, None, _)) => (Outcome::Status(st), pid_in(&buf[end..])),
+                    _ => (Outcome::Eof, None),
                 };
             }
             Ok(n) => n,
-            Err(_) => return Outcome::Read,
+            Err(_) => return (Outcome::Read, None),
         };
         buf.extend_from_slice(&chunk[..n]);
         if let Some((end, st, Some(len), close)) = parse_head(&buf) {
@@ -233,10 +238,21 @@ async fn exchange(a: &Args, pool: &Pool) -> Outcome {
                 if a.keepalive && !close && buf.len() == end + len {
                     pool.lock().expect("pool lock").push(s);
                 }
-                return Outcome::Status(st);
+                return (Outcome::Status(st), pid_in(&buf[end..]));
             }
         }
     }
+}
+
+/// The number after the first "pid " in a response body, if there is one.
+fn pid_in(body: &[u8]) -> Option<u32> {
+    let at = body.windows(4).position(|w| w == b"pid ")? + 4;
+    let digits: Vec<u8> = body[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 fn unix_ms(t: SystemTime) -> f64 {
@@ -277,8 +293,11 @@ fn main() {
     for r in &records {
         let _ = writeln!(
             out,
-            "{:.1},{:.3},{}",
-            r.due_unix_ms, r.latency_ms, r.outcome
+            "{:.1},{:.3},{},{}",
+            r.due_unix_ms,
+            r.latency_ms,
+            r.outcome,
+            r.pid.map(|p| p.to_string()).unwrap_or_default()
         );
         match r.outcome {
             Outcome::Status(s) if (200..300).contains(&s) => ok_lat.push(r.latency_ms),
@@ -326,12 +345,12 @@ async fn run(a: Args) -> Vec<Record> {
             (a.clone(), pool.clone(), records.clone(), inflight.clone());
         tasks.push(tokio::spawn(async move {
             use std::sync::atomic::Ordering::SeqCst;
-            let outcome = if inflight.fetch_add(1, SeqCst) >= a.max_inflight {
-                Outcome::Overload
+            let (outcome, pid) = if inflight.fetch_add(1, SeqCst) >= a.max_inflight {
+                (Outcome::Overload, None)
             } else {
                 tokio::time::timeout(a.timeout, exchange(&a, &pool))
                     .await
-                    .unwrap_or(Outcome::Timeout)
+                    .unwrap_or((Outcome::Timeout, None))
             };
             inflight.fetch_sub(1, SeqCst);
             let latency_ms = due.elapsed().as_secs_f64() * 1e3;
@@ -339,6 +358,7 @@ async fn run(a: Args) -> Vec<Record> {
                 due_unix_ms,
                 latency_ms,
                 outcome,
+                pid,
             });
         }));
     }

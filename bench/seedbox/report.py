@@ -7,7 +7,7 @@
   report.py --text DIR   the tables only, on stdout
 
 DIR holds one folder per configuration (plain, kechi, kechi-new) with samples.csv (sample.py: one
-line a second), busy.csv.gz (openload: due_unix_ms,latency_ms,outcome), visits.csv (visit.py),
+line a second), busy.csv.gz (openload: due_unix_ms,latency_ms,outcome,pid), visits.csv (visit.py),
 events.jsonl (journal entries with a REASON, and OOM lines) and meta.txt; and run.txt.
 
 The traffic window is from the busy load's first due request to its last. Memory figures are over
@@ -60,7 +60,7 @@ def load(d):
     with gzip.open(os.path.join(d, "busy.csv.gz"), "rt") as f:
         for line in f:
             p = line.strip().split(",")
-            if len(p) == 3 and p[0][:1].isdigit():
+            if len(p) >= 3 and p[0][:1].isdigit():
                 busy.append((float(p[0]), float(p[1]), p[2]))
     visits = []
     with open(os.path.join(d, "visits.csv")) as f:

@@ -6,7 +6,7 @@
                                        the date) and DOCS/slowload.png (latency over time)
 
 DIR holds SERVER-LOAD.rN.csv.gz, one per round N (openload's per-request lines:
-due_unix_ms,latency_ms,outcome; SERVER-LOAD.csv.gz of a single round is read too), actions.csv
+due_unix_ms,latency_ms,outcome,pid; SERVER-LOAD.csv.gz of a single round is read too), actions.csv
 (server,action,n,start_unix_ms,secs,round) and meta.txt. Per server and load, pooled over the
 rounds: the steady window is from 5 s after the load began until the first replacement; each
 replacement's window is from its start until the next one's (the last: as long as the one
@@ -54,7 +54,7 @@ def read_rows(path):
     rows = []
     with gzip.open(path, "rt") as f:
         for line in f:
-            a, b, c = line.strip().split(",")
+            a, b, c = line.strip().split(",")[:3]
             rows.append((float(a), float(b), c))
     return rows
 

@@ -87,6 +87,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 trim_at = Some(Instant::now() + TRIM_WHEN_QUIET_FOR);
             }
             let reconnect_due = !self.reconnecting;
+            let stop_cap_due = self.stop_cap_due();
             let step = tokio::select! {
                 Some(sig) = signals.recv() => { busy = true; self.on_signal(sig) }
                 Some(serial) = exits.recv() => { busy = true; self.on_exit(serial); None }
@@ -107,6 +108,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { busy = true; self.on_link_lost(); None }
                 _ = sleep_until_opt(self.link.retry_at()), if reconnect_due => { busy = true; self.reconnect(); None }
                 _ = sleep_until_opt(trim_at) => { trim_at = None; self.trim(); None }
+                _ = sleep_until_opt(stop_cap_due) => { busy = true; self.stop_caps_overdue(); None }
             };
             if let Some(code) = step {
                 break code;
@@ -152,6 +154,11 @@ impl<S: Systemd + 'static> Driver<S> {
                 unit,
                 result,
             } => self.on_cpu_weight(serial, &unit, result),
+            Done::StopCapped {
+                serial,
+                unit,
+                result,
+            } => self.on_stop_capped(serial, &unit, result),
             Done::Environment(result) => self.on_environment(result),
             Done::JobType {
                 result,

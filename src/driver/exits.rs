@@ -48,8 +48,9 @@ impl<S: Systemd + 'static> Driver<S> {
         self.save_workers();
     }
 
-    /// The stop signal, to a worker asked to stop.
-    pub(super) fn send_stop_signal(&mut self, serial: u64) {
+    /// The stop signal itself (see [`Driver::send_stop_signal`]); `capped` if the worker's CPU
+    /// was capped first. Nothing if the worker is gone meanwhile.
+    pub(super) fn signal_stop(&mut self, serial: u64, capped: bool) {
         let Some(pid) = self.procs.get(&serial).map(|p| p.pid) else {
             return;
         };
@@ -58,7 +59,11 @@ impl<S: Systemd + 'static> Driver<S> {
             Some(crate::lifecycle::WorkerState::Draining { reason, .. }) => reason.as_str(),
             _ => "stop",
         };
-        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig}");
+        if capped {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig} (its CPU capped at half a CPU while it exits: other workers serve)");
+        } else {
+            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig}");
+        }
         if let Err(e) = kill(pid, sig.0) {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
         }

@@ -32,6 +32,7 @@ mod socket_flags;
 mod spawning;
 mod startup;
 mod steering;
+mod stop_cap;
 #[cfg(test)]
 mod tests;
 
@@ -255,6 +256,7 @@ async fn run_local<S: Systemd + 'static>(
         in_flight: 0,
         op_slots: Rc::new(tokio::sync::Semaphore::new(ops::OPS_AT_ONCE)),
         loading_weight: HashSet::new(),
+        stop_caps: HashMap::new(),
         last_serial: 0,
         last_status: String::new(),
         last_event: None,
@@ -322,6 +324,9 @@ struct Driver<S: Systemd> {
     op_slots: Rc<tokio::sync::Semaphore>,
     /// Workers whose scope was created at [`spawning::LOADING_CPU_WEIGHT`], until ready.
     loading_weight: HashSet<u64>,
+    /// Stopping workers whose CPU cap was asked of systemd (when), their signal to follow
+    /// ([`stop_cap`]).
+    stop_caps: HashMap<u64, Instant>,
     last_serial: u64,
     last_status: String,
     /// The last restart or recycle, for STATUS=.

@@ -93,6 +93,12 @@ pub enum Done {
         unit: String,
         result: Result<(), OpError>,
     },
+    /// A stopping worker's scope got its CPU cap (or not); its stop signal follows.
+    StopCapped {
+        serial: u64,
+        unit: String,
+        result: Result<(), OpError>,
+    },
     /// kechid's own unit's `Environment=`, for a reload.
     Environment(Result<Vec<String>, OpError>),
     /// The job pending on kechid's own unit, for SIGTERM; `reconnected` if the link had to be

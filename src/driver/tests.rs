@@ -136,6 +136,22 @@ impl Systemd for FakeSystemd {
         Ok(())
     }
 
+    async fn set_cpu_quota(
+        &self,
+        unit: &str,
+        quota: Option<(Duration, Duration)>,
+    ) -> Result<(), SystemdError> {
+        match quota {
+            Some((q, p)) => self.note(format!(
+                "cpu-quota {unit} {}ms/{}ms",
+                q.as_millis(),
+                p.as_millis()
+            )),
+            None => self.note(format!("cpu-quota {unit} none")),
+        }
+        Ok(())
+    }
+
     async fn stop_unit(&self, unit: &str, _deadline: Duration) -> Result<JobResult, SystemdError> {
         self.note(format!("stop {unit}"));
         let delay = self.0.stop_delay.get();
@@ -722,6 +738,13 @@ async fn a_recycle_roll_starts_each_replacement_first() {
                     > at(format!("start {}", rig.scope(new)))
             );
         }
+        // Each old worker, stopped while others served, had its CPU capped before it ended.
+        for old in [1, 2] {
+            assert!(
+                at(format!("cpu-quota {} 500ms/10ms", rig.scope(old)))
+                    < at(format!("stop {}", rig.scope(old)))
+            );
+        }
         rig.signals.send(Signal::Term).unwrap();
     };
     let (code, ()) = tokio::join!(driver, steps);
@@ -783,6 +806,8 @@ async fn sigterm_from_a_restart_leaves_the_workers_and_from_a_stop_stops_them() 
     }
     assert!(!sock.exists(), "control socket removed");
     assert!(sd2.called(&format!("stop {}", rig2.scope(1))));
+    // kechid's own stop stops every worker: none is capped (no worker serves on after it)
+    assert_eq!(sd2.count("cpu-quota "), 0);
     drop(rig.dir);
 }
 

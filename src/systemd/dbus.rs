@@ -489,6 +489,21 @@ impl Systemd for DbusSystemd {
         .await
     }
 
+    async fn set_cpu_quota(
+        &self,
+        unit: &str,
+        quota: Option<(Duration, Duration)>,
+    ) -> Result<(), SystemdError> {
+        let manager = self.manager();
+        let props = props::cpu_quota(quota);
+        bounded(
+            "SetUnitProperties",
+            unit,
+            manager.set_unit_properties(unit, true, &props),
+        )
+        .await
+    }
+
     async fn link_lost(&self) {
         self.connection().closed().await
     }

@@ -140,6 +140,13 @@ pub trait Systemd {
     /// Sets a running unit's `CPUWeight=` for as long as it runs (not saved to disk);
     /// `None` returns it to systemd's default.
     async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError>;
+    /// Sets a running unit's `CPUQuota=` for as long as it runs (not saved to disk): `quota`
+    /// of CPU time per second over periods of `period`; `None` removes it.
+    async fn set_cpu_quota(
+        &self,
+        unit: &str,
+        quota: Option<(Duration, Duration)>,
+    ) -> Result<(), SystemdError>;
     /// Resolves once the link to the manager is lost (the bus daemon went away); a link that
     /// cannot be lost never resolves.
     async fn link_lost(&self) {

@@ -47,6 +47,20 @@ pub fn cpu_weight(weight: Option<u64>) -> (&'static str, Value<'static>) {
     ("CPUWeight", Value::U64(weight.unwrap_or(u64::MAX)))
 }
 
+/// `CPUQuota=` and `CPUQuotaPeriodSec=` as properties: `quota` of CPU time per second (one CPU's
+/// worth is a second) enforced over periods of `period`, or `None` for no quota, which systemd's
+/// D-Bus API spells as `u64::MAX` for both (what an empty `CPUQuota=` and `CPUQuotaPeriodSec=`
+/// set). The period goes first: systemd applies the quota over the period it has at the time.
+pub fn cpu_quota(
+    quota: Option<(std::time::Duration, std::time::Duration)>,
+) -> [(&'static str, Value<'static>); 2] {
+    let (per_sec, period) = quota.map_or((u64::MAX, u64::MAX), |(q, p)| (micros(q), micros(p)));
+    [
+        ("CPUQuotaPeriodUSec", Value::U64(period)),
+        ("CPUQuotaPerSecUSec", Value::U64(per_sec)),
+    ]
+}
+
 fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -98,6 +112,19 @@ mod tests {
         s.cpu_weight = Some(20);
         assert_eq!(get(&scope_properties(&s), "CPUWeight"), &Value::U64(20));
         assert_eq!(cpu_weight(None), ("CPUWeight", Value::U64(u64::MAX)));
+    }
+
+    #[test]
+    fn cpu_quota_in_microseconds_and_none_is_infinity_for_both() {
+        let q = cpu_quota(Some((
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+        )));
+        assert_eq!(q[0], ("CPUQuotaPeriodUSec", Value::U64(10_000)));
+        assert_eq!(q[1], ("CPUQuotaPerSecUSec", Value::U64(500_000)));
+        let none = cpu_quota(None);
+        assert_eq!(none[0], ("CPUQuotaPeriodUSec", Value::U64(u64::MAX)));
+        assert_eq!(none[1], ("CPUQuotaPerSecUSec", Value::U64(u64::MAX)));
     }
 
     #[test]

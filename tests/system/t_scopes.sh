@@ -2,7 +2,8 @@
 # t_scopes: `systemctl start kechi@demo` runs three workers, each alone in its own transient scope
 # kechi-demo-N.scope inside kechi-demo.slice, with the memory limit of the config on the scope and
 # in the kernel, as the app's user; the unit is active and reports a status line. A replacement
-# loads at a low CPU weight and gets the default once ready.
+# loads at a low CPU weight and gets the default once ready; the worker it replaces has its CPU
+# capped before its stop signal, and kechid's own stop stops every worker uncapped.
 . "$(dirname "$(readlink -f "$0")")/lib/scenario.sh"
 
 scenario t_scopes "three workers, one scope each, with MemoryMax, as the app's user"
@@ -56,6 +57,7 @@ expect_eq "GET on /run/kechi/$KT_APP.sock (kechi@demo.socket)" "$code" 200
 # A replacement loads beside serving workers at a low CPU weight (the loading burst must not take
 # the CPU from them), and gets systemd's default once ready (ready.mode delay: 1 s here).
 say "a replacement loads at CPUWeight=20, then gets the default"
+cursor=$(journal_cursor)
 new=$(($(max_serial "$w") + 1))
 tgt_run kechictl recycle "$KT_APP" --worker 1 > /dev/null || bad "kechictl recycle $KT_APP --worker 1 failed"
 weight="" kernel=""
@@ -85,4 +87,22 @@ case "$weight" in
   20) bad "kechi-$KT_APP-$new.scope still has CPUWeight=20 once ready" ;;
   *) ok "kechi-$KT_APP-$new.scope CPUWeight once ready: ${weight:-unset} (systemd's default)" ;;
 esac
+
+# The worker it replaced was stopped while two others served: its CPU was capped first
+# (CPUQuota=50%), then it got its signal. kechid's own stop stops every worker uncapped.
+say "the replaced worker's CPU is capped before its stop signal; a shutdown's stops are not"
+log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service")
+stop1=$(printf '%s\n' "$log" | grep -m1 'stopping worker with SIG')
+info "kechid: ${stop1:-no stop line}"
+case "$stop1" in
+  *"CPU capped at half a CPU"*) ok "worker 1 was capped before its stop signal" ;;
+  *) bad "worker 1's stop signal came without the CPU cap: '$stop1'" ;;
+esac
+cursor=$(journal_cursor)
+tgt_run systemctl stop "kechi@$KT_APP.service" "kechi@$KT_APP.socket"
+log=$(journal_unit_after "$cursor" "kechi@$KT_APP.service")
+n=$(printf '%s\n' "$log" | grep -c 'stopping worker with SIG')
+capped=$(printf '%s\n' "$log" | grep -c 'CPU capped')
+expect_eq "stop signals at kechid's stop" "$n" 3
+expect_eq "of them capped" "$capped" 0
 finish

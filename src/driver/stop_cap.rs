@@ -1,0 +1,154 @@
+//! A worker stopped while others serve gives up the CPU before it exits: kechid caps its scope
+//! at [`STOPPING_CPU_QUOTA`] of one CPU (`CPUQuota=`, over periods of [`STOPPING_CPU_PERIOD`])
+//! and only then sends the stop signal.
+//!
+//! Why: an app server's exit is a burst of CPU. A gunicorn worker process tearing its Python
+//! heap down takes 20-30 ms of CPU, its arbiter more, all at once; on two cores the old
+//! worker's processes took 1.4-1.8 CPUs for the first 50-90 ms after the signal, and the
+//! serving workers (and the clients or proxy on the same box) waited behind them: a third of
+//! the requests due in those 50 ms were slower than 1.2x the steady p99 (bench/slowload,
+//! measured with a `sched_switch` trace). A quota bounds what the exit takes at any moment,
+//! whoever else is on the box; a lower `CPUWeight=` does not (it only ranks the app's own
+//! scopes against each other, and was measured to make the exit's own last requests wait).
+//!
+//! The cap goes on before the signal: set together with it, it landed 40 ms later, when most
+//! of the burst was over (measured). The signal waits for systemd's answer at most
+//! [`STOP_CAP_WAIT`]; a refusal, an error or a slow manager sends it uncapped. A request the
+//! stopping worker is still answering gets its share first (the burst follows the last
+//! request), and a short period keeps any wait behind the quota to a few milliseconds.
+//!
+//! Not capped: a stop with no other worker serving (the cap would only slow an exit nobody
+//! waits behind), kechid's own shutdown and an idle app's stop (every worker goes), and a stop
+//! because the box is short of memory (pressure, the box budget), where the old worker's
+//! memory is wanted back at once.
+
+use std::time::{Duration, Instant};
+
+use super::Driver;
+use super::ops::{Done, OpError};
+use crate::lifecycle::{StopReason, WorkerState};
+use crate::systemd::Systemd;
+
+/// The CPU a stopping worker may use while others serve: half of one CPU's time.
+pub(super) const STOPPING_CPU_QUOTA: Duration = Duration::from_millis(500);
+/// The period the quota is enforced over: short, so that a stopping worker over its quota
+/// waits at most a few milliseconds for the next period (the kernel's default is 100 ms).
+pub(super) const STOPPING_CPU_PERIOD: Duration = Duration::from_millis(10);
+/// How long the stop signal waits for the cap.
+pub(super) const STOP_CAP_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether a worker stopped for `reason` is capped before its signal, given whether another
+/// worker of the app serves meanwhile.
+pub(super) fn capped_before_stop(reason: &StopReason, others_serve: bool) -> bool {
+    others_serve
+        && !matches!(
+            reason,
+            StopReason::Shutdown | StopReason::Idle | StopReason::Pressure | StopReason::BoxBudget
+        )
+}
+
+impl<S: Systemd + 'static> Driver<S> {
+    /// The stop signal, to a worker asked to stop: after its cap when
+    /// [`capped_before_stop`], else at once.
+    pub(super) fn send_stop_signal(&mut self, serial: u64) {
+        let reason = match self.state.workers.get(&serial).map(|w| &w.state) {
+            Some(WorkerState::Draining { reason, .. }) => reason.clone(),
+            _ => StopReason::Shutdown,
+        };
+        let others_serve = self
+            .state
+            .workers
+            .iter()
+            .any(|(s, w)| *s != serial && matches!(w.state, WorkerState::Ready { .. }));
+        let scope = self.procs.get(&serial).and_then(|p| p.scope.clone());
+        match scope {
+            Some(unit)
+                if self.systemd.is_some()
+                    && self.link.is_up()
+                    && capped_before_stop(&reason, others_serve) =>
+            {
+                self.stop_caps.insert(serial, Instant::now());
+                let name = unit.clone();
+                let quota = Some((STOPPING_CPU_QUOTA, STOPPING_CPU_PERIOD));
+                self.launch(
+                    STOP_CAP_WAIT,
+                    move |sd| async move { sd.set_cpu_quota(&name, quota).await },
+                    move |result| Done::StopCapped {
+                        serial,
+                        unit,
+                        result,
+                    },
+                );
+            }
+            _ => self.signal_stop(serial, false),
+        }
+    }
+
+    /// systemd answered the cap of a stopping worker: its signal follows (capped or not).
+    pub(super) fn on_stop_capped(&mut self, serial: u64, unit: &str, result: Result<(), OpError>) {
+        if self.stop_caps.remove(&serial).is_none() {
+            return; // signalled already, uncapped, after STOP_CAP_WAIT
+        }
+        let capped = match result {
+            Ok(()) => true,
+            Err(e) if e.is_no_such_unit() => false,
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, "{unit}: could not cap the CPU of the stopping worker ({e}); it is stopped uncapped, so its exit may slow the serving workers for a moment");
+                false
+            }
+        };
+        self.signal_stop(serial, capped);
+    }
+
+    /// When the oldest cap still unanswered is due to give up on.
+    pub(super) fn stop_cap_due(&self) -> Option<Instant> {
+        self.stop_caps.values().min().map(|at| *at + STOP_CAP_WAIT)
+    }
+
+    /// Caps unanswered for [`STOP_CAP_WAIT`]: their workers are signalled without them (an
+    /// operation can wait in the queue behind others before its own deadline starts).
+    pub(super) fn stop_caps_overdue(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u64> = self
+            .stop_caps
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= STOP_CAP_WAIT)
+            .map(|(s, _)| *s)
+            .collect();
+        for serial in late {
+            self.stop_caps.remove(&serial);
+            tracing::warn!(APP = %self.opts.app, WORKER = serial, "systemd did not cap the CPU of the stopping worker within {}; it is stopped uncapped", crate::quantity::format_duration(STOP_CAP_WAIT));
+            self.signal_stop(serial, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_over_is_capped_and_a_stop_nobody_waits_behind_is_not() {
+        for r in [
+            StopReason::Reload,
+            StopReason::Age,
+            StopReason::Manual,
+            StopReason::Memory,
+            StopReason::Budget,
+            StopReason::Sharing,
+            StopReason::Surplus,
+            StopReason::ReadyTimeout,
+        ] {
+            assert!(capped_before_stop(&r, true), "{r:?}");
+            assert!(!capped_before_stop(&r, false), "{r:?} with none serving");
+        }
+        for r in [
+            StopReason::Shutdown,
+            StopReason::Idle,
+            StopReason::Pressure,
+            StopReason::BoxBudget,
+        ] {
+            assert!(!capped_before_stop(&r, true), "{r:?}");
+        }
+    }
+}
