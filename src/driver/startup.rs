@@ -233,8 +233,15 @@ impl<S: Systemd + 'static> Driver<S> {
                 serial: *serial,
                 pid: p.pid.as_raw(),
                 // A draining worker must stay draining for the next kechid, not count as capacity.
+                // One whose stop signal waits for its CPU cap (stop_cap) has had no signal: a
+                // next kechid must take it for the serving worker it still is, not wait for it
+                // to end.
                 draining: match self.state.workers.get(serial).map(|w| &w.state) {
-                    Some(WorkerState::Draining { reason, .. }) => Some(reason.clone()),
+                    Some(WorkerState::Draining { reason, .. })
+                        if !self.stop_caps.contains_key(serial) =>
+                    {
+                        Some(reason.clone())
+                    }
                     _ => None,
                 },
                 config: Some(p.config),

@@ -17,6 +17,10 @@
 //! stopping worker is still answering gets its share first (the burst follows the last
 //! request), and a short period keeps any wait behind the quota to a few milliseconds.
 //!
+//! Until its signal, the workers file records the worker as live (it is: nothing told it to
+//! stop), so a kechid killed in between leaves the next one a serving worker to adopt, not a
+//! draining one that would never get its signal.
+//!
 //! Not capped: a stop with no other worker serving (the cap would only slow an exit nobody
 //! waits behind), kechid's own shutdown and an idle app's stop (every worker goes), and a stop
 //! because the box is short of memory (pressure, the box budget), where the old worker's
@@ -68,6 +72,7 @@ impl<S: Systemd + 'static> Driver<S> {
                     && capped_before_stop(&reason, others_serve) =>
             {
                 self.stop_caps.insert(serial, Instant::now());
+                self.save_workers();
                 let name = unit.clone();
                 let quota = Some((STOPPING_CPU_QUOTA, STOPPING_CPU_PERIOD));
                 self.launch(
@@ -98,6 +103,7 @@ impl<S: Systemd + 'static> Driver<S> {
             }
         };
         self.signal_stop(serial, capped);
+        self.save_workers();
     }
 
     /// When the oldest cap still unanswered is due to give up on.
@@ -115,11 +121,15 @@ impl<S: Systemd + 'static> Driver<S> {
             .filter(|(_, at)| now.saturating_duration_since(**at) >= STOP_CAP_WAIT)
             .map(|(s, _)| *s)
             .collect();
+        if late.is_empty() {
+            return;
+        }
         for serial in late {
             self.stop_caps.remove(&serial);
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "systemd did not cap the CPU of the stopping worker within {}; it is stopped uncapped", crate::quantity::format_duration(STOP_CAP_WAIT));
             self.signal_stop(serial, false);
         }
+        self.save_workers();
     }
 }
 

@@ -37,6 +37,8 @@ struct FakeInner {
     start_fails: Cell<bool>,
     /// StopUnit answers only after this long (a manager busy with a long stop job).
     stop_delay: Cell<Duration>,
+    /// SetUnitProperties of a CPU quota answers only after this long (a manager that stalls).
+    quota_delay: Cell<Duration>,
     job_type: RefCell<Option<String>>,
     closed: Cell<bool>,
     lost: tokio::sync::Notify,
@@ -141,6 +143,7 @@ impl Systemd for FakeSystemd {
         unit: &str,
         quota: Option<(Duration, Duration)>,
     ) -> Result<(), SystemdError> {
+        tokio::time::sleep(self.0.quota_delay.get()).await;
         match quota {
             Some((q, p)) => self.note(format!(
                 "cpu-quota {unit} {}ms/{}ms",
@@ -631,6 +634,50 @@ async fn a_lost_link_is_reconnected_and_stray_scopes_stopped() {
         // The worker is untouched; kechid still answers and stops cleanly.
         let s = status(&sock).await.unwrap();
         assert_eq!(ready_serials(&s), [1]);
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cpu_cap_the_manager_does_not_answer_delays_the_stop_signal_by_at_most_the_cap_wait() {
+    // A recycle's old worker is capped before its stop signal; a manager that does not answer
+    // the cap (10 s) holds the signal back STOP_CAP_WAIT at most, and the roll goes on.
+    let mut rig = Rig::new("q", 1, "");
+    let sd = FakeSystemd::default();
+    sd.0.quota_delay.set(Duration::from_secs(10));
+    let sock = rig.socket();
+    let driver = rig.run(&sd);
+    let steps = async {
+        let s = until(&sock, "ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1]
+        })
+        .await;
+        let old = s.workers[0].pid;
+        let (r, _) = ask(
+            &sock,
+            Request::Recycle {
+                worker: Some(1),
+                all: false,
+            },
+        )
+        .await;
+        assert_eq!(r.unwrap().error, None);
+        until(&sock, "replacement ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [2]
+        })
+        .await;
+        let t0 = Instant::now();
+        while alive(old) && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = t0.elapsed();
+        assert!(!alive(old), "the old worker got its stop signal");
+        assert!(
+            took < super::stop_cap::STOP_CAP_WAIT + Duration::from_secs(1),
+            "stop signal held {took:?}"
+        );
         rig.signals.send(Signal::Term).unwrap();
     };
     let (code, ()) = tokio::join!(driver, steps);
