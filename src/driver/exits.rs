@@ -71,6 +71,8 @@ impl<S: Systemd + 'static> Driver<S> {
 
     pub(super) fn kill(&mut self, serial: u64) {
         self.apply(serial, Event::Killed);
+        // SIGKILL now: the stop signal its cap held back is not sent after it
+        self.stop_caps.remove(&serial);
         let Some(p) = self.procs.get(&serial) else {
             return;
         };
@@ -198,6 +200,8 @@ impl<S: Systemd + 'static> Driver<S> {
     /// its scope, wipe its temp dir, forget it.
     pub(super) fn cleanup(&mut self, serial: u64) {
         self.steer_forget(serial);
+        // gone before its cap was answered: no signal is owed to it any more
+        self.stop_caps.remove(&serial);
         if let Some(p) = self.procs.remove(&serial) {
             match (&self.systemd, p.scope) {
                 // Children a prefork master left behind must not keep serving on their own.

@@ -19,9 +19,12 @@
 //!
 //! Until its signal, the workers file records the worker as live (it is: nothing told it to
 //! stop), so a kechid killed in between leaves the next one a serving worker to adopt, not a
-//! draining one that would never get its signal.
+//! draining one that would never get its signal and be killed with the requests it accepted
+//! meanwhile. The cost: that next kechid finds one worker too many and stops one as surplus (the
+//! newest), so the recycle is done again later.
 //!
-//! Not capped: a stop with no other worker serving (the cap would only slow an exit nobody
+//! Not capped: a stop with a `stop.timeout` under four times [`STOP_CAP_WAIT`] (the SIGKILL
+//! deadline counts from the stop request), a stop with no other worker serving (the cap would only slow an exit nobody
 //! waits behind), kechid's own shutdown and an idle app's stop (every worker goes), and a stop
 //! because the box is short of memory (pressure, the box budget), where the old worker's
 //! memory is wanted back at once.
@@ -42,9 +45,15 @@ pub(super) const STOPPING_CPU_PERIOD: Duration = Duration::from_millis(10);
 pub(super) const STOP_CAP_WAIT: Duration = Duration::from_millis(500);
 
 /// Whether a worker stopped for `reason` is capped before its signal, given whether another
-/// worker of the app serves meanwhile.
-pub(super) fn capped_before_stop(reason: &StopReason, others_serve: bool) -> bool {
+/// worker of the app serves meanwhile and the app's `stop.timeout` (counted from the stop
+/// request: one too short to spare [`STOP_CAP_WAIT`] gets its signal at once).
+pub(super) fn capped_before_stop(
+    reason: &StopReason,
+    others_serve: bool,
+    stop_timeout: Duration,
+) -> bool {
     others_serve
+        && stop_timeout >= 4 * STOP_CAP_WAIT
         && !matches!(
             reason,
             StopReason::Shutdown | StopReason::Idle | StopReason::Pressure | StopReason::BoxBudget
@@ -69,7 +78,7 @@ impl<S: Systemd + 'static> Driver<S> {
             Some(unit)
                 if self.systemd.is_some()
                     && self.link.is_up()
-                    && capped_before_stop(&reason, others_serve) =>
+                    && capped_before_stop(&reason, others_serve, self.policy.stop_timeout) =>
             {
                 self.stop_caps.insert(serial, Instant::now());
                 self.save_workers();
@@ -139,6 +148,7 @@ mod tests {
 
     #[test]
     fn a_hand_over_is_capped_and_a_stop_nobody_waits_behind_is_not() {
+        const T: Duration = Duration::from_secs(30);
         for r in [
             StopReason::Reload,
             StopReason::Age,
@@ -149,8 +159,14 @@ mod tests {
             StopReason::Surplus,
             StopReason::ReadyTimeout,
         ] {
-            assert!(capped_before_stop(&r, true), "{r:?}");
-            assert!(!capped_before_stop(&r, false), "{r:?} with none serving");
+            assert!(capped_before_stop(&r, true, T), "{r:?}");
+            assert!(!capped_before_stop(&r, false, T), "{r:?} with none serving");
+            // a stop.timeout that cannot spare the wait for the cap: signalled at once
+            assert!(
+                !capped_before_stop(&r, true, Duration::from_secs(1)),
+                "{r:?}"
+            );
+            assert!(capped_before_stop(&r, true, 4 * STOP_CAP_WAIT), "{r:?}");
         }
         for r in [
             StopReason::Shutdown,
@@ -158,7 +174,7 @@ mod tests {
             StopReason::Pressure,
             StopReason::BoxBudget,
         ] {
-            assert!(!capped_before_stop(&r, true), "{r:?}");
+            assert!(!capped_before_stop(&r, true, T), "{r:?}");
         }
     }
 }
