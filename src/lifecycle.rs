@@ -53,23 +53,24 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// Every reason.
+    pub const ALL: [StopReason; 12] = [
+        StopReason::Shutdown,
+        StopReason::Surplus,
+        StopReason::ReadyTimeout,
+        StopReason::Reload,
+        StopReason::Age,
+        StopReason::Manual,
+        StopReason::Memory,
+        StopReason::Budget,
+        StopReason::Sharing,
+        StopReason::Idle,
+        StopReason::BoxBudget,
+        StopReason::Pressure,
+    ];
+
     pub fn parse(s: &str) -> Option<StopReason> {
-        [
-            StopReason::Shutdown,
-            StopReason::Surplus,
-            StopReason::ReadyTimeout,
-            StopReason::Reload,
-            StopReason::Age,
-            StopReason::Manual,
-            StopReason::Memory,
-            StopReason::Budget,
-            StopReason::Sharing,
-            StopReason::Idle,
-            StopReason::BoxBudget,
-            StopReason::Pressure,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     pub fn as_str(&self) -> &'static str {

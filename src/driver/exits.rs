@@ -55,15 +55,13 @@ impl<S: Systemd + 'static> Driver<S> {
             return;
         };
         let sig = self.loaded.config.stop.signal;
-        let reason = match self.state.workers.get(&serial).map(|w| &w.state) {
-            Some(crate::lifecycle::WorkerState::Draining { reason, .. }) => reason.as_str(),
-            _ => "stop",
-        };
-        if capped {
-            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig} (its CPU capped at half a CPU while it exits: other workers serve)");
+        let reason = self.draining_reason(serial).map_or("stop", |r| r.as_str());
+        let capped = if capped {
+            " (its CPU capped at half a CPU while it exits: other workers serve)"
         } else {
-            tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig}");
-        }
+            ""
+        };
+        tracing::info!(APP = %self.opts.app, WORKER = serial, PID = pid.as_raw(), REASON = reason, "stopping worker with SIG{sig}{capped}");
         if let Err(e) = kill(pid, sig.0) {
             tracing::warn!(APP = %self.opts.app, WORKER = serial, "sending SIG{sig}: {e}");
         }

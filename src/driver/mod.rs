@@ -405,10 +405,15 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// Whether the worker has been asked to stop (its stop signal sent or about to be).
     fn is_draining(&self, serial: u64) -> bool {
-        self.state
-            .workers
-            .get(&serial)
-            .is_some_and(|w| matches!(w.state, crate::lifecycle::WorkerState::Draining { .. }))
+        self.draining_reason(serial).is_some()
+    }
+
+    /// Why a worker asked to stop was asked; `None` for one not asked to stop (or unknown).
+    fn draining_reason(&self, serial: u64) -> Option<&crate::lifecycle::StopReason> {
+        match &self.state.workers.get(&serial)?.state {
+            crate::lifecycle::WorkerState::Draining { reason, .. } => Some(reason),
+            _ => None,
+        }
     }
 
     fn apply(&mut self, serial: u64, event: crate::lifecycle::Event) {

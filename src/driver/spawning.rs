@@ -189,7 +189,7 @@ impl<S: Systemd + 'static> Driver<S> {
 
     /// Whether some worker of the app serves now: then a new one is a replacement (or stands
     /// in for one that died) and loads beside workers that answer requests.
-    fn any_ready(&self) -> bool {
+    pub(super) fn any_ready(&self) -> bool {
         self.state
             .workers
             .values()

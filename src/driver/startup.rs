@@ -14,7 +14,7 @@ use nix::unistd::{Gid, Pid, Uid, User};
 use super::ops::{Done, OpError, ScanPurpose, ScannedUnit};
 use super::{Driver, Options, Proc};
 use crate::config::{self, Config, Loaded, RealHost};
-use crate::lifecycle::{StopReason, WorkerState};
+use crate::lifecycle::StopReason;
 use crate::spawn;
 use crate::systemd::Systemd;
 
@@ -236,14 +236,10 @@ impl<S: Systemd + 'static> Driver<S> {
                 // One whose stop signal waits for its CPU cap (stop_cap) has had no signal: a
                 // next kechid must take it for the serving worker it still is, not wait for it
                 // to end.
-                draining: match self.state.workers.get(serial).map(|w| &w.state) {
-                    Some(WorkerState::Draining { reason, .. })
-                        if !self.stop_caps.contains_key(serial) =>
-                    {
-                        Some(reason.clone())
-                    }
-                    _ => None,
-                },
+                draining: self
+                    .draining_reason(*serial)
+                    .filter(|_| !self.stop_caps.contains_key(serial))
+                    .cloned(),
                 config: Some(p.config),
                 steer: self.own_sockets(*serial),
             })

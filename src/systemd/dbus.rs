@@ -141,6 +141,21 @@ impl DbusSystemd {
         self.link().conn
     }
 
+    /// `SetUnitProperties` for as long as the unit runs (not saved to disk).
+    async fn set_runtime_properties(
+        &self,
+        unit: &str,
+        props: &[(&str, zbus::zvariant::Value<'_>)],
+    ) -> Result<(), SystemdError> {
+        let manager = self.manager();
+        bounded(
+            "SetUnitProperties",
+            unit,
+            manager.set_unit_properties(unit, true, props),
+        )
+        .await
+    }
+
     /// `GetUnit`: the unit's object path.
     async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
         bounded("GetUnit", unit, self.manager().get_unit(unit)).await
@@ -479,14 +494,8 @@ impl Systemd for DbusSystemd {
     }
 
     async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError> {
-        let manager = self.manager();
-        let props = [props::cpu_weight(weight)];
-        bounded(
-            "SetUnitProperties",
-            unit,
-            manager.set_unit_properties(unit, true, &props),
-        )
-        .await
+        self.set_runtime_properties(unit, &[props::cpu_weight(weight)])
+            .await
     }
 
     async fn set_cpu_quota(
@@ -494,14 +503,8 @@ impl Systemd for DbusSystemd {
         unit: &str,
         quota: Option<(Duration, Duration)>,
     ) -> Result<(), SystemdError> {
-        let manager = self.manager();
-        let props = props::cpu_quota(quota);
-        bounded(
-            "SetUnitProperties",
-            unit,
-            manager.set_unit_properties(unit, true, &props),
-        )
-        .await
+        self.set_runtime_properties(unit, &props::cpu_quota(quota))
+            .await
     }
 
     async fn link_lost(&self) {
