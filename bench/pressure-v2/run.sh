@@ -72,7 +72,7 @@ kechi_install
 if [ "$PV_SWAP" != 0 ]; then
   # zram, the one swap the VM can have (it has no disk); insmod: its module tree has no modules.dep
   # shellcheck disable=SC2016
-  tgt_sh 'k=/lib/modules/$(uname -r)/kernel; insmod $k/mm/zsmalloc.ko; insmod $k/drivers/block/zram/zram.ko' || abort "loading zram"
+  tgt_sh '[ -e /sys/block/zram0 ] || { k=/lib/modules/$(uname -r)/kernel; insmod $k/mm/zsmalloc.ko; insmod $k/drivers/block/zram/zram.ko; }' || abort "loading zram"
   tgt_sh "echo $PV_SWAP > /sys/block/zram0/disksize && mkswap /dev/zram0 > /dev/null && swapon /dev/zram0" || abort "zram swap"
   say "swap: zram of $PV_SWAP"
 fi
@@ -180,6 +180,13 @@ step() {
   log=$(KT_RUN_TIMEOUT=120 journal_unit_after "$cursor" "kechi@$KT_APP.service" fields)
   STEP_PRESSURE=$(printf '%s\n' "$log" | grep 'REASON=pressure' | grep -c 'memory pressure on the box')
   printf '%s\n' "$log" | grep 'REASON=pressure' | grep 'memory pressure on the box' | head -3 | sed 's/^/          | /'
+  if [ -n "$pressure" ] && [ "$STEP_FAILED" != 0 ]; then
+    # what a failed request needs to be explained: every worker's start, stop and end, with time
+    info "kechi@$KT_APP's worker lines of this step (a failed request above):"
+    KT_RUN_TIMEOUT=120 tgt_journal -o short-precise -u "kechi@$KT_APP.service" |
+      grep -E 'WORKER|worker|mem_app|SIGKILL|died|ready' | tail -80 | sed 's/^/          | /'
+    tgt_sh 'dmesg | grep -iE "out of memory|oom-kill|killed process|page allocation failure|blocked for more than|hung_task" | tail -20' | sed 's/^/          | kernel: /'
+  fi
   info "step '$name': served $STEP_SERVED, failed $STEP_FAILED; OOM kills $STEP_OOM (global $STEP_GLOBAL, cgroup limit $STEP_MEMCG); pressure recycles $STEP_PRESSURE; least memory available ${STEP_MIN_AVAIL} MiB"
   [ -n "$pressure" ] || return 0  # the last step: the VM goes down as it is
   tgt_run timeout 120 systemctl stop "kechi@$KT_APP" || bad "systemctl stop kechi@$KT_APP"

@@ -182,6 +182,24 @@ impl<S: Systemd + 'static> Driver<S> {
             Action::MarkReady(serial) => self.became_ready(serial, None),
             Action::Stop(serial, reason) => {
                 let recycled = self.state.replacement_of(serial).is_some();
+                if self
+                    .state
+                    .box_pick
+                    .as_ref()
+                    .is_some_and(|(s, _)| *s == serial)
+                {
+                    // a box-wide pick stopped before its replacement starts (policy::stops_first)
+                    self.state.box_pick = None;
+                    self.state.last_recycle = Some(Instant::now());
+                    self.recycles.note(reason.as_str());
+                    self.sample_full_now(serial);
+                    tracing::info!(
+                        APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), REASON = reason.as_str(),
+                        "recycling worker ({}): stopping it first while the others serve, then its replacement starts (the box lacks the memory to load one beside it)",
+                        self.figures(serial)
+                    );
+                    self.record(format!("worker {serial} recycled ({})", reason.as_str()));
+                }
                 self.stop(serial, reason.clone());
                 if recycled {
                     self.recycles.note(reason.as_str());
