@@ -4,7 +4,7 @@
 #   1. installs cargo-fuzz when missing (`cargo install --locked`; CI caches ~/.cargo);
 #   2. builds every target of fuzz/Cargo.toml with the stable toolchain and no sanitizer
 #      (see fuzz/README.md: the targets are safe Rust, and `--sanitizer none` needs no nightly);
-#   3. runs each target for FUZZ_SECONDS (default 15) from its committed seeds, one at a time,
+#   3. runs each target for FUZZ_SECONDS (default 10) from its committed seeds, one at a time,
 #      with a per-input timeout of 10 s, into a throwaway corpus (the repository is not changed);
 #   4. prints executions, exec/s, coverage and corpus size per target; exits 1 on any crash,
 #      panic, timeout or out-of-memory, naming the input that caused it (kept under
@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")" || exit 2
 FUZZ=$PWD
-SECONDS_EACH=${FUZZ_SECONDS:-15}
+SECONDS_EACH=${FUZZ_SECONDS:-10}
 
 # cargo where rustup put it, also under sudo (whose secure_path drops ~/.cargo/bin)
 # shellcheck source=../scripts/lib/cargo.sh

@@ -173,6 +173,7 @@ on_interrupt() {
   echo "interrupted: stopping the scenarios (they take their test machines down)" >&2
   for p in "${!RUN_PID_NAME[@]}"; do kill -TERM "$p" 2> /dev/null; done
   wait
+  shared_vm_down
   exit 130
 }
 
@@ -195,12 +196,47 @@ system_steps() {
     while [ "$running" -ge "$jobs" ]; do finish_one; done
     start_scenario "$f"
   done
-  for f in $(printf '%s\n' "$list" | grep '_v2\.sh$'); do
+  local v2
+  v2=$(v2_order "$(printf '%s\n' "$list" | grep '_v2\.sh$')")
+  [ -z "$v2" ] || while [ "$running" -gt 0 ]; do finish_one; done
+  [ -z "$v2" ] || shared_vm_up "$(echo "$v2" | wc -l)"
+  for f in $v2; do
     while [ "$running" -gt 0 ]; do finish_one; done
     start_scenario "$f"
   done
   while [ "$running" -gt 0 ]; do finish_one; done
+  shared_vm_down
   trap - INT TERM
+}
+
+# v2_order LIST: the cgroup v2 scenarios in the order they share one VM: t_pressure_v2 last, since
+# it drives the VM into swap and memory fragmentation that no reset undoes
+v2_order() {
+  printf '%s\n' "$1" | grep -v '/t_pressure_v2\.sh$' | grep .
+  printf '%s\n' "$1" | grep '/t_pressure_v2\.sh$'
+}
+
+# shared_vm_up N: one VM for the N cgroup v2 scenarios, each of which resets it when it starts
+# (scenario.sh): a boot under emulation takes 10-25 s, and 60-300 s when attempts hang, so one boot
+# instead of N. When it does not come up, each scenario boots its own (and reports that).
+# KT_VM_SHARED=0 makes each scenario boot its own.
+shared_vm_up() {
+  [ "${KT_VM_SHARED:-}" != 0 ] && [ "$1" -gt 1 ] || { unset KT_VM_SHARED; return 0; }
+  local name="kt-$$-v2" t0=$SECONDS
+  banner "the cgroup v2 VM for the $1 v2 scenarios: $name"
+  if (. tests/system/lib/vm.sh && _VM_MINE=() && vm_up "$name" && _VM_MINE=()); then
+    export KT_VM_SHARED=$name
+    echo "$name is up ($((SECONDS - t0)) s)"
+  else
+    unset KT_VM_SHARED
+    echo "the shared VM did not come up ($((SECONDS - t0)) s): each v2 scenario boots its own"
+  fi
+}
+
+shared_vm_down() {
+  [ -n "${KT_VM_SHARED:-}" ] || return 0
+  (. tests/system/lib/vm.sh && vm_down "$KT_VM_SHARED")
+  unset KT_VM_SHARED
 }
 
 # ---- run -----------------------------------------------------------------------------------------

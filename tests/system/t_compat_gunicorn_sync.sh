@@ -21,7 +21,7 @@ ZD_SKIP=${ZD_SKIP:-age}   # (age recycling: t_compat_starlet_keepalive)
 # both so that its workers do not see them, and never unlinks an inherited Unix socket on exit.
 zd_after_start() {
   local line
-  line=$(tgt_run journalctl -b --no-pager -o cat | grep -m1 'Listening at: ')
+  line=$(tgt_journal -o cat | grep -m1 'Listening at: ')
   info "gunicorn: $line"
   case "$line" in
     *"unix:/run/kechi/$KT_APP.sock"*"http://$KT_LISTEN"*|*"http://$KT_LISTEN"*"unix:/run/kechi/$KT_APP.sock"*)

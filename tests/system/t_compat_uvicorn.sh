@@ -37,7 +37,7 @@ ZD_SKIP=age
 ZD_STEER=1
 zd_after_start() {
   local line
-  line=$(tgt_run journalctl -b --no-pager -o cat | grep -m1 'Uvicorn running on')
+  line=$(tgt_journal -o cat | grep -m1 'Uvicorn running on')
   info "uvicorn: $line"
   case "$line" in
     *"'127.0.0.1', ${KT_LISTEN##*:}"*) ok "uvicorn serves the inherited socket at fd 3 ($KT_LISTEN), not its default 127.0.0.1:8000" ;;

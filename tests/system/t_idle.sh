@@ -132,7 +132,7 @@ done
 codes=$(tgt_run sh -c "for i in \$(seq 1 20); do curl -sS -o /dev/null -m 60 -w '%{http_code}\n' http://$KT_LISTEN/ 2>/dev/null || echo 000 & done; wait" | sort | uniq -c | tr -s ' ' | tr '\n' ';')
 expect_eq "20 requests during the idle stop" "$codes" " 20 200;"
 
-steer=$(tgt_run journalctl -b --no-pager -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:")
+steer=$(tgt_journal -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:")
 handed=$(printf '%s\n' "$steer" | grep -c 'waited while no worker served')
 if [ "$(printf '%s\n' "$steer" | grep -c 'each worker gets a socket of its own')" -ge 2 ]; then
   ok "kechid steered $KT_LISTEN at each start"

@@ -57,7 +57,7 @@ fi
 
 # the kernel's own word, as information (the box's journal may not carry the kernel log)
 memcg="$(tgt_cgprefix)/kechi.slice/kechi-demo.slice/kechi-demo-$vserial.scope"
-klines=$(tgt_run journalctl -k -b --no-pager -o cat | grep -F "$memcg" | head -n 3)
+klines=$(tgt_journal -k -o cat | grep -F "$memcg" | head -n 3)
 [ -n "$klines" ] && printf '%s\n' "$klines" | cut -c 1-200 | sed 's/^/          kernel: /'
 
 say "kechictl status $KT_APP"

@@ -66,7 +66,7 @@ info "limit hits (${cgver}: $( [ "$cgver" = v2 ] && echo 'memory.events max' || 
 memcg="task_memcg=$(tgt_cgprefix)/kechi.slice/kechi-demo.slice/$vunit,"
 klines=""
 for _ in $(seq 1 50); do
-  klines=$(tgt_run journalctl -k -b --no-pager -o cat | grep -F -A1 "$memcg")
+  klines=$(tgt_journal -k -o cat | grep -F -A1 "$memcg")
   [ -n "$klines" ] && break
   sleep 0.2
 done

@@ -54,7 +54,7 @@ for w in s["workers"]:
 mib() { awk -v b="${1:-0}" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
 mem_journal() {  # mem_journal CURSOR
-  local c=$1 args=(-b)
+  local c=$1 args=("${_KT_JSINCE[@]}")
   [ -n "$c" ] && args=(--after-cursor="$c")
   # filtered here, not with a journalctl match: see journal_unit_after in scenario.sh
   tgt_run journalctl --no-pager -o json "${args[@]}" | python3 -c '

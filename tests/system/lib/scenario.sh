@@ -63,10 +63,20 @@ tgt_up() {  # tgt_up SUFFIX
       box_up "$T" > /dev/null || abort "the test box did not boot"
       ;;
     v2)
-      vm_up "$T"; rc=$?
-      [ "$rc" = 77 ] && exit 77
-      # the VM tool is there: a VM that does not boot fails the scenario (vm.sh)
-      [ "$rc" = 0 ] || abort "the cgroup v2 VM did not boot (the VM tool's output is above)"
+      if [ -n "${KT_VM_SHARED:-}" ]; then
+        # tests/run.sh boots one VM for all its v2 scenarios (each boot under emulation costs
+        # 10-150 s): this scenario gets it as the previous one left it, reset
+        T=$KT_VM_SHARED
+        vm_reset "$T" || abort "the shared cgroup v2 VM $T could not be reset for this scenario"
+        _KT_JSINCE=("--since=@$(tgt_run date +%s)")
+        _VM_SHARED_USED=$T
+        _box_install_trap
+      else
+        vm_up "$T"; rc=$?
+        [ "$rc" = 77 ] && exit 77
+        # the VM tool is there: a VM that does not boot fails the scenario (vm.sh)
+        [ "$rc" = 0 ] || abort "the cgroup v2 VM did not boot (the VM tool's output is above)"
+      fi
       ;;
     *) abort "KT_TIER must be v1 or v2" ;;
   esac
@@ -75,6 +85,10 @@ tgt_up() {  # tgt_up SUFFIX
     if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then echo "pure cgroup v2"; else echo "cgroup v1 memory controller"; fi' | tr '\n' ' ' | sed 's/ $//'); tier $KT_TIER)"
 }
 
+# tgt_journal ARGS...: journalctl in the test machine, this scenario's entries only (the whole boot,
+# or since the reset of a VM shared with earlier scenarios)
+_KT_JSINCE=(-b)
+tgt_journal() { tgt_run journalctl --no-pager "${_KT_JSINCE[@]}" "$@"; }
 tgt_run() { if [ "$KT_TIER" = v2 ]; then vm_run "$T" "$@"; else box_run "$T" "$@" < /dev/null; fi; }
 tgt_in() { if [ "$KT_TIER" = v2 ]; then vm_run_in "$T" "$@"; else box_run "$T" "$@"; fi; }
 tgt_copy_in() { if [ "$KT_TIER" = v2 ]; then vm_copy_in "$T" "$1" "$2"; else box_copy_in "$T" "$1" "$2"; fi; }
@@ -181,7 +195,7 @@ journal_cursor() { tgt_run journalctl -n 0 --show-cursor -q --no-pager | sed -n 
 # when several share one timestamp (seen in a VM with a coarse clock).
 # With a third argument "fields", each line starts with the entry's WORKER= and REASON= fields.
 journal_unit_after() {
-  local c=$1 unit=$2 fields=${3:-} args=(-b)
+  local c=$1 unit=$2 fields=${3:-} args=("${_KT_JSINCE[@]}")
   [ -n "$c" ] && args=(--after-cursor="$c")
   tgt_run journalctl --no-pager -o json "${args[@]}" | python3 -c '
 import json, sys
@@ -269,7 +283,10 @@ load_stop() {
   elif [ "$LOAD_FAILED" = 0 ]; then
     ok "$step, load $name: served $requests in $time, failed 0 (statuses $statuses)"
   else
-    bad "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx; statuses $statuses)"
+    # the kinds that failed first: the summary of tests/run.sh keeps a failure's first 70 characters
+    local kinds="" k
+    for k in connect read write timeout non2xx; do [ "${!k}" = 0 ] || kinds="$kinds${kinds:+, }$k ${!k}"; done
+    bad "$step, load $name: failed $LOAD_FAILED ($kinds) of $requests in $time (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx; statuses $statuses)"
   fi
 }
 

@@ -258,7 +258,7 @@ zd_socket_unit() {  # the row's socket unit, in a word or two, for the matrix
 
 zd_check_steered() {  # the TCP listener is steered: one listening socket per worker besides systemd's
   local n line
-  line=$(tgt_run journalctl -b --no-pager -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:" | tail -n 1)
+  line=$(tgt_journal -o cat -u "kechi@$KT_APP" | grep -F "listening socket $KT_LISTEN:" | tail -n 1)
   case "$line" in
     *"each worker gets a socket of its own"*) ok "kechid steers $KT_LISTEN: $line" ;;
     *) bad "kechid does not steer $KT_LISTEN: '$line'" ;;
