@@ -98,8 +98,10 @@ impl<S: Systemd + 'static> Driver<S> {
             .as_ref()
             .is_some_and(|(s, _)| *s == serial);
         let replacing = self.state.replacement_of(serial).is_some();
+        // a stopped worker gives its memory back when it exits: until then the box has not
+        // seen the recycle's effect (a pressure pick is stopped before its replacement starts)
         let draining = self.is_draining(serial);
-        if live && (pending || replacing || draining) {
+        if (live && (pending || replacing)) || draining {
             return;
         }
         if let Some(held) = self.box_lock.take() {

@@ -74,7 +74,7 @@ vm_up() {  # vm_up NAME: 0 when up; 77 (SKIPPED) without the tool or root; 1 whe
 # nothing, one vCPU spinning); a healthy guest prints its first timestamped kernel line 0.3-0.6 s
 # (guest time) later, and never was seen to recover after that. vmbox would wait out its whole
 # attempt (KT_VM_ATTEMPT_S) before starting afresh; killing the guest's process makes vmbox see a
-# boot that died, and start the next attempt at once. KT_VM_HANG_S (default 30): how long an
+# boot that died, and start the next attempt at once. KT_VM_HANG_S (default 20): how long an
 # attempt may go without that line. Uses vmbox's files (VMBOX_HOME/vms/NAME/{pid,console.log});
 # without them it does nothing.
 _vm_hang_watch() {
@@ -83,7 +83,7 @@ _vm_hang_watch() {
     pid=$(cat "$d/pid" 2> /dev/null) || { seen="" since=$SECONDS; continue; }
     if [ "$pid" != "$seen" ]; then seen=$pid since=$SECONDS; continue; fi  # a new attempt
     grep -q '^\[ *[0-9]' "$d/console.log" 2> /dev/null && return 0    # the kernel runs: not hung
-    if [ $((SECONDS - since)) -ge "${KT_VM_HANG_S:-30}" ]; then
+    if [ $((SECONDS - since)) -ge "${KT_VM_HANG_S:-20}" ]; then
       echo "vm: boot of $name hung before its kernel's first line ($((SECONDS - since)) s): ending that attempt" >&2
       kill -9 "$pid" 2> /dev/null
       seen="" since=$SECONDS
