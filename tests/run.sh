@@ -4,7 +4,8 @@
 #   1. installs what the tests need when it is missing (Debian/Ubuntu packages; cargo is assumed)
 #   2. cargo fmt --check, cargo clippy --all-targets -- -D warnings, cargo build, cargo test
 #      (cargo nextest when installed, plus the doc tests)
-#   3. the system scenarios, tests/system/t_*.sh, against a real systemd (two at a time)
+#   3. the system scenarios, tests/system/t_*.sh, against a real systemd (two at a time; the
+#      cgroup v2 ones after the others, one at a time, in one VM booted for them all)
 #   4. a summary table: PASS / FAIL / SKIP per step, with durations; exit status 1 on any FAIL
 #
 # Options:
@@ -16,7 +17,8 @@
 #   --no-packages    do not build the .deb/.rpm first (t_package then uses what is there, or skips);
 #                    they are built only when t_package is to run
 # Environment: KT_TEST_TIMEOUT (s per scenario, default 900), KT_LOGDIR (default
-# target/system-tests), KECHI_BIN_DIR (binaries to test, default target/debug).
+# target/system-tests), KECHI_BIN_DIR (binaries to test, default target/debug), KT_VM_SHARED=0
+# (each cgroup v2 scenario boots a VM of its own).
 # System scenarios need root; as another user they are reported as SKIP.
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.." || exit 2

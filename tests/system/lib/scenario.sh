@@ -66,12 +66,18 @@ tgt_up() {  # tgt_up SUFFIX
       if [ -n "${KT_VM_SHARED:-}" ]; then
         # tests/run.sh boots one VM for all its v2 scenarios (each boot under emulation costs
         # 10-150 s): this scenario gets it as the previous one left it, reset
-        T=$KT_VM_SHARED
-        vm_reset "$T" || abort "the shared cgroup v2 VM $T could not be reset for this scenario"
-        _KT_JSINCE=("--since=@$(tgt_run date +%s)")
-        _VM_SHARED_USED=$T
-        _box_install_trap
-      else
+        if vm_reset "$KT_VM_SHARED"; then
+          T=$KT_VM_SHARED
+          _KT_JSINCE=("--since=@$(tgt_run date +%s)")
+          _VM_SHARED_USED=$T
+          _box_install_trap
+        else
+          # (a VM that an earlier scenario left unable to answer): one of its own
+          say "the shared cgroup v2 VM $KT_VM_SHARED could not be reset (above): booting one for this scenario"
+          unset KT_VM_SHARED
+        fi
+      fi
+      if [ -z "${KT_VM_SHARED:-}" ]; then
         vm_up "$T"; rc=$?
         [ "$rc" = 77 ] && exit 77
         # the VM tool is there: a VM that does not boot fails the scenario (vm.sh)

@@ -95,7 +95,7 @@ _vm_hang_watch() {
 # worker, no load generator, no kechi file, no swap; what kechi_install puts back is removed too
 vm_reset() {
   # shellcheck disable=SC2016
-  vm_run "$1" sh -c '
+  KT_RUN_TIMEOUT=90 vm_run "$1" sh -c '
     systemctl stop "kt-load-*.service" "kechi@*.socket" "kechi@*.service" kechi.slice 2> /dev/null
     swapoff -a 2> /dev/null; [ -w /sys/block/zram0/reset ] && echo 1 > /sys/block/zram0/reset
     rm -rf /etc/kechi /etc/systemd/system/kechi* /run/kechi /run/kt-load /var/lib/kechi /var/lib/prometheus/node-exporter/kechi*
