@@ -75,18 +75,18 @@ bench_sampler_stop() {
 
 # shellcheck disable=SC2034  # LOAD_* are read by the benchmarks
 bench_load_stop() {
-  local out res kv requests=0 connect=0 read=0 write=0 timeout=0 non2xx=0
+  local out res kv requests=0 connect=0 read=0 write=0 timeout=0 hung=0 non2xx=0
   out=$(kt load-stop "$1" 2>&1)
   res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
   for kv in $res; do
     case "$kv" in
-      requests=* | connect=* | read=* | write=* | timeout=* | non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
+      requests=* | connect=* | read=* | write=* | timeout=* | hung=* | non2xx=*) printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
   done
   LOAD_SERVED=$requests
-  LOAD_FAILED=$((connect + read + write + timeout + non2xx))
-  LOAD_KINDS="connect=$connect read=$read write=$write timeout=$timeout non2xx=$non2xx"
-  printf '%s\n' "$out" | grep -E 'requests in|Requests/sec|Socket errors|Non-2xx' | sed 's/^/          | /'
+  LOAD_FAILED=$((connect + read + write + timeout + hung + non2xx))
+  LOAD_KINDS="connect=$connect read=$read write=$write timeout=$timeout hung=$hung non2xx=$non2xx"
+  printf '%s\n' "$out" | grep -E 'requests in|Requests/sec|Socket errors|Non-2xx|^hung: ' | sed 's/^/          | /'
 }
 
 bench_machine() {

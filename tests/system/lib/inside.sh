@@ -314,9 +314,33 @@ load_count() {
     }'
 }
 
+# load_hung PID: how many of wrk's (process PID) TCP connections neither sent nor received anything
+# for KT_LOAD_HUNG_MS (default 10000, wrk's --timeout): requests that hang. wrk 4.1 counts a
+# request as failed only once something comes back (an error, or an answer later than its timeout):
+# one that never gets an answer is counted nowhere, and its connection stays silent until wrk
+# stops. wrk keeps a request outstanding on every connection (the script adds no delay), so a
+# connection of a running wrk is never that quiet unless its request hangs.
+load_hung() {
+  ss -Htinp state established 2> /dev/null | awk -v pid="pid=$1," -v lim="${KT_LOAD_HUNG_MS:-10000}" '
+    /users:\(\(/ { mine = index($0, pid) > 0; next }
+    mine {
+      snd = rcv = 0
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^lastsnd:/) { split($i, a, ":"); snd = a[2] + 0 }
+        if ($i ~ /^lastrcv:/) { split($i, a, ":"); rcv = a[2] + 0 }
+      }
+      if (snd >= lim && rcv >= lim) n++
+      mine = 0
+    }
+    END { print n + 0 }'
+}
+
 load_stop() {
-  local name=$1 unit="kt-load-$1" end out
+  local name=$1 unit="kt-load-$1" end out pid hung=0
   out=$(load_out "$name")
+  pid=$(systemctl show -p MainPID --value "$unit" 2> /dev/null)
+  if [ -n "$pid" ] && [ "$pid" != 0 ]; then hung=$(load_hung "$pid"); fi
+  [ "$hung" = 0 ] || echo "hung: $hung of wrk's connections had sent and received nothing for ${KT_LOAD_HUNG_MS:-10000} ms (a request without an answer)"
   systemctl kill -s INT "$unit" 2>/dev/null
   end=$((SECONDS + 30))
   while systemctl -q is-active "$unit"; do
@@ -328,7 +352,7 @@ load_stop() {
     sleep 0.1
   done
   cat "$out"
-  awk '
+  awk -v hung="$hung" '
     / requests in / { req = $1; sec = $4; sub(/,$/, "", sec) }
     /Socket errors:/ { gsub(/,/, ""); c = $4; r = $6; w = $8; t = $10 }
     /Non-2xx or 3xx responses:/ { n = $5 }
@@ -336,7 +360,7 @@ load_stop() {
     /^latency_us: / { for (i = 2; i <= NF; i++) { split($i, kv, "="); lat[kv[1]] = kv[2] } }
     END {
       if (resp == "") { resp = -1; bad = 0 }
-      printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d non2xx=%d responses=%d outside2xx=%d statuses=%s p99_us=%d p999_us=%d max_us=%d\n", req, sec, c, r, w, t, n, resp, bad, (st == "" ? "-" : st), lat["p99"], lat["p999"], lat["max"]
+      printf "result: requests=%d time=%s connect=%d read=%d write=%d timeout=%d hung=%d non2xx=%d responses=%d outside2xx=%d statuses=%s p99_us=%d p999_us=%d max_us=%d\n", req, sec, c, r, w, t, hung, n, resp, bad, (st == "" ? "-" : st), lat["p99"], lat["p999"], lat["max"]
     }
   ' "$out"
 }

@@ -261,15 +261,15 @@ _load_row() {  # _load_row STEP NAME SERVED FAILED DETAIL
   LOAD_ROWS+=("$(printf '%-34s %-7s %9s %7s   %s' "$@")")
 }
 load_stop() {
-  local name=$1 step=$2 witness=${3:-} out res requests time connect read write timeout non2xx responses outside2xx statuses p99_us p999_us max_us
+  local name=$1 step=$2 witness=${3:-} out res requests time connect read write timeout hung non2xx responses outside2xx statuses p99_us p999_us max_us
   out=$(kt load-stop "$name" 2>&1)
   printf '%s\n' "$out" | grep -v '^result: ' | sed 's/^/          | /'
   res=$(printf '%s\n' "$out" | sed -n 's/^result: //p' | tail -1)
-  requests=0 time=0 connect=0 read=0 write=0 timeout=0 non2xx=0 responses=-1 outside2xx=0 statuses=- p99_us=0 p999_us=0 max_us=0
+  requests=0 time=0 connect=0 read=0 write=0 timeout=0 hung=0 non2xx=0 responses=-1 outside2xx=0 statuses=- p99_us=0 p999_us=0 max_us=0
   local kv
   for kv in $res; do
     case "$kv" in
-      requests=*|time=*|connect=*|read=*|write=*|timeout=*|non2xx=*|responses=*|outside2xx=*|statuses=*|p99_us=*|p999_us=*|max_us=*)
+      requests=*|time=*|connect=*|read=*|write=*|timeout=*|hung=*|non2xx=*|responses=*|outside2xx=*|statuses=*|p99_us=*|p999_us=*|max_us=*)
         printf -v "${kv%%=*}" '%s' "${kv#*=}" ;;
     esac
   done
@@ -278,12 +278,12 @@ load_stop() {
   [ "$responses" -ge 0 ] && [ "$outside2xx" -gt "$non2xx" ] && non2xx=$outside2xx
   # shellcheck disable=SC2034  # read by the scenarios
   LOAD_SERVED=$requests
-  LOAD_FAILED=$((connect + read + write + timeout + non2xx))
+  LOAD_FAILED=$((connect + read + write + timeout + hung + non2xx))
   LOAD_NON2XX=$non2xx LOAD_P99_US=$p99_us LOAD_P999_US=$p999_us LOAD_MAX_US=$max_us
   _load_row "$step" "$name" "$requests" "$LOAD_FAILED" \
-    "connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx (statuses $statuses)"
+    "connect $connect, read $read, write $write, timeout $timeout, hung $hung, non-2xx $non2xx (statuses $statuses)"
   if [ "$witness" = witness ]; then
-    info "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx; statuses $statuses)"
+    info "$step, load $name: served $requests in $time, failed $LOAD_FAILED (connect $connect, read $read, write $write, timeout $timeout, hung $hung, non-2xx $non2xx; statuses $statuses)"
   elif [ -z "$res" ] || [ "$requests" = 0 ]; then
     bad "$step, load $name: no requests served ($time)"
   elif [ "$LOAD_FAILED" = 0 ]; then
@@ -291,8 +291,8 @@ load_stop() {
   else
     # the kinds that failed first: the summary of tests/run.sh keeps a failure's first 70 characters
     local kinds="" k
-    for k in connect read write timeout non2xx; do [ "${!k}" = 0 ] || kinds="$kinds${kinds:+, }$k ${!k}"; done
-    bad "$step, load $name: failed $LOAD_FAILED ($kinds) of $requests in $time (connect $connect, read $read, write $write, timeout $timeout, non-2xx $non2xx; statuses $statuses)"
+    for k in connect read write timeout hung non2xx; do [ "${!k}" = 0 ] || kinds="$kinds${kinds:+, }$k ${!k}"; done
+    bad "$step, load $name: failed $LOAD_FAILED ($kinds) of $requests in $time (connect $connect, read $read, write $write, timeout $timeout, hung $hung, non-2xx $non2xx; statuses $statuses)"
   fi
 }
 
