@@ -20,8 +20,15 @@ impl<S: Systemd + 'static> Driver<S> {
     }
 
     /// Only under systemd: without it no kechid adopts workers, and nobody resets the flags.
+    /// Not while adopting: the file then holds the running workers' flags, written by the
+    /// kechid before, and the sockets have systemd's until [`Self::restore_socket_flags`]; a
+    /// memory sample that came first (seen on a loaded machine: the scan for the workers took
+    /// longer than a check-interval) wrote systemd's cleared flag over them, the restore then
+    /// found nothing to do, and an event-loop worker (Node) blocked in `accept` for good once
+    /// its queue was empty, its loop with it: its connections unread, its stop signal unhandled
+    /// until stop.timeout's SIGKILL.
     pub(super) fn record_socket_flags(&self) {
-        if self.systemd.is_none() {
+        if self.systemd.is_none() || self.adopting {
             return;
         }
         // (every few seconds: a failure here is not worth a journal line each time; the next

@@ -39,6 +39,8 @@ struct FakeInner {
     stop_delay: Cell<Duration>,
     /// SetUnitProperties of a CPU quota answers only after this long (a manager that stalls).
     quota_delay: Cell<Duration>,
+    /// ListUnitsByPatterns answers only after this long (a loaded manager).
+    list_delay: Cell<Duration>,
     job_type: RefCell<Option<String>>,
     closed: Cell<bool>,
     lost: tokio::sync::Notify,
@@ -178,6 +180,7 @@ impl Systemd for FakeSystemd {
 
     async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitInfo>, SystemdError> {
         self.note("list".into());
+        tokio::time::sleep(self.0.list_delay.get()).await;
         Ok(self
             .0
             .units
@@ -444,6 +447,75 @@ async fn adopts_an_earlier_kechids_workers_and_replaces_a_dead_one() {
     assert!(!alive(pb as i32), "adopted worker stopped on shutdown");
     let _ = a.wait();
     let _ = b.try_wait();
+}
+
+/// Whether `fd`'s open file description has O_NONBLOCK.
+fn nonblocking(fd: &std::os::fd::OwnedFd) -> bool {
+    let bits = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    nix::fcntl::OFlag::from_bits_truncate(bits).contains(nix::fcntl::OFlag::O_NONBLOCK)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn memory_samples_during_adoption_leave_the_running_workers_socket_flags_alone() {
+    // check-interval 100 ms and a scan that takes 1 s: ten samples come before the adoption ends
+    let mut rig = Rig::new("f", 1, "[recycle]\ncheck-interval = \"100ms\"");
+    let sd = FakeSystemd::default();
+    sd.0.list_delay.set(Duration::from_secs(1));
+    let mut a = earlier_worker();
+    let pa = a.id();
+    let appdir = rig.opts.runtime_dir.join(rig.app.as_str());
+    std::fs::create_dir_all(&appdir).unwrap();
+    let entry = crate::workers_file::Entry {
+        serial: 1,
+        pid: pa as i32,
+        draining: None,
+        config: None,
+        steer: vec![],
+    };
+    std::fs::write(
+        appdir.join("workers"),
+        crate::workers_file::render(&[entry]),
+    )
+    .unwrap();
+    std::fs::write(appdir.join("last-serial"), "1").unwrap();
+    sd.add_unit(&rig.scope(1), "active", &[pa]);
+    // the running worker had made the socket non-blocking, and the kechid before wrote so;
+    // systemd cleared the flag when it started this kechid
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = l.local_addr().unwrap().to_string();
+    let fd: std::os::fd::OwnedFd = l.into();
+    let ours = fd.try_clone().unwrap();
+    std::fs::write(
+        appdir.join("socket-flags"),
+        crate::sockflags::format(&[(address.clone(), true)]),
+    )
+    .unwrap();
+    assert!(!nonblocking(&ours));
+    let listener = crate::sockets::Listener {
+        fd,
+        name: "test".into(),
+        address: address.clone(),
+    };
+    let sock = rig.socket();
+    let driver = rig.run_with(&sd, vec![listener]);
+    let steps = async {
+        until(&sock, "adopted", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1]
+        })
+        .await;
+        assert!(
+            nonblocking(&ours),
+            "the running worker's O_NONBLOCK is back after the adoption"
+        );
+        // a sample after the adoption records it as it is
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let saved = std::fs::read_to_string(appdir.join("socket-flags")).unwrap();
+        assert_eq!(crate::sockflags::parse(&saved), [(address.clone(), true)]);
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+    let _ = a.wait();
 }
 
 #[tokio::test(flavor = "current_thread")]
