@@ -12,6 +12,7 @@ scenario t_compat_node "Node.js http server via LISTEN_FDS: no failed request th
 command -v wrk > /dev/null || skip "no wrk (Debian package wrk)"
 ZD_COMMAND="[\"/usr/bin/node\", \"$KT_INSIDE/hello_node.js\"${KT_NODE_ARGS:-}]"
 ZD_PROCS=1
+ZD_NONBLOCKING=1   # libuv's listeners are non-blocking
 ZD_SKIP=${ZD_SKIP-age}
 ZD_ROW=node
 ZD_SERVER="Node.js $(node --version 2> /dev/null), http server"

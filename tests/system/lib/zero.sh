@@ -32,6 +32,9 @@
 #   ZD_TCP_ONLY  1: kechi@demo.socket listens on $KT_LISTEN instead of its Unix socket (README's
 #                "instead" form: an empty ListenStream= first), for a server that takes one socket
 #   ZD_SOCKET_OPTIONS  lines for the [Socket] section of a drop-in of kechi@demo.socket (NoDelay=yes)
+#   ZD_NONBLOCKING  1: the server makes its listeners non-blocking (an event loop: Node); after
+#                each adoption the journal must say kechid put O_NONBLOCK back on $KT_LISTEN
+#                (systemd clears it at every start of kechid; src/sockflags.rs)
 #   ZD_STEER     1: ReusePort=yes on kechi@demo.socket, so kechid steers its TCP listener (each
 #                worker accepts from a socket of its own, drained before its stop signal:
 #                src/steer/); checked after start: the journal says so, and the port has one
@@ -359,6 +362,13 @@ zd_adopted() {
   expect_eq "$step: journal lines 'adopted running worker in kechi-$KT_APP-N.scope'" "$n" "$ZD_WORKERS"
   expect_eq "$step: journal lines 'worker started' (a second set)" "$(printf '%s\n' "$log" | grep -c 'worker started')" 0
   expect_eq "$step: the same workers (serial, scope, pid)" "$(workers | tr '\n' ';')" "$(printf '%s\n' "$before" | tr '\n' ';')"
+  if [ "${ZD_NONBLOCKING:-0}" = 1 ]; then
+    if has "$log" -F "listening socket $KT_LISTEN: O_NONBLOCK on again"; then
+      ok "$step: O_NONBLOCK back on $KT_LISTEN as the workers had it (systemd cleared it)"
+    else
+      bad "$step: no 'listening socket $KT_LISTEN: O_NONBLOCK on again' line: the workers' event loops block in accept once the queue is empty"
+    fi
+  fi
 }
 
 zd_step_restart() {
