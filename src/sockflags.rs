@@ -46,7 +46,8 @@ pub fn parse(text: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn nonblocking(fd: impl AsFd) -> Option<bool> {
+/// Whether `fd`'s open file description has `O_NONBLOCK`; `None` if it cannot be read.
+pub(crate) fn nonblocking(fd: impl AsFd) -> Option<bool> {
     let bits = fcntl(fd, FcntlArg::F_GETFL).ok()?;
     Some(OFlag::from_bits_truncate(bits).contains(OFlag::O_NONBLOCK))
 }

@@ -173,6 +173,35 @@ impl<S: Systemd + 'static> Driver<S> {
         None
     }
 
+    /// What every recycle does as it begins, replacement first or stopped first: the worker is
+    /// no longer asked for nor picked box-wide, min-interval counts from now, and the journal
+    /// record carries the figures of the moment, in full (the latest sample may have had the
+    /// cheap ones only: no policy needed more). `how` ends its message.
+    fn begin_recycle(&mut self, serial: u64, reason: &crate::lifecycle::StopReason, how: &str) {
+        self.state.requested.remove(&serial);
+        if self
+            .state
+            .box_pick
+            .as_ref()
+            .is_some_and(|(s, _)| *s == serial)
+        {
+            self.state.box_pick = None;
+        }
+        self.state.last_recycle = Some(Instant::now());
+        self.sample_full_now(serial);
+        let m = self
+            .state
+            .workers
+            .get(&serial)
+            .and_then(|w| w.mem.clone())
+            .unwrap_or_default();
+        tracing::info!(
+            APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), REASON = reason.as_str(),
+            RSS = m.total.rss, PSS = m.total.pss, USS = m.total.uss, SHARED = m.total.shared, CGROUP = m.cgroup.unwrap_or(0),
+            "recycling worker ({}): {how}", self.figures(serial)
+        );
+    }
+
     /// Carries out one action; `Some(code)` to leave.
     fn act(&mut self, action: Action) -> Option<i32> {
         match action {
@@ -181,25 +210,20 @@ impl<S: Systemd + 'static> Driver<S> {
             }
             Action::MarkReady(serial) => self.became_ready(serial, None),
             Action::Stop(serial, reason) => {
-                let recycled = self.state.replacement_of(serial).is_some();
-                if self
+                // a box-wide pick stopped before its replacement starts (policy::stops_first)
+                let stopped_first = self
                     .state
                     .box_pick
                     .as_ref()
-                    .is_some_and(|(s, _)| *s == serial)
-                {
-                    // a box-wide pick stopped before its replacement starts (policy::stops_first)
-                    self.state.box_pick = None;
-                    self.state.last_recycle = Some(Instant::now());
-                    self.recycles.note(reason.as_str());
-                    self.sample_full_now(serial);
-                    tracing::info!(
-                        APP = %self.opts.app, WORKER = serial, PID = self.pid_of(serial), REASON = reason.as_str(),
-                        "recycling worker ({}): stopping it first while the others serve, then its replacement starts (the box lacks the memory to load one beside it)",
-                        self.figures(serial)
+                    .is_some_and(|(s, _)| *s == serial);
+                if stopped_first {
+                    self.begin_recycle(
+                        serial,
+                        &reason,
+                        "stopping it first while the others serve, then its replacement starts (the box lacks the memory to load one beside it)",
                     );
-                    self.record(format!("worker {serial} recycled ({})", reason.as_str()));
                 }
+                let recycled = stopped_first || self.state.replacement_of(serial).is_some();
                 self.stop(serial, reason.clone());
                 if recycled {
                     self.recycles.note(reason.as_str());
@@ -207,25 +231,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 }
             }
             Action::Replace { old, reason } => {
-                self.state.requested.remove(&old);
-                if self.state.box_pick.as_ref().is_some_and(|(s, _)| *s == old) {
-                    self.state.box_pick = None;
-                }
-                self.state.last_recycle = Some(Instant::now());
-                // the journal record carries the figures of the moment, in full (the latest
-                // sample may have had the cheap ones only: no policy needed more)
-                self.sample_full_now(old);
-                let m = self
-                    .state
-                    .workers
-                    .get(&old)
-                    .and_then(|w| w.mem.clone())
-                    .unwrap_or_default();
-                tracing::info!(
-                    APP = %self.opts.app, WORKER = old, PID = self.pid_of(old), REASON = reason.as_str(),
-                    RSS = m.total.rss, PSS = m.total.pss, USS = m.total.uss, SHARED = m.total.shared, CGROUP = m.cgroup.unwrap_or(0),
-                    "recycling worker ({}): starting its replacement first", self.figures(old)
-                );
+                self.begin_recycle(old, &reason, "starting its replacement first");
                 self.spawn(Some((old, reason)));
             }
             Action::SignalChild {

@@ -449,12 +449,6 @@ async fn adopts_an_earlier_kechids_workers_and_replaces_a_dead_one() {
     let _ = b.try_wait();
 }
 
-/// Whether `fd`'s open file description has O_NONBLOCK.
-fn nonblocking(fd: &std::os::fd::OwnedFd) -> bool {
-    let bits = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-    nix::fcntl::OFlag::from_bits_truncate(bits).contains(nix::fcntl::OFlag::O_NONBLOCK)
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn memory_samples_during_adoption_leave_the_running_workers_socket_flags_alone() {
     // check-interval 100 ms and a scan that takes 1 s: ten samples come before the adoption ends
@@ -490,6 +484,7 @@ async fn memory_samples_during_adoption_leave_the_running_workers_socket_flags_a
         crate::sockflags::format(&[(address.clone(), true)]),
     )
     .unwrap();
+    let nonblocking = |fd: &std::os::fd::OwnedFd| crate::sockflags::nonblocking(fd).unwrap();
     assert!(!nonblocking(&ours));
     let listener = crate::sockets::Listener {
         fd,

@@ -70,9 +70,10 @@ vm_up() {  # vm_up NAME: 0 when up; 77 (SKIPPED) without the tool or root; 1 whe
 }
 
 # _vm_hang_watch NAME: ends each boot attempt of NAME that hangs before its kernel's first line.
-# Under qemu TCG about one boot in ten stops right after the boot loader ("Probing EDD ... ok", then
-# nothing, one vCPU spinning); a healthy guest prints its first timestamped kernel line 0.3-0.6 s
-# (guest time) later, and never was seen to recover after that. vmbox would wait out its whole
+# Under qemu TCG some boots stop right after the boot loader ("Probing EDD ... ok", then nothing,
+# one vCPU spinning: 7 of 16 attempts on 2026-12-06, on a quiet machine); a healthy guest prints
+# its first timestamped kernel line 0.3-0.6 s (guest time) later, and a hung one was never seen
+# to recover. vmbox would wait out its whole
 # attempt (KT_VM_ATTEMPT_S) before starting afresh; killing the guest's process makes vmbox see a
 # boot that died, and start the next attempt at once. KT_VM_HANG_S (default 20): how long an
 # attempt may go without that line. Uses vmbox's files (VMBOX_HOME/vms/NAME/{pid,console.log});
