@@ -17,6 +17,7 @@ pub mod boxwide;
 pub mod config;
 pub mod control;
 pub mod control_server;
+pub mod cpu_idle;
 pub mod daemon_cli;
 pub mod driver;
 pub mod early_death;

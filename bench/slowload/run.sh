@@ -65,8 +65,8 @@ else S=20 W=20 out=${out:-$ROOT/bench/results/slowload} rounds=${rounds:-3}; fi
 kechi_prefer_release
 [ "$(id -u)" = 0 ] || skip "needs root (it boots a systemd in a throwaway box)"
 bench_need_debs wrk starlet libserver-starter-perl gunicorn curl python3-matplotlib || exit 1
-OPENLOAD=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/openload
-(cd "$ROOT" && cargo build -q --example openload) || abort "cargo build --example openload"
+OPENLOAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/openload
+(cd "$ROOT" && cargo build -q --release --example openload) || abort "cargo build --example openload"
 mkdir -p "$out"
 rm -f "$out"/*.csv "$out"/*.csv.gz "$out"/*.txt.gz
 echo "server,action,n,start_unix_ms,secs,round" > "$out/actions.csv"
@@ -188,10 +188,17 @@ one_server() {  # one_server SERVER ROUND
   local srv=$1 r=$2 addr total m t_start n rc=0
   addr=$(addr_of "$srv")
   total=$((S + 2 * W))
+  local gens=""
   for m in keepalive close; do
+    if [ "${SLOWLOAD_GEN:-rt}" = rt ]; then
+      tgt_run chrt -f 50 /usr/bin/openload \
+        --addr "$addr" --rate "$rate" --duration "$total" --mode "$m" --timeout 10 --out "/run/openload-$m.csv" > /dev/null &
+      gens="$gens $!"
+    else
     tgt_run systemd-run --quiet --unit="openload-$m" --collect --service-type=exec /usr/bin/openload \
       --addr "$addr" --rate "$rate" --duration "$total" --mode "$m" --timeout 10 --out "/run/openload-$m.csv" \
       || { bad "$srv: openload $m did not start"; return 1; }
+    fi
   done
   t_start=$SECONDS
   for n in 1 2; do
@@ -199,6 +206,8 @@ one_server() {  # one_server SERVER ROUND
     if act "$srv" "$n"; then ok "$srv: replacement $n over in $ACT_SECS s"; else bad "$srv: replacement $n not over"; rc=1; fi
     echo "$srv,$n,$n,$ACT_T0,$ACT_SECS,$r" >> "$out/actions.csv"
   done
+  # shellcheck disable=SC2086
+  [ -z "$gens" ] || wait $gens
   for m in keepalive close; do
     # shellcheck disable=SC2016
     tgt_run sh -c 'while systemctl -q is-active "$1"; do sleep 0.5; done' w "openload-$m"

@@ -102,7 +102,7 @@ impl<S: Systemd + 'static> Driver<S> {
                 Some(psi) = self.pressure_rx.recv() => { busy = true; self.on_pressure(psi); None }
                 _ = sleep => None,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => { self.notifier.watchdog(); None }
-                _ = sample_tick.tick() => { self.sample(); self.loading_too_long(); None }
+                _ = sample_tick.tick() => { self.sample(); self.loading_too_long(); self.exiting_too_long(); None }
                 _ = idle_tick.tick(), if self.idle.clock.enabled() => { self.idle_look(); None }
                 _ = accept_tick.tick(), if self.awaiting_accept() => { self.check_accept(); None }
                 _ = link_lost(self.systemd.as_deref()), if self.link.is_up() => { busy = true; self.on_link_lost(); None }

@@ -57,7 +57,7 @@ impl<S: Systemd + 'static> Driver<S> {
         let sig = self.loaded.config.stop.signal;
         let reason = self.draining_reason(serial).map_or("stop", |r| r.as_str());
         let capped = if capped {
-            " (its CPU capped at half a CPU while it exits: other workers serve)"
+            " (its CPU capped at half a CPU, and idle, while it exits: other workers serve)"
         } else {
             ""
         };
@@ -200,6 +200,7 @@ impl<S: Systemd + 'static> Driver<S> {
         self.steer_forget(serial);
         // gone before its cap was answered: no signal is owed to it any more
         self.stop_caps.remove(&serial);
+        self.exiting_idle.remove(&serial);
         if let Some(p) = self.procs.remove(&serial) {
             match (&self.systemd, p.scope) {
                 // Children a prefork master left behind must not keep serving on their own.

@@ -22,6 +22,7 @@ mod boxwide;
 mod event_loop;
 mod exits;
 mod idle;
+mod idle_scope;
 mod ops;
 mod ready;
 mod reload;
@@ -256,7 +257,9 @@ async fn run_local<S: Systemd + 'static>(
         in_flight: 0,
         op_slots: Rc::new(tokio::sync::Semaphore::new(ops::OPS_AT_ONCE)),
         loading_weight: HashSet::new(),
+        cpu_idle_missing_noted: false,
         stop_caps: HashMap::new(),
+        exiting_idle: HashMap::new(),
         last_serial: 0,
         last_status: String::new(),
         last_event: None,
@@ -322,11 +325,16 @@ struct Driver<S: Systemd> {
     in_flight: usize,
     /// Turns to call the manager: at most [`ops::OPS_AT_ONCE`] calls await a reply at once.
     op_slots: Rc<tokio::sync::Semaphore>,
-    /// Workers whose scope was created at [`spawning::LOADING_CPU_WEIGHT`], until ready.
+    /// Workers whose scope was created idle for the CPU ([`idle_scope`]), until ready.
     loading_weight: HashSet<u64>,
+    /// Whether the journal has said that this kernel has no `cpu.idle` ([`idle_scope`]).
+    cpu_idle_missing_noted: bool,
     /// Stopping workers whose CPU cap was asked of systemd (when), their signal to follow
     /// ([`stop_cap`]).
     stop_caps: HashMap<u64, Instant>,
+    /// Stopped workers exiting idle for the CPU (since when, their scope), until gone or
+    /// [`stop_cap`]'s fallback.
+    exiting_idle: HashMap<u64, (Instant, String)>,
     last_serial: u64,
     last_status: String,
     /// The last restart or recycle, for STATUS=.

@@ -27,15 +27,15 @@ use crate::worker_env;
 
 /// How long systemd may take to create a scope before the worker is given up.
 pub(super) const SCOPE_JOB_DEADLINE: Duration = Duration::from_secs(30);
-/// `CPUWeight=` of a worker that loads while others serve (systemd's default is 100): loading
-/// an app is a burst of CPU (an interpreter compiling the app's code) that, on a box of one or
-/// two cores, takes the CPU from the workers answering requests, and a replacement is not in a
-/// hurry (the worker it replaces serves meanwhile). At a fifth of their weight it gets the CPU
-/// the serving workers leave, and a fifth of it when they want it all; it gets the default once
-/// ready. A worker started with none serving (a cold start) loads at the default weight.
-pub(super) const LOADING_CPU_WEIGHT: u64 = 20;
-/// Whether a worker loading at [`LOADING_CPU_WEIGHT`] for `loading` should get the default
-/// weight: after a third of `ready_timeout`.
+/// `CPUWeight=` of a worker that loads while others serve: idle ([`super::idle_scope`]).
+/// Loading an app is a burst of CPU (an interpreter compiling the app's code) that, on a box of
+/// one or two cores, takes the CPU from the workers answering requests, and a replacement is not
+/// in a hurry (the worker it replaces serves meanwhile). Idle, it runs on the CPU time the
+/// serving workers leave, and gives the CPU up the moment one of them wakes; it gets the default
+/// once ready. A worker started with none serving (a cold start) loads at the default weight.
+pub(super) const LOADING_CPU_WEIGHT: u64 = crate::systemd::CPU_WEIGHT_IDLE;
+/// Whether a worker loading idle for `loading` should get the default weight: after a third of
+/// `ready_timeout`.
 fn loading_is_long(loading: Duration, ready_timeout: Duration) -> bool {
     loading >= ready_timeout / 3
 }
@@ -196,7 +196,7 @@ impl<S: Systemd + 'static> Driver<S> {
             .any(|w| matches!(w.state, WorkerState::Ready { .. }))
     }
 
-    /// A worker that loaded at [`LOADING_CPU_WEIGHT`] is ready: it gets systemd's default
+    /// A worker that loaded idle is ready (or has loaded too long): it gets systemd's default
     /// weight back, as every serving worker has.
     pub(super) fn end_loading_weight(&mut self, serial: u64) {
         if !self.loading_weight.remove(&serial) {
@@ -205,6 +205,7 @@ impl<S: Systemd + 'static> Driver<S> {
         let Some(unit) = self.procs.get(&serial).and_then(|p| p.scope.clone()) else {
             return;
         };
+        self.mark_scope_idle(serial, &unit, false);
         let name = unit.clone();
         self.launch(
             super::ops::QUICK_CALL_DEADLINE,
@@ -218,7 +219,7 @@ impl<S: Systemd + 'static> Driver<S> {
     }
 
     /// A worker still loading after a third of `ready.timeout` gets the default weight: on a
-    /// CPU its serving peers keep busy, a fifth of their weight could make it miss the timeout,
+    /// CPU its serving peers keep busy, an idle scope could make it miss the timeout,
     /// and a replacement that never gets ready is worse than one that slows them a while.
     pub(super) fn loading_too_long(&mut self) {
         let now = Instant::now();
@@ -245,7 +246,7 @@ impl<S: Systemd + 'static> Driver<S> {
             }
             Err(e) if e.is_no_such_unit() => {}
             Err(e) => {
-                tracing::warn!(APP = %self.opts.app, WORKER = serial, "{unit}: could not give the ready worker the default CPU weight back ({e}); it keeps CPUWeight={LOADING_CPU_WEIGHT}, so it gets less of a busy CPU than the other workers until it is replaced");
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, "{unit}: could not give the ready worker the default CPU weight back ({e}); it keeps CPUWeight=idle, so it gets only the CPU the other workers leave until it is replaced");
             }
         }
     }
@@ -265,7 +266,13 @@ impl<S: Systemd + 'static> Driver<S> {
             return;
         }
         match result {
-            Ok(()) => self.release(serial, p),
+            Ok(()) => {
+                if self.loading_weight.contains(&serial) {
+                    // (v1: systemd has created its cpu cgroup, for the CPUWeight= of the scope)
+                    self.mark_scope_idle(serial, &p.scope, true);
+                }
+                self.release(serial, p)
+            }
             Err(source) => {
                 let late = matches!(source, OpError::Deadline(_));
                 drop(p.held.take());

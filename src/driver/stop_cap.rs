@@ -1,6 +1,6 @@
 //! A worker stopped while others serve gives up the CPU before it exits: kechid caps its scope
-//! at [`STOPPING_CPU_QUOTA`] of one CPU (`CPUQuota=`, over periods of [`STOPPING_CPU_PERIOD`])
-//! and only then sends the stop signal.
+//! at [`STOPPING_CPU_QUOTA`] of one CPU (`CPUQuota=`, over periods of [`STOPPING_CPU_PERIOD`]),
+//! marks it idle for the CPU ([`super::idle_scope`]), and only then sends the stop signal.
 //!
 //! Why: an app server's exit is a burst of CPU. A gunicorn worker process tearing its Python
 //! heap down takes 20-30 ms of CPU, its arbiter more, all at once; on two cores the old
@@ -10,6 +10,13 @@
 //! measured with a `sched_switch` trace). A quota bounds what the exit takes at any moment,
 //! whoever else is on the box; a lower `CPUWeight=` does not (it only ranks the app's own
 //! scopes against each other, and was measured to make the exit's own last requests wait).
+//!
+//! The quota bounds the exit against everyone on the box, but within a period the exit still
+//! runs unpreempted for up to its whole share (5 ms, seen in a `sched_switch` trace with four
+//! serving processes queued behind it on its CPU); idle, it gives the CPU up the moment one of
+//! the app's serving workers wakes. An exit that takes longer than a third of `stop.timeout`
+//! gets the default weight back (the quota stays): on a CPU the serving workers keep busy, an
+//! idle scope could otherwise not finish the requests it had accepted before `stop.timeout`.
 //!
 //! The cap goes on before the signal: set together with it, it landed 40 ms later, when most
 //! of the burst was over (measured). The signal waits for systemd's answer at most
@@ -34,7 +41,7 @@ use std::time::{Duration, Instant};
 use super::Driver;
 use super::ops::{Done, OpError};
 use crate::lifecycle::StopReason;
-use crate::systemd::Systemd;
+use crate::systemd::{CpuCap, Systemd};
 
 /// The CPU a stopping worker may use while others serve: half of one CPU's time.
 pub(super) const STOPPING_CPU_QUOTA: Duration = Duration::from_millis(500);
@@ -43,6 +50,18 @@ pub(super) const STOPPING_CPU_QUOTA: Duration = Duration::from_millis(500);
 pub(super) const STOPPING_CPU_PERIOD: Duration = Duration::from_millis(10);
 /// How long the stop signal waits for the cap.
 pub(super) const STOP_CAP_WAIT: Duration = Duration::from_millis(500);
+/// The cap of a worker stopped while others serve.
+pub(super) const STOPPING_CAP: CpuCap = CpuCap {
+    quota: STOPPING_CPU_QUOTA,
+    period: STOPPING_CPU_PERIOD,
+    idle: true,
+};
+
+/// Whether a worker exiting idle for `exiting` should get the default weight back: after a third
+/// of `stop_timeout`.
+fn exiting_is_long(exiting: Duration, stop_timeout: Duration) -> bool {
+    exiting >= stop_timeout / 3
+}
 
 /// Whether a worker stopped for `reason` is capped before its signal, given whether another
 /// worker of the app serves meanwhile and the app's `stop.timeout` (counted from the stop
@@ -80,10 +99,9 @@ impl<S: Systemd + 'static> Driver<S> {
                 self.stop_caps.insert(serial, Instant::now());
                 self.save_workers();
                 let name = unit.clone();
-                let quota = Some((STOPPING_CPU_QUOTA, STOPPING_CPU_PERIOD));
                 self.launch(
                     STOP_CAP_WAIT,
-                    move |sd| async move { sd.set_cpu_quota(&name, quota).await },
+                    move |sd| async move { sd.set_cpu_cap(&name, Some(STOPPING_CAP)).await },
                     move |result| Done::StopCapped {
                         serial,
                         unit,
@@ -108,8 +126,44 @@ impl<S: Systemd + 'static> Driver<S> {
                 false
             }
         };
+        if capped {
+            // (v1: systemd has created its cpu cgroup, for the quota)
+            self.mark_scope_idle(serial, unit, true);
+            self.exiting_idle
+                .insert(serial, (Instant::now(), unit.to_owned()));
+        }
         self.signal_stop(serial, capped);
         self.save_workers();
+    }
+
+    /// Workers exiting idle for longer than a third of `stop.timeout` get the default weight
+    /// back (their quota stays), to finish before `stop.timeout`.
+    pub(super) fn exiting_too_long(&mut self) {
+        let now = Instant::now();
+        let timeout = self.policy.stop_timeout;
+        let late: Vec<(u64, String)> = self
+            .exiting_idle
+            .iter()
+            .filter(|(_, (since, _))| {
+                exiting_is_long(now.saturating_duration_since(*since), timeout)
+            })
+            .map(|(s, (_, unit))| (*s, unit.clone()))
+            .collect();
+        for (serial, unit) in late {
+            self.exiting_idle.remove(&serial);
+            tracing::info!(APP = %self.opts.app, WORKER = serial, "worker still exiting after {}: it gets the default CPU weight back (its quota stays), to be gone within stop.timeout", crate::quantity::format_duration(timeout / 3));
+            self.mark_scope_idle(serial, &unit, false);
+            let name = unit.clone();
+            self.launch(
+                super::ops::QUICK_CALL_DEADLINE,
+                move |sd| async move { sd.set_cpu_weight(&name, None).await },
+                move |result| Done::CpuWeight {
+                    serial,
+                    unit,
+                    result,
+                },
+            );
+        }
     }
 
     /// When the oldest cap still unanswered is due to give up on.
@@ -166,5 +220,12 @@ mod tests {
             );
             assert!(capped_before_stop(&r, true, 4 * STOP_CAP_WAIT), "{r:?}");
         }
+    }
+
+    #[test]
+    fn an_exit_keeps_the_idle_weight_for_a_third_of_stop_timeout() {
+        let t = Duration::from_secs(60);
+        assert!(!exiting_is_long(Duration::from_secs(19), t));
+        assert!(exiting_is_long(Duration::from_secs(20), t));
     }
 }

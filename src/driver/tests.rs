@@ -15,7 +15,7 @@ use super::{Environment, Options, Signal, load_initial, run_in};
 use crate::app::AppName;
 use crate::control::{self, Request};
 use crate::memory::{CgroupRoot, ProcRoot};
-use crate::systemd::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo};
+use crate::systemd::{CpuCap, JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo};
 
 /// One unit the fake manager knows.
 #[derive(Debug, Clone)]
@@ -140,19 +140,16 @@ impl Systemd for FakeSystemd {
         Ok(())
     }
 
-    async fn set_cpu_quota(
-        &self,
-        unit: &str,
-        quota: Option<(Duration, Duration)>,
-    ) -> Result<(), SystemdError> {
+    async fn set_cpu_cap(&self, unit: &str, cap: Option<CpuCap>) -> Result<(), SystemdError> {
         tokio::time::sleep(self.0.quota_delay.get()).await;
-        match quota {
-            Some((q, p)) => self.note(format!(
-                "cpu-quota {unit} {}ms/{}ms",
-                q.as_millis(),
-                p.as_millis()
+        match cap {
+            Some(c) => self.note(format!(
+                "cpu-cap {unit} {}ms/{}ms{}",
+                c.quota.as_millis(),
+                c.period.as_millis(),
+                if c.idle { " idle" } else { "" }
             )),
-            None => self.note(format!("cpu-quota {unit} none")),
+            None => self.note(format!("cpu-cap {unit} none")),
         }
         Ok(())
     }
@@ -855,7 +852,7 @@ async fn a_recycle_roll_starts_each_replacement_first() {
         // Each old worker, stopped while others served, had its CPU capped before it ended.
         for old in [1, 2] {
             assert!(
-                at(format!("cpu-quota {} 500ms/10ms", rig.scope(old)))
+                at(format!("cpu-cap {} 500ms/10ms idle", rig.scope(old)))
                     < at(format!("stop {}", rig.scope(old)))
             );
         }
@@ -921,7 +918,7 @@ async fn sigterm_from_a_restart_leaves_the_workers_and_from_a_stop_stops_them() 
     assert!(!sock.exists(), "control socket removed");
     assert!(sd2.called(&format!("stop {}", rig2.scope(1))));
     // kechid's own stop stops every worker: none is capped (no worker serves on after it)
-    assert_eq!(sd2.count("cpu-quota "), 0);
+    assert_eq!(sd2.count("cpu-cap "), 0);
     drop(rig.dir);
 }
 

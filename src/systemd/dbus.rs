@@ -27,7 +27,9 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::{Connection, MatchRule, MessageStream};
 
 use super::proxy::{JobProxy, JobRemoved, ManagerProxy, ServiceProxy, UnitProxy};
-use super::{JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo, address, props};
+use super::{
+    CpuCap, JobResult, KillWho, ScopeSpec, Systemd, SystemdError, UnitInfo, address, props,
+};
 
 const SERVICE: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -498,12 +500,8 @@ impl Systemd for DbusSystemd {
             .await
     }
 
-    async fn set_cpu_quota(
-        &self,
-        unit: &str,
-        quota: Option<(Duration, Duration)>,
-    ) -> Result<(), SystemdError> {
-        self.set_runtime_properties(unit, &props::cpu_quota(quota))
+    async fn set_cpu_cap(&self, unit: &str, cap: Option<CpuCap>) -> Result<(), SystemdError> {
+        self.set_runtime_properties(unit, &props::cpu_cap(cap))
             .await
     }
 

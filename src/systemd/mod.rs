@@ -33,8 +33,24 @@ pub struct ScopeSpec {
     pub kill_signal: i32,
     /// How long systemd waits after `kill_signal` before SIGKILL.
     pub stop_timeout: Duration,
-    /// `CPUWeight=` while the worker loads (`None`: systemd's default, 100).
+    /// `CPUWeight=` while the worker loads (`None`: systemd's default, 100;
+    /// [`CPU_WEIGHT_IDLE`]: idle).
     pub cpu_weight: Option<u64>,
+}
+
+/// `CPUWeight=idle` as systemd's D-Bus API spells it: on cgroup v2 the unit's `cpu.idle` is
+/// set, on v1 it gets the lowest `cpu.shares` (see [`crate::cpu_idle`]).
+pub const CPU_WEIGHT_IDLE: u64 = 0;
+
+/// What a unit's CPU is held to ([`Systemd::set_cpu_cap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCap {
+    /// CPU time per second (one CPU's worth is a second)...
+    pub quota: Duration,
+    /// ...enforced over periods this long.
+    pub period: Duration,
+    /// Besides, `CPUWeight=idle` ([`CPU_WEIGHT_IDLE`]).
+    pub idle: bool,
 }
 
 /// How a systemd job ended (`JobRemoved`'s result string).
@@ -140,13 +156,9 @@ pub trait Systemd {
     /// Sets a running unit's `CPUWeight=` for as long as it runs (not saved to disk);
     /// `None` returns it to systemd's default.
     async fn set_cpu_weight(&self, unit: &str, weight: Option<u64>) -> Result<(), SystemdError>;
-    /// Sets a running unit's `CPUQuota=` for as long as it runs (not saved to disk): `quota`
-    /// of CPU time per second over periods of `period`; `None` removes it.
-    async fn set_cpu_quota(
-        &self,
-        unit: &str,
-        quota: Option<(Duration, Duration)>,
-    ) -> Result<(), SystemdError>;
+    /// Caps a running unit's CPU for as long as it runs (not saved to disk): `CPUQuota=` and,
+    /// with [`CpuCap::idle`], `CPUWeight=idle`, in one call; `None` removes both.
+    async fn set_cpu_cap(&self, unit: &str, cap: Option<CpuCap>) -> Result<(), SystemdError>;
     /// Resolves once the link to the manager is lost (the bus daemon went away); a link that
     /// cannot be lost never resolves.
     async fn link_lost(&self) {

@@ -5,7 +5,7 @@
 
 use zbus::zvariant::Value;
 
-use super::ScopeSpec;
+use super::{CpuCap, ScopeSpec};
 
 /// systemd's encoding of "no limit" for `t` memory properties.
 pub const INFINITY: u64 = u64::MAX;
@@ -47,17 +47,19 @@ pub fn cpu_weight(weight: Option<u64>) -> (&'static str, Value<'static>) {
     ("CPUWeight", Value::U64(weight.unwrap_or(u64::MAX)))
 }
 
-/// `CPUQuota=` and `CPUQuotaPeriodSec=` as properties: `quota` of CPU time per second (one CPU's
-/// worth is a second) enforced over periods of `period`, or `None` for no quota, which systemd's
-/// D-Bus API spells as `u64::MAX` for both (what an empty `CPUQuota=` and `CPUQuotaPeriodSec=`
-/// set). The period goes first: systemd applies the quota over the period it has at the time.
-pub fn cpu_quota(
-    quota: Option<(std::time::Duration, std::time::Duration)>,
-) -> [(&'static str, Value<'static>); 2] {
-    let (per_sec, period) = quota.map_or((u64::MAX, u64::MAX), |(q, p)| (micros(q), micros(p)));
+/// A [`CpuCap`] as properties: `CPUQuotaPeriodSec=` (first: systemd applies a quota over the
+/// period it has at the time), `CPUQuota=` as CPU time per second (one CPU's worth is a second),
+/// and `CPUWeight=` (idle, or systemd's default). `None` removes the cap: no quota (`u64::MAX`
+/// for both, what empty `CPUQuota=` and `CPUQuotaPeriodSec=` set) and the default weight.
+pub fn cpu_cap(cap: Option<CpuCap>) -> [(&'static str, Value<'static>); 3] {
+    let (per_sec, period) = cap.map_or((u64::MAX, u64::MAX), |c| {
+        (micros(c.quota), micros(c.period))
+    });
+    let idle = cap.is_some_and(|c| c.idle);
     [
         ("CPUQuotaPeriodUSec", Value::U64(period)),
         ("CPUQuotaPerSecUSec", Value::U64(per_sec)),
+        cpu_weight(idle.then_some(super::CPU_WEIGHT_IDLE)),
     ]
 }
 
@@ -109,22 +111,31 @@ mod tests {
     #[test]
     fn cpu_weight_only_while_loading_and_default_is_the_invalid_weight() {
         let mut s = spec();
-        s.cpu_weight = Some(20);
-        assert_eq!(get(&scope_properties(&s), "CPUWeight"), &Value::U64(20));
+        s.cpu_weight = Some(crate::systemd::CPU_WEIGHT_IDLE);
+        assert_eq!(get(&scope_properties(&s), "CPUWeight"), &Value::U64(0));
         assert_eq!(cpu_weight(None), ("CPUWeight", Value::U64(u64::MAX)));
     }
 
     #[test]
-    fn cpu_quota_in_microseconds_and_none_is_infinity_for_both() {
-        let q = cpu_quota(Some((
-            Duration::from_millis(500),
-            Duration::from_millis(10),
-        )));
+    fn cpu_cap_in_microseconds_with_the_idle_weight_and_none_removes_all() {
+        let q = cpu_cap(Some(CpuCap {
+            quota: Duration::from_millis(500),
+            period: Duration::from_millis(10),
+            idle: true,
+        }));
         assert_eq!(q[0], ("CPUQuotaPeriodUSec", Value::U64(10_000)));
         assert_eq!(q[1], ("CPUQuotaPerSecUSec", Value::U64(500_000)));
-        let none = cpu_quota(None);
+        assert_eq!(q[2], ("CPUWeight", Value::U64(0)));
+        let busy = cpu_cap(Some(CpuCap {
+            quota: Duration::from_millis(500),
+            period: Duration::from_millis(10),
+            idle: false,
+        }));
+        assert_eq!(busy[2], ("CPUWeight", Value::U64(u64::MAX)));
+        let none = cpu_cap(None);
         assert_eq!(none[0], ("CPUQuotaPeriodUSec", Value::U64(u64::MAX)));
         assert_eq!(none[1], ("CPUQuotaPerSecUSec", Value::U64(u64::MAX)));
+        assert_eq!(none[2], ("CPUWeight", Value::U64(u64::MAX)));
     }
 
     #[test]

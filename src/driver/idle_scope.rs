@@ -1,0 +1,35 @@
+//! Scopes marked idle for the CPU: a replacement's while it loads, a stopped worker's while it
+//! exits, whenever other workers of the app serve ([`crate::cpu_idle`] says why and how).
+//!
+//! systemd is asked for `CPUWeight=idle` (its D-Bus value [`CPU_WEIGHT_IDLE`]): on cgroup v2
+//! that is `cpu.idle`; on cgroup v1 it is the lowest weight, and kechid writes `cpu.idle` itself
+//! here, once systemd has created the scope's cpu cgroup. A kernel without `cpu.idle` (older
+//! than 5.15) leaves the lowest weight, said once in the journal.
+//!
+//! [`CPU_WEIGHT_IDLE`]: crate::systemd::CPU_WEIGHT_IDLE
+
+use super::Driver;
+use crate::cpu_idle::{self, Outcome};
+use crate::systemd::Systemd;
+
+impl<S: Systemd + 'static> Driver<S> {
+    /// On cgroup v1, marks `unit` (worker `serial`'s scope) idle or not in the kernel; on v2
+    /// there is nothing to do here (systemd did it). Best effort: a failure leaves the weight.
+    pub(super) fn mark_scope_idle(&mut self, serial: u64, unit: &str, idle: bool) {
+        let Some(layout) = &self.layout else { return };
+        match cpu_idle::set(layout, &self.opts.app.slice_unit(), unit, idle) {
+            Ok(Outcome::Written(f)) => {
+                tracing::debug!(APP = %self.opts.app, WORKER = serial, "{}: {}", f.display(), u8::from(idle));
+            }
+            Ok(Outcome::NotMine) => {}
+            Ok(Outcome::Missing) if idle && !self.cpu_idle_missing_noted => {
+                self.cpu_idle_missing_noted = true;
+                tracing::info!(APP = %self.opts.app, WORKER = serial, "{unit}: no cpu.idle in its cpu cgroup (Linux 5.15 and later have it): workers that load or exit beside serving ones run at the lowest CPU weight instead");
+            }
+            Ok(Outcome::Missing) => {}
+            Err(e) => {
+                tracing::warn!(APP = %self.opts.app, WORKER = serial, "{unit}: could not set cpu.idle to {} ({e}); it keeps its CPU weight", u8::from(idle));
+            }
+        }
+    }
+}
