@@ -224,7 +224,12 @@ def main():
                 "to the others, and its latency counts from that due time, so a stall is charged in full to every "
                 "request it holds up (wrk and `hey -q` are closed-loop: each connection waits for its response before "
                 "the next request, so a 2 s stall shows as one slow request). Percentiles are over 2xx responses; "
-                "failed counts every other outcome.\n\n")
+                "failed counts every other outcome. The generator shares the two cores with the servers, as a "
+                "proxy on the same box would; it runs at real-time priority (`chrt -f 50`, outside the box's "
+                "cgroups) so that what it measures is the servers' latency, not its own wait for a CPU (at the "
+                "default priority, a `sched_switch` trace put a third to two thirds of the slow requests of a "
+                "replacement on the generator waiting for a CPU another process held, while the other CPU was "
+                "idle).\n\n")
         for m in meta:
             f.write("- " + m + "\n")
 

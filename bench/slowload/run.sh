@@ -17,7 +17,11 @@
 # Load: bench/openload.rs (cargo build --example openload), two instances at once, R requests a
 # second each (default 150): one keeping connections alive, one with "Connection: close". Each
 # request's latency counts from the moment it was due, so a stall is charged in full to every
-# request it delays (no coordinated omission). Timeline per server: S s steady, the first
+# request it delays (no coordinated omission). The generator runs in the box's namespaces but at
+# real-time priority (chrt -f 50, in the host's root cpu cgroup, where real-time is allowed): it
+# shares the two cores with the servers, and at the default priority its own waits for a CPU
+# were a third to two thirds of the slow requests of a replacement (SLOWLOAD_GEN=plain runs it as
+# a unit of the box at the default priority instead). Timeline per server: S s steady, the first
 # replacement, W s, the second replacement, W s; the steady window is [5 s, S), each replacement's
 # window the W s from its start, and within it the replacement itself: from its start until it
 # was over. --rounds N runs the whole plan N times, the servers taking turns within each round, so
@@ -49,7 +53,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --out) out=$2; shift ;;
-    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "slowload: unknown option $1" >&2; exit 2 ;;
   esac
   shift
