@@ -41,6 +41,21 @@ pub fn v1_files(layout: &CgroupLayout, slice: &str, scope: &str) -> Vec<PathBuf>
         .collect()
 }
 
+/// Whether `scope` in `slice` is marked idle in the kernel now (either cgroup version; `false`
+/// when it has no `cpu.idle`): how a kechid that adopts workers finds one an earlier kechid left
+/// idle (stopped while a replacement loaded or a worker exited).
+pub fn is_idle(layout: &CgroupLayout, slice: &str, scope: &str) -> bool {
+    let files = match layout {
+        CgroupLayout::V1 { .. } => v1_files(layout, slice, scope),
+        CgroupLayout::V2 { root } => unit_cgroup_path(slice, scope)
+            .map(|p| vec![root.join(p.trim_start_matches('/')).join("cpu.idle")])
+            .unwrap_or_default(),
+    };
+    files
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.trim() == "1"))
+}
+
 /// What writing `cpu.idle` did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -139,5 +154,28 @@ mod tests {
             set(&layout, "kechi-demo.slice", "kechi-demo-4.scope", true).unwrap(),
             Outcome::Missing
         ));
+    }
+
+    #[test]
+    fn is_idle_reads_either_version_and_a_missing_file_is_not_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let rel = "kechi.slice/kechi-demo.slice/kechi-demo-3.scope";
+        std::fs::create_dir_all(root.join("cpu").join(rel)).unwrap();
+        std::fs::write(root.join("cpu").join(rel).join("cpu.idle"), "1\n").unwrap();
+        assert!(is_idle(&v1(root), "kechi-demo.slice", "kechi-demo-3.scope"));
+        assert!(!is_idle(
+            &v1(root),
+            "kechi-demo.slice",
+            "kechi-demo-4.scope"
+        ));
+        let v2 = CgroupLayout::V2 {
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(root.join(rel)).unwrap();
+        std::fs::write(root.join(rel).join("cpu.idle"), "0\n").unwrap();
+        assert!(!is_idle(&v2, "kechi-demo.slice", "kechi-demo-3.scope"));
+        std::fs::write(root.join(rel).join("cpu.idle"), "1\n").unwrap();
+        assert!(is_idle(&v2, "kechi-demo.slice", "kechi-demo-3.scope"));
     }
 }

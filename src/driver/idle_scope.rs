@@ -32,4 +32,23 @@ impl<S: Systemd + 'static> Driver<S> {
             }
         }
     }
+
+    /// An adopted worker whose scope an earlier kechid left idle (it stopped while the worker
+    /// loaded, or while it exited): a serving one gets the default weight back, as it would have
+    /// once ready; an exiting one stays idle, under the same fallback as if stopped by this
+    /// kechid.
+    pub(super) fn adopted_idle(&mut self, serial: u64, unit: &str, draining: bool) {
+        let Some(layout) = &self.layout else { return };
+        if !crate::cpu_idle::is_idle(layout, &self.opts.app.slice_unit(), unit) {
+            return;
+        }
+        if draining {
+            self.exiting_idle
+                .insert(serial, (std::time::Instant::now(), unit.to_owned()));
+            return;
+        }
+        tracing::info!(APP = %self.opts.app, WORKER = serial, "{unit} was left idle for the CPU by the earlier kechid: it gets the default weight back");
+        self.loading_weight.insert(serial);
+        self.end_loading_weight(serial);
+    }
 }

@@ -306,8 +306,9 @@ impl<S: Systemd + 'static> Driver<S> {
             tracing::info!(APP = %self.opts.app, WORKER = f.serial, PID = pid.as_raw(), "adopted running worker in {}", f.unit);
             let started = crate::memory::process_age(&self.proc_root, pid.as_raw() as u32)
                 .map_or(now, |age| now.checked_sub(age).unwrap_or(now));
-            self.state
-                .adopt(f.serial, started, draining.remove(&f.serial), now);
+            let was_draining = draining.remove(&f.serial);
+            let is_draining = was_draining.is_some();
+            self.state.adopt(f.serial, started, was_draining, now);
             let config = configs.get(&f.serial).copied().unwrap_or(current);
             if config != current
                 && let Some(w) = self.state.workers.get_mut(&f.serial)
@@ -321,12 +322,13 @@ impl<S: Systemd + 'static> Driver<S> {
                 f.serial,
                 Proc {
                     pid,
-                    scope: Some(f.unit),
+                    scope: Some(f.unit.clone()),
                     config,
                     jemalloc: None,
                     monitor_oom: false,
                 },
             );
+            self.adopted_idle(f.serial, &f.unit, is_draining);
             self.watch_exit(f.serial, fd);
             self.check_jemalloc(f.serial);
             if let Some(o) = own.get(&f.serial) {

@@ -922,6 +922,61 @@ async fn sigterm_from_a_restart_leaves_the_workers_and_from_a_stop_stops_them() 
     drop(rig.dir);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn an_adopted_worker_left_idle_for_the_cpu_gets_the_default_weight_back() {
+    // a kechid restarted while worker 1 loaded idle: the workers stay for the next one
+    let mut rig = Rig::new("i", 2, "");
+    let sd = FakeSystemd::default();
+    *sd.0.job_type.borrow_mut() = Some("restart".into());
+    let sock = rig.socket();
+    let driver = rig.run(&sd);
+    let steps = async {
+        until(&sock, "ready", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1, 2]
+        })
+        .await;
+        rig.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+
+    // the next kechid, on cgroup v2, finds worker 1's scope idle in the kernel and worker 2's not
+    let mut rig2 = Rig::new("i", 2, "");
+    rig2.opts.runtime_dir = rig.opts.runtime_dir.clone();
+    let root = rig2.dir.path().join("cgroup");
+    std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    for (serial, idle) in [(1, "1"), (2, "0")] {
+        let dir = root
+            .join("kechi.slice")
+            .join(format!("kechi-{}.slice", rig2.app.as_str()))
+            .join(rig2.scope(serial));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.idle"), idle).unwrap();
+    }
+    let sd2 = sd.clone();
+    *sd2.0.job_type.borrow_mut() = Some("stop".into());
+    let sock = rig2.socket();
+    let driver = rig2.run(&sd2);
+    let steps = async {
+        until(&sock, "adopted", Duration::from_secs(10), |s| {
+            ready_serials(s) == [1, 2]
+        })
+        .await;
+        let t0 = Instant::now();
+        while !sd2.called(&format!("cpu-weight {} default", rig2.scope(1)))
+            && t0.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rig2.signals.send(Signal::Term).unwrap();
+    };
+    let (code, ()) = tokio::join!(driver, steps);
+    assert_eq!(code, 0);
+    assert!(sd2.called(&format!("cpu-weight {} default", rig2.scope(1))));
+    assert!(!sd2.called(&format!("cpu-weight {} default", rig2.scope(2))));
+    drop(rig.dir);
+}
+
 /// The inode of a process's fd `fd`, if it is a socket.
 fn socket_inode_of(pid: i32, fd: i32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
