@@ -64,6 +64,9 @@ if [ -n "$PV_SLICE_HIGH$PV_SLICE_MAX" ]; then PV_PSI_FILE=/sys/fs/cgroup/kechi.s
 
 scenario t_pressure_v2 "memory pressure made by the apps: graceful recycles with the trigger, OOM kills without"
 [ "$KT_TIER" = v2 ] || skip "the cgroup v2 VM's scenario (KT_TIER=v2)"
+# PSI is in vmbox's qemu backend only; its default on CPUs without AMX is uml, which has none:
+# this scenario asks for qemu, and does not take a shared VM without PSI (scenario.sh)
+export VMBOX_BACKEND=${VMBOX_BACKEND:-qemu} KT_VM_WANT_PSI=1
 tgt_up psi
 tgt_run test -r /proc/pressure/memory || skip "the VM's kernel has no PSI (vmbox's uml backend; the qemu one has it)"
 tgt_run test -e /sys/fs/cgroup/cgroup.controllers || abort "not a cgroup v2 machine"

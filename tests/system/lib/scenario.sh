@@ -66,15 +66,20 @@ tgt_up() {  # tgt_up SUFFIX
       if [ -n "${KT_VM_SHARED:-}" ]; then
         # tests/run.sh boots one VM for all its v2 scenarios (each boot under emulation costs
         # 10-150 s): this scenario gets it as the previous one left it, reset
-        if vm_reset "$KT_VM_SHARED"; then
+        if ! vm_reset "$KT_VM_SHARED"; then
+          # (a VM that an earlier scenario left unable to answer): one of its own
+          say "the shared cgroup v2 VM $KT_VM_SHARED could not be reset (above): booting one for this scenario"
+          unset KT_VM_SHARED
+        elif [ -n "${KT_VM_WANT_PSI:-}" ] && ! vm_run "$KT_VM_SHARED" test -r /proc/pressure/memory; then
+          # a scenario about memory pressure (KT_VM_WANT_PSI) on a VM of vmbox's uml backend,
+          # which has no PSI: one of its own, of the backend it asked for
+          say "the shared cgroup v2 VM $KT_VM_SHARED has no PSI (vmbox's uml backend): booting a ${VMBOX_BACKEND:-qemu} one for this scenario"
+          unset KT_VM_SHARED
+        else
           T=$KT_VM_SHARED
           _KT_JSINCE=("--since=@$(tgt_run date +%s)")
           _VM_SHARED_USED=$T
           _box_install_trap
-        else
-          # (a VM that an earlier scenario left unable to answer): one of its own
-          say "the shared cgroup v2 VM $KT_VM_SHARED could not be reset (above): booting one for this scenario"
-          unset KT_VM_SHARED
         fi
       fi
       if [ -z "${KT_VM_SHARED:-}" ]; then
