@@ -51,4 +51,20 @@ impl<S: Systemd + 'static> Driver<S> {
         self.loading_weight.insert(serial);
         self.end_loading_weight(serial);
     }
+
+    /// Gives `unit` (worker `serial`'s scope) systemd's default CPU weight back: `cpu.idle` off
+    /// first on v1, then `CPUWeight=` through systemd (which clears `cpu.idle` on v2).
+    pub(super) fn unmark_scope_idle(&mut self, serial: u64, unit: String) {
+        self.mark_scope_idle(serial, &unit, false);
+        let name = unit.clone();
+        self.launch(
+            super::ops::QUICK_CALL_DEADLINE,
+            move |sd| async move { sd.set_cpu_weight(&name, None).await },
+            move |result| super::ops::Done::CpuWeight {
+                serial,
+                unit,
+                result,
+            },
+        );
+    }
 }

@@ -205,17 +205,7 @@ impl<S: Systemd + 'static> Driver<S> {
         let Some(unit) = self.procs.get(&serial).and_then(|p| p.scope.clone()) else {
             return;
         };
-        self.mark_scope_idle(serial, &unit, false);
-        let name = unit.clone();
-        self.launch(
-            super::ops::QUICK_CALL_DEADLINE,
-            move |sd| async move { sd.set_cpu_weight(&name, None).await },
-            move |result| Done::CpuWeight {
-                serial,
-                unit,
-                result,
-            },
-        );
+        self.unmark_scope_idle(serial, unit);
     }
 
     /// A worker still loading after a third of `ready.timeout` gets the default weight: on a

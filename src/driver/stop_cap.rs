@@ -152,17 +152,7 @@ impl<S: Systemd + 'static> Driver<S> {
         for (serial, unit) in late {
             self.exiting_idle.remove(&serial);
             tracing::info!(APP = %self.opts.app, WORKER = serial, "worker still exiting after {}: it gets the default CPU weight back (its quota stays), to be gone within stop.timeout", crate::quantity::format_duration(timeout / 3));
-            self.mark_scope_idle(serial, &unit, false);
-            let name = unit.clone();
-            self.launch(
-                super::ops::QUICK_CALL_DEADLINE,
-                move |sd| async move { sd.set_cpu_weight(&name, None).await },
-                move |result| Done::CpuWeight {
-                    serial,
-                    unit,
-                    result,
-                },
-            );
+            self.unmark_scope_idle(serial, unit);
         }
     }
 
